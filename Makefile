@@ -1,0 +1,29 @@
+# `make run` and `make test` bootstrap .venv from pyproject.toml on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ROOT ?= ./catalog-data
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	test -d $(ROOT)/tables || $(BIN)/songlake --root $(ROOT) init
+	$(BIN)/songlake --root $(ROOT) serve
+
+test: $(STAMP)
+	$(BIN)/ruff check catalog watcher api tests bench
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/register.py
+	$(BIN)/python bench/readmodel.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

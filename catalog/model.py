@@ -1,0 +1,186 @@
+"""Song's data model: IDs, payload parsing with limits, entity normalisation and time formats."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import PayloadParsing, problem
+
+STATES = ("UNPUBLISHED", "PUBLISHED", "SUPPRESSED")
+
+# The known fields of each entity, payload name -> column name. Every other key goes into info.
+DONOR_FIELDS = {"submitterDonorId": "submitter_donor_id", "gender": "gender"}
+SPECIMEN_FIELDS = {
+    "submitterSpecimenId": "submitter_specimen_id",
+    "tumourNormalDesignation": "tumour_normal_designation",
+    "specimenTissueSource": "specimen_tissue_source",
+    "specimenType": "specimen_type",
+}
+SAMPLE_FIELDS = {
+    "submitterSampleId": "submitter_sample_id",
+    "sampleType": "sample_type",
+    "matchedNormalSubmitterSampleId": "matched_normal_submitter_sample_id",
+}
+FILE_FIELDS = {
+    "fileName": "file_name",
+    "fileSize": "file_size",
+    "fileType": "file_type",
+    "fileMd5sum": "file_md5sum",
+    "fileAccess": "file_access",
+    "dataType": "data_type",
+}
+# Keys that never land in info: server ids and the nested entities.
+_SERVER_KEYS = {
+    "donor": {"donorId", "studyId", "info"},
+    "specimen": {"specimenId", "donorId", "info", "donor", "samples"},
+    "sample": {"sampleId", "specimenId", "info", "specimen", "donor"},
+    "file": {"objectId", "studyId", "analysisId", "info"},
+}
+RESERVED_TOP_LEVEL = ("studyId", "analysisType", "samples", "files", "analysisId")
+
+
+# --- IDs (Song's local id mode, song-api.md §3.7) -------------------------------------------
+
+
+def entity_id(study_id: str, submitter_id: str) -> str:
+    """Donor, specimen and sample ids: uuid5(NAMESPACE_OID, "<studyId>:<submitterId>")."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{study_id}:{submitter_id}"))
+
+
+def object_id(analysis_id: str, file_name: str) -> str:
+    """File object ids: uuid5(NAMESPACE_OID, "<analysisId>:<fileName>")."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{analysis_id}:{file_name}"))
+
+
+def new_analysis_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_uuid(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+# --- times -----------------------------------------------------------------------------------
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def song_time(value: datetime | None) -> str | None:
+    """Song's date format: naive ISO-8601 in server local time, e.g. 2023-03-09T17:18:15.673782."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone().replace(tzinfo=None)
+    return value.isoformat()
+
+
+# --- payload parsing -------------------------------------------------------------------------
+
+
+def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_depth: int) -> dict:
+    """Turn raw bytes into a payload dict, refusing what Song refuses and what would hurt us."""
+    if isinstance(raw, dict):
+        doc: Any = raw
+    else:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        if len(raw) > max_bytes:
+            raise PayloadParsing(
+                f"Unable to read the input payload: it is {len(raw):,} bytes, "
+                f"over the limit of {max_bytes:,} bytes",
+                problems=[problem("", "maxBytes", f"payload larger than {max_bytes} bytes")],
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadParsing(
+                f"Unable to read the input payload: not UTF-8 ({exc.reason} at byte {exc.start})",
+                problems=[problem("", "utf8", f"invalid UTF-8 at byte {exc.start}")],
+            ) from exc
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        try:
+            doc = json.loads(text)
+        except RecursionError as exc:
+            raise _too_deep(max_depth) from exc
+        except json.JSONDecodeError as exc:
+            raise PayloadParsing(
+                f"Unable to read the input payload: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                problems=[problem("", "json", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
+            ) from exc
+    if not isinstance(doc, dict):
+        raise PayloadParsing(
+            f"Unable to read the input payload: expected a JSON object, got {_json_kind(doc)}",
+            problems=[problem("", "type", f"expected an object, got {_json_kind(doc)}")],
+        )
+    check_depth(doc, max_depth)
+    return doc
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+def _too_deep(max_depth: int) -> PayloadParsing:
+    return PayloadParsing(
+        f"Unable to read the input payload: nested deeper than {max_depth} levels",
+        problems=[problem("", "maxDepth", f"nesting deeper than {max_depth} levels")],
+    )
+
+
+def check_depth(doc: Any, max_depth: int) -> None:
+    """Refuse documents nested deeper than max_depth (iterative: no recursion to blow up)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise _too_deep(max_depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+
+
+# --- entity normalisation ----------------------------------------------------------------------
+
+
+def split_entity(obj: dict[str, Any], kind: str, known: dict[str, str]) -> tuple[dict, dict]:
+    """Split a payload entity into its known columns and its info map, as Song's any-setter does.
+
+    Unknown keys merge into ``info`` together with an explicit ``info`` object; null values are
+    dropped from info.
+    """
+    cols = {col: obj.get(key) for key, col in known.items()}
+    info: dict[str, Any] = {}
+    explicit = obj.get("info")
+    skip = _SERVER_KEYS[kind]
+    for key, value in obj.items():
+        if key in known or key in skip:
+            continue
+        info[key] = value
+    if isinstance(explicit, dict):
+        info.update(explicit)
+    info = {k: v for k, v in info.items() if v is not None}
+    return cols, info
+
+
+def dumps(value: Any) -> str:
+    """Canonical compact JSON used for stored documents (stable key order for comparisons)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def dynamic_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """Everything at the top level that is not studyId, analysisType, samples or files."""
+    return {k: v for k, v in payload.items() if k not in RESERVED_TOP_LEVEL}

@@ -1,0 +1,606 @@
+"""Object storage in Score's layout, and Song's publish-time storage check.
+
+    ObjectStore (abc)                   one interface; backends: local (here), S3 (own module)
+      put_file(id, path, *, expected_md5, expected_size) -> ObjectSpec
+                                        hash while streaming, verify, idempotent, .meta last
+      exists(id) -> bool                Score's rule: data/<id>.meta is present (blob not looked at)
+      read_meta(id) -> dict | None      raw .meta JSON (what Score's download endpoint answers)
+      spec(id) -> ObjectSpec | None     the parsed .meta
+      open_range(id, offset, length)    binary file-like over a byte range of the blob
+      delete(id), ping(), describe(), list_object_ids()
+    LocalObjectStore(root)              <root>/data/<id>, <root>/data/<id>.meta, data/heliograph
+    verify_for_publish(store, analysis_id, files, *, ignore_undefined_md5)
+                                        Song's publish-time storage checks, in Song's order
+    ObjectSpec / Part                   Score's ObjectSpecification JSON (to_json / from_json)
+    part_plan(size, part_size)          Score's SimplePartCalculator
+    md5_file(path) -> (hex, size)       streaming md5
+
+Invariant of every backend: a .meta exists only when the blob beside it is complete and matches it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from catalog.errors import BadRequest, Internal, NotFound, StorageCheckFailed
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 20 * MIB  # Score's floor (20,971,520 bytes)
+DEFAULT_PART_SIZE = MIN_PART_SIZE
+MAX_PARTS = 10_000
+BUFFER_SIZE = MIB
+DATA_DIR = "data"
+SENTINEL = "heliograph"
+SENTINEL_CONTENT = b"songlake sentinel\n"
+
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+# Song's validation of Score's download response (song-api.md §5 step 5)
+_SONG_OBJECT_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9\-_]{1,34}[a-zA-Z0-9]")
+_MD5_RE = re.compile(r"[a-fA-F0-9]{32}")
+
+
+def _md5() -> Any:
+    return hashlib.md5(usedforsecurity=False)
+
+
+def is_object_id(value: object) -> bool:
+    """True for a canonical UUID string (the only object ids this store accepts)."""
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
+
+
+def check_object_id(value: object) -> str:
+    if not is_object_id(value):
+        raise BadRequest(
+            f"The objectId '{value}' is not a valid UUID",
+            error_id="malformed.parameter",
+            object_id=str(value),
+        )
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Part:
+    part_number: int  # 1-based
+    part_size: int
+    offset: int
+    source_md5: str | None = None  # hex md5 of this byte range
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "partNumber": self.part_number,
+            "partSize": self.part_size,
+            "offset": self.offset,
+            "url": None,
+            "md5": None,
+        }
+        if self.source_md5 is not None:  # Score omits it when null
+            out["sourceMd5"] = self.source_md5
+        return out
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """Score's ObjectSpecification (the .meta companion)."""
+
+    object_id: str
+    object_size: int
+    object_md5: str | None
+    parts: tuple[Part, ...] = ()
+    upload_id: str | None = field(default=None, compare=False)  # None -> object_id
+
+    @property
+    def object_key(self) -> str:
+        return f"{DATA_DIR}/{self.object_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objectKey": self.object_key,
+            "objectId": self.object_id,
+            "uploadId": self.upload_id or self.object_id,
+            "parts": [p.to_dict() for p in self.parts],
+            "objectSize": self.object_size,
+            "objectMd5": self.object_md5,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any]) -> ObjectSpec:
+        """Parse a .meta (text or dict); unknown fields such as "relocated" are ignored."""
+        obj = json.loads(data) if isinstance(data, str | bytes) else data
+        if not isinstance(obj, Mapping):
+            raise ValueError("an ObjectSpecification must be a JSON object")
+        parts = tuple(
+            sorted(
+                (
+                    Part(
+                        int(p["partNumber"]),
+                        int(p["partSize"]),
+                        int(p["offset"]),
+                        p.get("sourceMd5"),
+                    )
+                    for p in obj.get("parts") or ()
+                ),
+                key=lambda p: p.part_number,
+            )
+        )
+        return cls(
+            object_id=str(obj["objectId"]),
+            object_size=int(obj["objectSize"]),
+            object_md5=obj.get("objectMd5"),
+            parts=parts,
+            upload_id=obj.get("uploadId"),
+        )
+
+
+def part_plan(size: int, part_size: int = DEFAULT_PART_SIZE) -> list[Part]:
+    """Score's SimplePartCalculator: consecutive parts, >= 20 MiB each, at most 10,000."""
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    min_part = max(part_size, MIN_PART_SIZE)
+    step = max(min_part, size // MAX_PARTS + 1)
+    return [
+        Part(number, min(step, size - offset), offset)
+        for number, offset in enumerate(range(0, size, step), start=1)
+    ]
+
+
+def md5_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(lowercase hex md5, size) of a file, streamed with a 1 MiB buffer."""
+    with open(path, "rb", buffering=0) as src:
+        digest, size = _hash_stream(src)
+    return digest, size
+
+
+def _hash_stream(src: BinaryIO) -> tuple[str, int]:
+    h = _md5()
+    buf = bytearray(BUFFER_SIZE)
+    view = memoryview(buf)
+    size = 0
+    while n := src.readinto(buf):
+        h.update(view[:n])
+        size += n
+    return h.hexdigest(), size
+
+
+def copy_with_hashes(
+    src: BinaryIO,
+    size: int,
+    write: Callable[[memoryview], object] | None = None,
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> tuple[str, list[Part]]:
+    """Read ``src`` once: pass each chunk to ``write`` and hash it (whole md5 + per-part sourceMd5).
+
+    ``size`` (from stat) fixes the part plan; a source that turns out longer or shorter raises
+    StorageCheckFailed (mismatching.storage.object.sizes). Returns (md5 hex, parts with sourceMd5).
+    """
+    plan = part_plan(size, part_size)
+    whole = _md5()
+    done: list[Part] = []
+    part_hash, part_left = _md5(), (plan[0].part_size if plan else 0)
+    buf = bytearray(BUFFER_SIZE)
+    view = memoryview(buf)
+    total = 0
+    while n := src.readinto(buf):
+        chunk = view[:n]
+        whole.update(chunk)
+        if write is not None:
+            write(chunk)
+        total += n
+        pos = 0
+        while pos < n and len(done) < len(plan):
+            take = min(part_left, n - pos)
+            part_hash.update(chunk[pos : pos + take])
+            pos += take
+            part_left -= take
+            if part_left == 0:
+                done.append(replace(plan[len(done)], source_md5=part_hash.hexdigest()))
+                if len(done) < len(plan):
+                    part_hash, part_left = _md5(), plan[len(done)].part_size
+    if total != size:
+        raise StorageCheckFailed(
+            f"The source changed while it was read: {total} bytes read, {size} expected",
+            error_id="mismatching.storage.object.sizes",
+        )
+    return whole.hexdigest(), done
+
+
+class _RangeReader(io.RawIOBase):
+    """At most ``length`` bytes of an open file, from its current position."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self._f, self._left = f, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(b)[:n]) or 0  # type: ignore[attr-defined]
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
+class ObjectStore(abc.ABC):
+    """Score-layout object storage. Object ids are UUID strings (BadRequest otherwise)."""
+
+    part_size: int = DEFAULT_PART_SIZE
+
+    @abc.abstractmethod
+    def put_file(
+        self,
+        object_id: str,
+        path: str | os.PathLike[str],
+        *,
+        expected_md5: str | None = None,
+        expected_size: int | None = None,
+    ) -> ObjectSpec: ...
+
+    @abc.abstractmethod
+    def exists(self, object_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def read_meta(self, object_id: str) -> dict[str, Any] | None:
+        """The raw .meta JSON object, or None; Internal if it is not a JSON object."""
+
+    def spec(self, object_id: str) -> ObjectSpec | None:
+        raw = self.read_meta(object_id)
+        if raw is None:
+            return None
+        try:
+            return ObjectSpec.from_json(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Internal(
+                f"The object specification of objectId '{object_id}' is invalid: {exc}",
+                error_id="invalid.storage.download.response",
+                object_id=object_id,
+            ) from exc
+
+    @abc.abstractmethod
+    def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
+        """A readable binary file-like over [offset, offset+length) (length -1: to the end)."""
+
+    @abc.abstractmethod
+    def delete(self, object_id: str) -> None:
+        """Remove the .meta first (the object is then absent), then the blob. Idempotent."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    def describe(self) -> str: ...
+
+    @abc.abstractmethod
+    def list_object_ids(self) -> Iterator[str]: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalObjectStore(ObjectStore):
+    """Score's layout on a local file system: ``<root>/data/<id>`` and ``<root>/data/<id>.meta``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, part_size: int = DEFAULT_PART_SIZE) -> None:
+        self.root = Path(root)
+        self.part_size = part_size
+        self._data = self.root / DATA_DIR
+        self._data.mkdir(parents=True, exist_ok=True)
+        sentinel = self._data / SENTINEL
+        if not sentinel.exists():
+            self._write_atomic(sentinel, SENTINEL_CONTENT)
+
+    # -- paths -----------------------------------------------------------------------------------
+    def _blob(self, object_id: str) -> Path:
+        return self._data / check_object_id(object_id)
+
+    def _meta(self, object_id: str) -> Path:
+        return self._data / f"{check_object_id(object_id)}.meta"
+
+    def _tmp(self) -> Path:
+        return self._data / f".tmp-{uuid.uuid4().hex}"
+
+    def _write_atomic(self, target: Path, content: bytes) -> None:
+        tmp = self._tmp()
+        try:
+            with open(tmp, "xb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self._data)
+
+    # -- interface -------------------------------------------------------------------------------
+    def exists(self, object_id: str) -> bool:
+        return self._meta(object_id).is_file()
+
+    def read_meta(self, object_id: str) -> dict[str, Any] | None:
+        try:
+            text = self._meta(object_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            obj = exc
+        if not isinstance(obj, dict):
+            raise Internal(
+                f"The object specification of objectId '{object_id}' is not a JSON object",
+                error_id="invalid.storage.download.response",
+                object_id=object_id,
+            )
+        return obj
+
+    def _complete_spec(self, object_id: str) -> ObjectSpec | None:
+        """The current spec if its blob is present with the recorded size, else None."""
+        try:
+            current = self.spec(object_id)
+            if current is not None and self._blob(object_id).stat().st_size == current.object_size:
+                return current
+        except (FileNotFoundError, Internal):
+            pass
+        return None
+
+    def put_file(
+        self,
+        object_id: str,
+        path: str | os.PathLike[str],
+        *,
+        expected_md5: str | None = None,
+        expected_size: int | None = None,
+    ) -> ObjectSpec:
+        oid = check_object_id(object_id)
+        want_md5 = expected_md5.lower() if expected_md5 else None
+        ctx = {"object_id": oid, "path": str(path)}
+        with open(path, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
+            if expected_size is not None and size != expected_size:
+                raise StorageCheckFailed(
+                    f"The file '{path}' has {size} bytes but {expected_size} were expected "
+                    f"for objectId '{oid}'",
+                    error_id="mismatching.storage.object.sizes",
+                    **ctx,
+                )
+            current = self._complete_spec(oid)
+            if current is not None and current.object_size == size:
+                # Already stored? With an expected md5 the stored object is what the caller wants
+                # (the source is not re-read); without one, hash the source to compare.
+                have = want_md5
+                if have is None:
+                    have, _ = _hash_stream(src)
+                    src.seek(0)
+                if current.object_md5 == have:
+                    return current
+            return self._copy_in(oid, src, size, want_md5, ctx)
+
+    def _copy_in(
+        self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
+    ) -> ObjectSpec:
+        tmp, blob, meta = self._tmp(), self._blob(oid), self._meta(oid)
+        placed = False
+        try:
+            with open(tmp, "xb") as out:
+                try:
+                    md5, parts = copy_with_hashes(src, size, out.write, part_size=self.part_size)
+                except StorageCheckFailed as exc:
+                    exc.context.update(ctx)
+                    raise
+                out.flush()
+                os.fsync(out.fileno())
+                written = os.fstat(out.fileno()).st_size
+            if written != size:
+                raise StorageCheckFailed(
+                    f"Wrote {written} bytes for objectId '{oid}' but the file has {size}",
+                    error_id="mismatching.storage.object.sizes",
+                    **ctx,
+                )
+            if want_md5 is not None and md5 != want_md5:
+                raise StorageCheckFailed(
+                    f"The file '{ctx['path']}' has md5 {md5} but {want_md5} was expected "
+                    f"for objectId '{oid}'",
+                    error_id="mismatching.storage.object.checksums",
+                    **ctx,
+                )
+            spec = ObjectSpec(oid, size, md5, tuple(parts))
+            meta.unlink(missing_ok=True)  # an older object turns absent before its bytes change
+            os.replace(tmp, blob)
+            placed = True
+            self._write_atomic(meta, spec.to_json().encode())
+            return spec
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if placed and not meta.exists():
+                blob.unlink(missing_ok=True)
+            raise
+
+    def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
+        current = self.spec(object_id)
+        if current is None:
+            raise NotFound(
+                f"The object with objectId '{object_id}' does not exist in the storage server",
+                error_id="storage.object.not.found",
+                object_id=object_id,
+            )
+        size = current.object_size
+        end = size if length == -1 else offset + length
+        if offset < 0 or length < -1 or offset > size or end > size:
+            raise BadRequest(
+                f"The range offset={offset} length={length} is outside objectId '{object_id}' "
+                f"({size} bytes)",
+                error_id="malformed.parameter",
+                object_id=object_id,
+            )
+        try:
+            f = open(self._blob(object_id), "rb", buffering=0)  # closed by the reader
+        except FileNotFoundError:
+            raise NotFound(
+                f"The data of objectId '{object_id}' is missing from the storage server",
+                error_id="storage.object.not.found",
+                object_id=object_id,
+            ) from None
+        f.seek(offset)
+        return io.BufferedReader(_RangeReader(f, end - offset), BUFFER_SIZE)  # type: ignore[return-value]
+
+    def delete(self, object_id: str) -> None:
+        self._meta(object_id).unlink(missing_ok=True)
+        self._blob(object_id).unlink(missing_ok=True)
+        _fsync_dir(self._data)
+
+    def ping(self) -> bool:
+        return (self._data / SENTINEL).is_file()
+
+    def describe(self) -> str:
+        return f"local object store at {self.root}"
+
+    def list_object_ids(self) -> Iterator[str]:
+        names = sorted(p.name[: -len(".meta")] for p in self._data.glob("*.meta"))
+        return (n for n in names if is_object_id(n))
+
+
+# -- Song's publish-time check (song-api.md §5, steps 3-7) ----------------------------------------
+
+
+def _validate_download_response(raw: Mapping[str, Any]) -> list[str]:
+    errors = []
+    oid = raw.get("objectId")
+    if oid is None:
+        errors.append("#: required key [objectId] not found")
+    elif not isinstance(oid, str) or not _SONG_OBJECT_ID_RE.fullmatch(oid):
+        errors.append(f"#/objectId: string [{oid}] does not match the objectId pattern")
+    size = raw.get("objectSize")
+    if size is None:
+        errors.append("#: required key [objectSize] not found")
+    elif not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        errors.append(f"#/objectSize: {size} is not an integer greater than 0")
+    md5 = raw.get("objectMd5")
+    if md5 is not None and (not isinstance(md5, str) or not _MD5_RE.fullmatch(md5)):
+        errors.append(f"#/objectMd5: [{md5}] is neither null nor a 32-character hex string")
+    return errors
+
+
+def verify_for_publish(
+    store: ObjectStore,
+    analysis_id: str,
+    files: Sequence[Mapping[str, Any]],
+    *,
+    ignore_undefined_md5: bool = False,
+) -> None:
+    """Song's storage checks before publishing, in Song's order; the first failure raises."""
+    if not files:
+        raise Internal(
+            f"The analysis with analysisId '{analysis_id}' is missing files and is therefore "
+            "corrupted. It should contain at least 1 file",
+            error_id="analysis.missing.files",
+            analysis_id=analysis_id,
+            object_ids=[],
+        )
+    ids = [str(f.get("objectId")) for f in files]
+
+    missing = [oid for oid in ids if not (is_object_id(oid) and store.exists(oid))]
+    if missing:
+        raise StorageCheckFailed(
+            "The following storage objectIds must be uploaded to the storage server before the "
+            f"analysisId {analysis_id} can be published: {','.join(missing)}",
+            error_id="missing.storage.objects",
+            analysis_id=analysis_id,
+            object_ids=missing,
+        )
+
+    stored: list[tuple[int, str | None]] = []  # (objectSize, objectMd5) per file
+    for oid in ids:
+        raw = store.read_meta(oid)
+        if raw is None:
+            raise NotFound(
+                f"The object with objectId '{oid}' does not exist in the storage server",
+                error_id="storage.object.not.found",
+                analysis_id=analysis_id,
+                object_ids=[oid],
+            )
+        problems = _validate_download_response(raw)
+        if problems:
+            raise Internal(
+                f"The validation of the storage download response for objectId '{oid}' failed "
+                f"with the following errors: {'; '.join(problems)}",
+                error_id="invalid.storage.download.response",
+                analysis_id=analysis_id,
+                object_ids=[oid],
+            )
+        stored.append((raw["objectSize"], raw.get("objectMd5")))
+
+    bad_sizes = [
+        oid
+        for oid, f, (size, _) in zip(ids, files, stored, strict=True)
+        if f.get("fileSize") != size
+    ]
+    if bad_sizes:
+        raise StorageCheckFailed(
+            "The following file objectIds have mismatching object sizes in the storage server: "
+            f"[{' , '.join(bad_sizes)}]. The analysisId '{analysis_id}' cannot be published "
+            "until they all match.",
+            error_id="mismatching.storage.object.sizes",
+            analysis_id=analysis_id,
+            object_ids=bad_sizes,
+        )
+
+    undefined = [oid for oid, (_, md5) in zip(ids, stored, strict=True) if not md5]
+    bad_md5 = [
+        oid
+        for oid, f, (_, md5) in zip(ids, files, stored, strict=True)
+        if md5 and f.get("fileMd5sum") != md5
+    ]
+    if bad_md5 or (undefined and not ignore_undefined_md5):
+        msg = ""
+        if ignore_undefined_md5:
+            msg = "[WARNING]: Ignoring objectIds with an undefined MD5 checksum. "
+        msg += "Found files with a mismatching md5 checksum in the storage server. "
+        if undefined:
+            msg += "IGNORED objectIds " if ignore_undefined_md5 else "ObjectIds "
+            msg += f"with an undefined md5 checksum({len(undefined)}): [{' , '.join(undefined)}]. "
+        if bad_md5:
+            msg += (
+                f"ObjectIds with a defined and mismatching md5 checksum({len(bad_md5)}): "
+                f"[{' , '.join(bad_md5)}]. "
+            )
+        msg += (
+            f"The analysisId '{analysis_id}' cannot be published until all files with an "
+            "undefined checksum are ignored and ones with a defined checksum are matching"
+        )
+        offending = bad_md5 + ([] if ignore_undefined_md5 else undefined)
+        raise StorageCheckFailed(
+            msg,
+            error_id="mismatching.storage.object.checksums",
+            analysis_id=analysis_id,
+            object_ids=offending,
+            undefined_md5_object_ids=undefined,
+            mismatching_md5_object_ids=bad_md5,
+        )

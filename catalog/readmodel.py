@@ -1,0 +1,447 @@
+"""The in-process read model: Song's documents served from indexes, kept in step with Delta.
+
+Point reads (an analysis, a file, a donor by id) are dictionary lookups, never table scans
+(reference/limits.md B7: a Parquet query per request is ~300x slower than PostgreSQL). Pages sorted by
+analysisId come from sorted lists per study and state; counts by state are counters; regex id search
+runs RE2 over Arrow columns. The model is fed two ways: rows this process commits are applied
+directly after their commit; rows other processes commit are read from the Delta log since the last
+version seen (only the files a commit added with ``dataChange``, so compaction is not re-read).
+Applying is idempotent, so reading a commit twice is harmless.
+
+Visibility (DESIGN invariant 1): donors, specimens, samples, files and sample links become visible
+only once the analysis that wrote them is committed; until then they wait in ``_pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sortedcontainers import SortedList
+
+from .model import STATES, song_time
+from .tables import TableStore
+
+_intern = sys.intern
+
+# Row tuples held per entity (positions used below).
+# donor:    (donor_id, study_id, submitter_donor_id, gender, info)
+# specimen: (specimen_id, donor_id, study_id, submitter_specimen_id, tumour_normal_designation,
+#            specimen_tissue_source, specimen_type, info)
+# sample:   (sample_id, specimen_id, study_id, submitter_sample_id, sample_type,
+#            matched_normal_submitter_sample_id, info)
+# file:     (object_id, analysis_id, study_id, version, file_name, file_size, file_type,
+#            file_md5sum, file_access, data_type, info, source_path)
+
+ENTITY_COLUMNS = {
+    "donors": ("donor_id", "study_id", "submitter_donor_id", "gender", "info"),
+    "specimens": (
+        "specimen_id", "donor_id", "study_id", "submitter_specimen_id",
+        "tumour_normal_designation", "specimen_tissue_source", "specimen_type", "info",
+    ),
+    "samples": (
+        "sample_id", "specimen_id", "study_id", "submitter_sample_id", "sample_type",
+        "matched_normal_submitter_sample_id", "info",
+    ),
+    "files": (
+        "object_id", "analysis_id", "study_id", "version", "file_name", "file_size", "file_type",
+        "file_md5sum", "file_access", "data_type", "info", "source_path",
+    ),
+}
+# Columns whose values repeat a lot: interned to save memory at millions of rows.
+_INTERNED = {"study_id", "gender", "tumour_normal_designation", "specimen_tissue_source",
+             "specimen_type", "sample_type", "file_type", "file_access", "data_type", "info"}
+
+
+class AnalysisRecord:
+    """The current view of one committed analysis."""
+
+    __slots__ = (
+        "analysis_id", "study_id", "type_name", "type_version", "data", "version", "created_at",
+        "data_updated_at", "history", "sample_ids", "object_ids",
+    )
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.analysis_id: str = row["analysis_id"]
+        self.study_id: str = _intern(row["study_id"])
+        self.type_name: str = _intern(row["analysis_type_name"])
+        self.type_version: int = row["analysis_type_version"]
+        self.data: str = row["data"]
+        self.version: int = row["version"]
+        self.created_at: datetime = row["created_at"]
+        self.data_updated_at: datetime = row["created_at"]
+        # (event_id, initial_state, updated_state, updated_at, actor, reason)
+        self.history: list[tuple] = []
+        self.sample_ids: list[str] = []
+        self.object_ids: list[str] = []
+
+    @property
+    def state(self) -> str:
+        return self.history[-1][2] if self.history else "UNPUBLISHED"
+
+    @property
+    def updated_at(self) -> datetime:
+        if self.history and self.history[-1][3] > self.data_updated_at:
+            return self.history[-1][3]
+        return self.data_updated_at
+
+    def published_times(self) -> tuple[datetime | None, datetime | None]:
+        times = [h[3] for h in self.history if h[2] == "PUBLISHED"]
+        return (min(times), max(times)) if times else (None, None)
+
+
+class ReadModel:
+    """Indexes over the committed catalog, for one process."""
+
+    def __init__(self, tables: TableStore) -> None:
+        self.tables = tables
+        self.lock = threading.RLock()
+        self.studies: dict[str, dict[str, Any]] = {}
+        self.analyses: dict[str, AnalysisRecord] = {}
+        self.donors: dict[str, tuple] = {}
+        self.specimens: dict[str, tuple] = {}
+        self.samples: dict[str, tuple] = {}
+        self.files: dict[str, tuple] = {}
+        self.md5s: Counter[str] = Counter()
+        self.sample_analyses: dict[str, list[str]] = defaultdict(list)
+        self.by_study: dict[str, SortedList] = defaultdict(SortedList)
+        self.by_study_state: dict[tuple[str, str], SortedList] = defaultdict(SortedList)
+        self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        self._seen: dict[str, int] = {}
+        # Arrow columns for regex id search, appended per batch and concatenated lazily.
+        self._search_chunks: dict[str, list[pa.Table]] = defaultdict(list)
+        self._search_tables: dict[str, pa.Table] = {}
+        self.loaded_at_versions: dict[str, int] = {}
+
+    # -- loading and refreshing -----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every table once (the analyses table first, so its children are complete)."""
+        with self.lock:
+            for name in ["studies", "analyses", "donors", "specimens", "samples", "files",
+                         "analysis_samples", "analysis_state_history"]:
+                dt = self.tables.table(name)
+                dt.update_incremental()
+                version = dt.version()
+                table = dt.to_pyarrow_table()
+                self.apply_table(name, table)
+                self._seen[name] = version
+            self.loaded_at_versions = dict(self._seen)
+
+    def refresh(self) -> bool:
+        """Apply what other processes committed since the last version seen; True if anything."""
+        changed = False
+        with self.lock:
+            for name in ["studies", "analyses", "donors", "specimens", "samples", "files",
+                         "analysis_samples", "analysis_state_history"]:
+                dt = self.tables.table(name)
+                dt.update_incremental()
+                current = dt.version()
+                seen = self._seen.get(name, -1)
+                if current == seen:
+                    continue
+                changed = True
+                paths = self._added_files(name, seen, current)
+                if paths is None:
+                    self.apply_table(name, dt.to_pyarrow_table())
+                else:
+                    for path in paths:
+                        self.apply_table(name, pq.read_table(path))
+                self._seen[name] = current
+        return changed
+
+    def _added_files(self, name: str, after: int, upto: int) -> list[Path] | None:
+        """Data files added (dataChange) by commits after..upto; None when the log was cleaned."""
+        log = self.tables.dir / name / "_delta_log"
+        out = []
+        for version in range(after + 1, upto + 1):
+            entry = log / f"{version:020d}.json"
+            try:
+                lines = entry.read_text().splitlines()
+            except FileNotFoundError:
+                return None
+            for line in lines:
+                action = json.loads(line)
+                add = action.get("add")
+                if add and add.get("dataChange", True):
+                    out.append(self.tables.dir / name / add["path"])
+        return out
+
+    def mark_seen(self, name: str, version: int | None) -> None:
+        """Our own commit of `version` was applied directly; skip re-reading it if contiguous."""
+        if version is not None and self._seen.get(name) == version - 1:
+            self._seen[name] = version
+
+    # -- applying rows --------------------------------------------------------------------------
+
+    def apply_table(self, name: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        columns = table.column_names
+        values = [table.column(c).to_pylist() for c in columns]
+        self.apply_rows(name, (dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)))
+
+    def apply_rows(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        with self.lock:
+            handler = getattr(self, f"_apply_{name}")
+            new_search: list[dict[str, Any]] = []
+            for row in rows:
+                if handler(row) and name in ("donors", "specimens", "samples", "files"):
+                    new_search.append(row)
+            if new_search:
+                self._add_search_rows(name, new_search)
+            if name == "analyses":
+                self._release_pending()
+
+    def _apply_studies(self, row: dict[str, Any]) -> bool:
+        self.studies.setdefault(row["study_id"], row)
+        return True
+
+    def _apply_analyses(self, row: dict[str, Any]) -> bool:
+        rec = self.analyses.get(row["analysis_id"])
+        if rec is None:
+            if row["version"] != 1:
+                self._pending[row["analysis_id"]].append(("analyses", row))
+                return False
+            rec = AnalysisRecord(row)
+            self.analyses[rec.analysis_id] = rec
+            self.by_study[rec.study_id].add(rec.analysis_id)
+            self.by_study_state[(rec.study_id, "UNPUBLISHED")].add(rec.analysis_id)
+            return True
+        if row["version"] > rec.version:
+            rec.version = row["version"]
+            rec.data = row["data"]
+            rec.type_name = _intern(row["analysis_type_name"])
+            rec.type_version = row["analysis_type_version"]
+            rec.data_updated_at = row["created_at"]
+        return True
+
+    def _entity(self, name: str, row: dict[str, Any]) -> tuple:
+        return tuple(
+            _intern(row[c]) if c in _INTERNED and row[c] is not None else row[c]
+            for c in ENTITY_COLUMNS[name]
+        )
+
+    def _visible(self, name: str, row: dict[str, Any]) -> bool:
+        if row["analysis_id"] in self.analyses:
+            return True
+        self._pending[row["analysis_id"]].append((name, row))
+        return False
+
+    def _apply_donors(self, row: dict[str, Any]) -> bool:
+        if row["donor_id"] in self.donors or not self._visible("donors", row):
+            return False
+        self.donors[row["donor_id"]] = self._entity("donors", row)
+        return True
+
+    def _apply_specimens(self, row: dict[str, Any]) -> bool:
+        if row["specimen_id"] in self.specimens or not self._visible("specimens", row):
+            return False
+        self.specimens[row["specimen_id"]] = self._entity("specimens", row)
+        return True
+
+    def _apply_samples(self, row: dict[str, Any]) -> bool:
+        if row["sample_id"] in self.samples or not self._visible("samples", row):
+            return False
+        self.samples[row["sample_id"]] = self._entity("samples", row)
+        return True
+
+    def _apply_files(self, row: dict[str, Any]) -> bool:
+        if not self._visible("files", row):
+            return False
+        old = self.files.get(row["object_id"])
+        if old is not None and old[3] >= row["version"]:
+            return False
+        entry = self._entity("files", row)
+        self.files[row["object_id"]] = entry
+        if old is None:
+            self.analyses[row["analysis_id"]].object_ids.append(row["object_id"])
+        else:
+            self.md5s[old[7]] -= 1
+        self.md5s[entry[7]] += 1
+        return old is None
+
+    def _apply_analysis_samples(self, row: dict[str, Any]) -> bool:
+        if not self._visible("analysis_samples", row):
+            return False
+        rec = self.analyses[row["analysis_id"]]
+        if row["sample_id"] not in rec.sample_ids:
+            rec.sample_ids.append(row["sample_id"])
+            self.sample_analyses[row["sample_id"]].append(rec.analysis_id)
+        return True
+
+    def _apply_analysis_state_history(self, row: dict[str, Any]) -> bool:
+        if not self._visible("analysis_state_history", row):
+            return False
+        rec = self.analyses[row["analysis_id"]]
+        if any(h[0] == row["event_id"] for h in rec.history):
+            return False
+        before = rec.state
+        entry = (row["event_id"], row["initial_state"], row["updated_state"], row["updated_at"],
+                 row["actor"], row["reason"])
+        rec.history.append(entry)
+        if len(rec.history) > 1 and rec.history[-2][3] > entry[3]:
+            rec.history.sort(key=lambda h: h[3])
+        after = rec.state
+        if before != after:
+            self.by_study_state[(rec.study_id, before)].discard(rec.analysis_id)
+            self.by_study_state[(rec.study_id, after)].add(rec.analysis_id)
+        return True
+
+    def _release_pending(self) -> None:
+        ready = [aid for aid in self._pending if aid in self.analyses]
+        for aid in ready:
+            for name, row in self._pending.pop(aid):
+                self.apply_rows(name, [row])
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    # -- regex search over Arrow columns ----------------------------------------------------------
+
+    _SEARCH_COLUMNS = {
+        "donors": ("donor_id", "submitter_donor_id", "study_id"),
+        "specimens": ("specimen_id", "submitter_specimen_id", "study_id"),
+        "samples": ("sample_id", "submitter_sample_id", "study_id"),
+        "files": ("object_id", "analysis_id", "study_id"),
+    }
+
+    def _add_search_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
+        cols = self._SEARCH_COLUMNS[name]
+        self._search_chunks[name].append(
+            pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in cols})
+        )
+
+    def _search_table(self, name: str) -> pa.Table:
+        chunks = self._search_chunks[name]
+        if len(chunks) != 1 or name not in self._search_tables:
+            table = pa.concat_tables(chunks) if chunks else pa.table(
+                {c: pa.array([], pa.string()) for c in self._SEARCH_COLUMNS[name]}
+            )
+            table = table.combine_chunks()
+            self._search_chunks[name] = [table]
+            self._search_tables[name] = table
+        return self._search_tables[name]
+
+    def regex_ids(self, name: str, column: str, pattern: str, study_id: str) -> set[str]:
+        """Ids of `name` in the study whose `column` matches pattern (case-insensitive, substring)."""
+        with self.lock:
+            table = self._search_table(name)
+        if table.num_rows == 0:
+            return set()
+        mask = pc.and_(
+            pc.equal(table.column("study_id"), study_id),
+            pc.match_substring_regex(table.column(column), pattern, ignore_case=True),
+        )
+        id_col = self._SEARCH_COLUMNS[name][0]
+        return set(table.column(id_col).filter(mask).to_pylist())
+
+    # -- documents ------------------------------------------------------------------------------
+
+    def donor_json(self, d: tuple) -> dict[str, Any]:
+        return {"donorId": d[0], "studyId": d[1], "submitterDonorId": d[2], "gender": d[3],
+                "info": json.loads(d[4]) if d[4] else {}}
+
+    def specimen_json(self, s: tuple) -> dict[str, Any]:
+        return {"specimenId": s[0], "donorId": s[1], "submitterSpecimenId": s[3],
+                "tumourNormalDesignation": s[4], "specimenTissueSource": s[5],
+                "specimenType": s[6], "info": json.loads(s[7]) if s[7] else {}}
+
+    def sample_json(self, s: tuple) -> dict[str, Any]:
+        return {"sampleId": s[0], "specimenId": s[1], "submitterSampleId": s[3],
+                "sampleType": s[4], "matchedNormalSubmitterSampleId": s[5],
+                "info": json.loads(s[6]) if s[6] else {}}
+
+    def file_json(self, f: tuple) -> dict[str, Any]:
+        return {"objectId": f[0], "studyId": f[2], "analysisId": f[1], "fileName": f[4],
+                "fileSize": f[5], "fileType": f[6], "fileMd5sum": f[7], "fileAccess": f[8],
+                "dataType": f[9], "info": json.loads(f[10]) if f[10] else {}}
+
+    def composite_sample(self, sample_id: str) -> dict[str, Any]:
+        sample = self.samples[sample_id]
+        specimen = self.specimens[sample[1]]
+        donor = self.donors[specimen[1]]
+        out = self.sample_json(sample)
+        out["specimen"] = self.specimen_json(specimen)
+        out["donor"] = self.donor_json(donor)
+        return out
+
+    def analysis_doc(self, rec: AnalysisRecord) -> dict[str, Any]:
+        """The analysis exactly as Song's GET /studies/{s}/analysis/{id} returns it."""
+        first, last = rec.published_times()
+        doc: dict[str, Any] = {
+            "analysisId": rec.analysis_id,
+            "studyId": rec.study_id,
+            "analysisState": rec.state,
+            "analysisType": {"name": rec.type_name, "version": rec.type_version},
+            "createdAt": song_time(rec.created_at),
+            "updatedAt": song_time(rec.updated_at),
+            "firstPublishedAt": song_time(first),
+            "publishedAt": song_time(last),
+            "analysisStateHistory": [
+                {"initialState": h[1], "updatedState": h[2], "updatedAt": song_time(h[3])}
+                for h in rec.history
+            ],
+            "samples": [self.composite_sample(s) for s in rec.sample_ids],
+            "files": [self.file_json(self.files[o]) for o in rec.object_ids],
+        }
+        for key, value in json.loads(rec.data).items():
+            doc.setdefault(key, value)
+        return doc
+
+    # -- pages and counts -----------------------------------------------------------------------
+
+    def count(self, study_id: str, states: Iterable[str] = STATES) -> int:
+        with self.lock:
+            return sum(len(self.by_study_state.get((study_id, s), ())) for s in set(states))
+
+    def page_ids(self, study_id: str, states: Iterable[str], offset: int, limit: int) -> list[str]:
+        """Analysis ids of a study in the given states, sorted ascending, sliced without a scan."""
+        wanted = set(states)
+        with self.lock:
+            if wanted >= set(STATES):
+                return list(self.by_study.get(study_id, SortedList()).islice(offset, offset + limit))
+            if len(wanted) == 1:
+                lst = self.by_study_state.get((study_id, next(iter(wanted))), SortedList())
+                return list(lst.islice(offset, offset + limit))
+            return self._page_subset(study_id, wanted, offset, limit)
+
+    def _page_subset(self, study_id: str, wanted: set[str], offset: int, limit: int) -> list[str]:
+        # rank among wanted states = rank among all - rank among the excluded states; binary search
+        every = self.by_study.get(study_id, SortedList())
+        excluded = [self.by_study_state.get((study_id, s), SortedList())
+                    for s in STATES if s not in wanted]
+        lo, hi = 0, len(every)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            key = every[mid]
+            rank = mid - sum(lst.bisect_left(key) for lst in excluded)
+            if rank < offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        out = []
+        for aid in every.islice(lo):
+            if self.analyses[aid].state in wanted:
+                out.append(aid)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def iter_study(self, study_id: str, states: Iterable[str] = STATES) -> Iterator[str]:
+        wanted = set(states)
+        with self.lock:
+            ids = list(self.by_study.get(study_id, ()))
+        for aid in ids:
+            if self.analyses[aid].state in wanted:
+                yield aid

@@ -1,0 +1,108 @@
+"""Read-only SQL over the catalog: DuckDB views named after the tables, current state joined in.
+
+The Delta tables reach DuckDB as Arrow datasets (no DuckDB extension needed). After the views are
+made, file-system access is switched off and the configuration locked, so a query cannot read or
+write files outside the catalog (``COPY``, ``read_csv('/etc/passwd')``, ``ATTACH`` all fail), and
+only a single SELECT statement is accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+from deltalake import DeltaTable
+
+from .errors import BadRequest
+from .tables import DATA_TABLES, TableStore
+
+_VISIBLE = "analysis_id IN (SELECT analysis_id FROM _analyses WHERE version = 1)"
+
+VIEWS = {
+    "studies": "SELECT * FROM _studies",
+    "analysis_types": "SELECT * FROM _analysis_types",
+    "analysis_versions": "SELECT * FROM _analyses",
+    "analyses": """
+        WITH cur AS (
+            SELECT * FROM _analyses
+            QUALIFY row_number() OVER (PARTITION BY analysis_id ORDER BY version DESC) = 1),
+        first AS (SELECT analysis_id, created_at FROM _analyses WHERE version = 1),
+        h AS (
+            SELECT analysis_id,
+                   arg_max(updated_state, updated_at) AS state,
+                   max(updated_at) AS state_updated_at,
+                   min(updated_at) FILTER (WHERE updated_state = 'PUBLISHED') AS first_published_at,
+                   max(updated_at) FILTER (WHERE updated_state = 'PUBLISHED') AS published_at
+            FROM _analysis_state_history GROUP BY analysis_id)
+        SELECT cur.analysis_id, cur.study_id,
+               coalesce(h.state, 'UNPUBLISHED') AS analysis_state,
+               cur.analysis_type_name, cur.analysis_type_version, cur.version, cur.data,
+               first.created_at,
+               greatest(cur.created_at, coalesce(h.state_updated_at, cur.created_at)) AS updated_at,
+               h.first_published_at, h.published_at
+        FROM cur JOIN first USING (analysis_id) LEFT JOIN h USING (analysis_id)""",
+    "donors": f"""SELECT * FROM _donors WHERE {_VISIBLE}
+        QUALIFY row_number() OVER (PARTITION BY donor_id ORDER BY created_at) = 1""",
+    "specimens": f"""SELECT * FROM _specimens WHERE {_VISIBLE}
+        QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY created_at) = 1""",
+    "samples": f"""SELECT * FROM _samples WHERE {_VISIBLE}
+        QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1""",
+    "files": f"""SELECT * FROM _files WHERE {_VISIBLE}
+        QUALIFY row_number() OVER (PARTITION BY object_id ORDER BY version DESC) = 1""",
+    "analysis_samples": f"SELECT DISTINCT * FROM _analysis_samples WHERE {_VISIBLE}",
+    "analysis_state_history": f"SELECT * FROM _analysis_state_history WHERE {_VISIBLE}",
+    "commits": "SELECT * FROM _commits",
+}
+
+
+def connect(tables: TableStore, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
+    """A locked-down DuckDB connection with one view per table (at `versions` when given)."""
+    con = duckdb.connect()
+    for name in [*DATA_TABLES, "commits"]:
+        path = str(tables.dir / name)
+        if versions and name in versions:
+            dt = DeltaTable(path, version=versions[name])
+        else:
+            dt = DeltaTable(path)
+        con.register(f"_{name}", dt.to_pyarrow_dataset())
+    for view, body in VIEWS.items():
+        con.execute(f"CREATE VIEW {view} AS {body}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_query(query: str) -> None:
+    """Accept exactly one SELECT statement."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise BadRequest(f"SQL does not parse: {exc}", error_id="illegal.query.parameter") from exc
+    if len(statements) != 1:
+        raise BadRequest("Exactly one SQL statement is accepted",
+                         error_id="illegal.query.parameter")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise BadRequest(
+            f"Only SELECT queries are allowed, not {statements[0].type.name}",
+            error_id="illegal.query.parameter",
+        )
+
+
+def run(
+    tables: TableStore, query: str, *, versions: dict[str, int] | None = None,
+    row_limit: int = 10_000,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only query; returns column names and at most row_limit rows."""
+    check_query(query)
+    con = connect(tables, versions)
+    try:
+        cur = con.execute(query)
+        columns = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(row_limit)
+    except duckdb.PermissionException as exc:
+        raise BadRequest(f"SQL refused: {exc}", error_id="illegal.query.parameter") from exc
+    except duckdb.Error as exc:
+        raise BadRequest(f"SQL failed: {exc}", error_id="illegal.query.parameter") from exc
+    finally:
+        con.close()
+    return columns, rows

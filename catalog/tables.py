@@ -1,0 +1,254 @@
+"""The Delta Lake tables under ``<root>/tables``: their schemas, group commits and compaction.
+
+Every table is append-only. A logical write (a batch of registrations, of state changes, ...)
+appends to several tables, children first and the commit-point table last, then records one row in
+``commits`` whose Delta version is the *catalog version* used by ``sql --as-of``; the versions of
+every table at that moment travel in the commit's custom metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import CommitProperties
+
+from .errors import BadRequest, NotFound
+from .model import now
+
+TS = pa.timestamp("us", tz="UTC")
+S = pa.string()
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "studies": pa.schema(
+        [("study_id", S), ("name", S), ("organization", S), ("description", S), ("info", S),
+         ("created_at", TS)]
+    ),
+    "analysis_types": pa.schema(
+        [("name", S), ("version", pa.int32()), ("schema", S), ("options", S), ("created_at", TS)]
+    ),
+    "donors": pa.schema(
+        [("donor_id", S), ("study_id", S), ("submitter_donor_id", S), ("gender", S), ("info", S),
+         ("analysis_id", S), ("created_at", TS)]
+    ),
+    "specimens": pa.schema(
+        [("specimen_id", S), ("donor_id", S), ("study_id", S), ("submitter_specimen_id", S),
+         ("tumour_normal_designation", S), ("specimen_tissue_source", S), ("specimen_type", S),
+         ("info", S), ("analysis_id", S), ("created_at", TS)]
+    ),
+    "samples": pa.schema(
+        [("sample_id", S), ("specimen_id", S), ("study_id", S), ("submitter_sample_id", S),
+         ("sample_type", S), ("matched_normal_submitter_sample_id", S), ("info", S),
+         ("analysis_id", S), ("created_at", TS)]
+    ),
+    "analyses": pa.schema(
+        [("analysis_id", S), ("study_id", S), ("version", pa.int32()),
+         ("analysis_type_name", S), ("analysis_type_version", pa.int32()), ("data", S),
+         ("created_at", TS), ("actor", S), ("reason", S)]
+    ),
+    "analysis_samples": pa.schema([("analysis_id", S), ("sample_id", S), ("study_id", S)]),
+    "files": pa.schema(
+        [("object_id", S), ("analysis_id", S), ("study_id", S), ("version", pa.int32()),
+         ("file_name", S), ("file_size", pa.int64()), ("file_type", S), ("file_md5sum", S),
+         ("file_access", S), ("data_type", S), ("info", S), ("source_path", S),
+         ("created_at", TS)]
+    ),
+    "analysis_state_history": pa.schema(
+        [("event_id", S), ("analysis_id", S), ("study_id", S), ("initial_state", S),
+         ("updated_state", S), ("updated_at", TS), ("actor", S), ("reason", S)]
+    ),
+    "commits": pa.schema(
+        [("committed_at", TS), ("operation", S), ("actor", S), ("rows", pa.int64()),
+         ("table_versions", S)]
+    ),
+}
+
+#: data tables (everything but the commit log), in the order a registration commits them
+DATA_TABLES = [name for name in SCHEMAS if name != "commits"]
+
+
+def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Column-wise conversion of row dicts into the table's Arrow schema."""
+    schema = SCHEMAS[name]
+    arrays = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class TableStore:
+    """Opens, appends to and compacts the catalog's Delta tables."""
+
+    def __init__(self, tables_dir: Path, *, compact_after_files: int = 64) -> None:
+        self.dir = tables_dir
+        self.compact_after_files = compact_after_files
+        self._tables: dict[str, DeltaTable] = {}
+        self._file_counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create_all(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, schema in SCHEMAS.items():
+            path = self.dir / name
+            if not DeltaTable.is_deltatable(str(path)):
+                DeltaTable.create(str(path), schema, name=name, mode="ignore")
+
+    def exists(self) -> bool:
+        return all(DeltaTable.is_deltatable(str(self.dir / n)) for n in SCHEMAS)
+
+    def table(self, name: str) -> DeltaTable:
+        dt = self._tables.get(name)
+        if dt is None:
+            try:
+                dt = DeltaTable(str(self.dir / name))
+            except TableNotFoundError as exc:
+                raise NotFound(
+                    f"No catalog table '{name}' under {self.dir}: run 'songlake init' first",
+                    error_id="id.not.found",
+                ) from exc
+            self._tables[name] = dt
+            self._file_counts[name] = len(dt.file_uris())
+        return dt
+
+    def version(self, name: str) -> int:
+        return self.table(name).version()
+
+    def versions(self) -> dict[str, int]:
+        out = {}
+        for name in SCHEMAS:
+            dt = self.table(name)
+            dt.update_incremental()
+            out[name] = dt.version()
+        return out
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def append(self, name: str, rows: Sequence[Mapping[str, Any]] | pa.Table) -> int | None:
+        """Append rows to one table in one commit; returns the new version (None if no rows)."""
+        data = rows if isinstance(rows, pa.Table) else to_arrow(name, rows)
+        if data.num_rows == 0:
+            return None
+        with self._lock:
+            dt = self.table(name)
+            write_deltalake(dt, data, mode="append")
+            self._file_counts[name] = self._file_counts.get(name, 0) + 1
+            version = dt.version()
+            if self._file_counts[name] >= self.compact_after_files:
+                self._compact_locked(name)
+        return version
+
+    def group_commit(
+        self,
+        batches: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+        *,
+        operation: str,
+        actor: str | None,
+    ) -> int:
+        """Append to several tables in the given order, then record one catalog version."""
+        versions: dict[str, int] = {}
+        total = 0
+        for name, rows in batches:
+            version = self.append(name, rows)
+            if version is not None:
+                versions[name] = version
+                total += len(rows)
+        return self._log_commit(operation, actor, total)
+
+    def _log_commit(self, operation: str, actor: str | None, rows: int) -> int:
+        current = {}
+        for name in DATA_TABLES:
+            dt = self.table(name)
+            dt.update_incremental()
+            current[name] = dt.version()
+        record = {
+            "committed_at": now(),
+            "operation": operation,
+            "actor": actor,
+            "rows": rows,
+            "table_versions": json.dumps(current, sort_keys=True),
+        }
+        with self._lock:
+            dt = self.table("commits")
+            write_deltalake(
+                dt,
+                to_arrow("commits", [record]),
+                mode="append",
+                commit_properties=CommitProperties(
+                    custom_metadata={"songlake.table_versions": record["table_versions"]}
+                ),
+            )
+            self._file_counts["commits"] = self._file_counts.get("commits", 0) + 1
+            version = dt.version()
+            if self._file_counts["commits"] >= self.compact_after_files:
+                self._compact_locked("commits")
+        return version
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def _compact_locked(self, name: str) -> None:
+        dt = self.table(name)
+        dt.optimize.compact()
+        dt.update_incremental()
+        self._file_counts[name] = len(dt.file_uris())
+
+    def compact(self, name: str | None = None) -> dict[str, int]:
+        """Compact one table or all of them; returns the file count of each afterwards."""
+        names = [name] if name else list(SCHEMAS)
+        with self._lock:
+            for n in names:
+                self._compact_locked(n)
+        return {n: self._file_counts[n] for n in names}
+
+    def file_count(self, name: str) -> int:
+        self.table(name)
+        return self._file_counts[name]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def read(self, name: str, version: int | None = None) -> pa.Table:
+        dt = self.table(name)
+        if version is None:
+            dt.update_incremental()
+            return dt.to_pyarrow_table()
+        snap = DeltaTable(str(self.dir / name), version=version)
+        return snap.to_pyarrow_table()
+
+    def versions_as_of(self, as_of: str) -> dict[str, int]:
+        """Map a catalog version (integer) or a time (ISO-8601) to a version of every table."""
+        commits = self.table("commits")
+        commits.update_incremental()
+        text = as_of.strip()
+        if text.isdigit():
+            wanted = int(text)
+            if wanted < 1 or wanted > commits.version():
+                raise BadRequest(
+                    f"Catalog version {wanted} does not exist (latest is {commits.version()})"
+                )
+            for entry in commits.history():
+                if entry.get("version") == wanted:
+                    return json.loads(entry["songlake.table_versions"])
+            raise BadRequest(f"Catalog version {wanted} has no recorded table versions")
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise BadRequest(
+                f"--as-of takes a catalog version (integer) or an ISO-8601 time, not {as_of!r}"
+            ) from exc
+        if when.tzinfo is None:
+            when = when.astimezone()
+        out = {}
+        for name in DATA_TABLES:
+            dt = DeltaTable(str(self.dir / name))
+            try:
+                dt.load_as_version(when)
+            except Exception as exc:  # deltalake raises a generic error before the first commit
+                raise BadRequest(f"The catalog has no state as of {as_of}: {exc}") from exc
+            out[name] = dt.version()
+        return out
