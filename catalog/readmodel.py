@@ -132,7 +132,7 @@ class ReadModel:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 version = dt.version()
-                table = dt.to_pyarrow_table()
+                table = self.tables.dataset(name, version).to_table()
                 self.apply_table(name, table)
                 self._seen[name] = version
             self.loaded_at_versions = dict(self._seen)
@@ -152,7 +152,7 @@ class ReadModel:
                 changed = True
                 paths = self._added_files(name, seen, current)
                 if paths is None:
-                    self.apply_table(name, dt.to_pyarrow_table())
+                    self.apply_table(name, self.tables.dataset(name, current).to_table())
                 else:
                     for path in paths:
                         self.apply_table(name, pq.read_table(path))

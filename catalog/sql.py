@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
-from deltalake import DeltaTable
 
 from .errors import BadRequest
 from .tables import DATA_TABLES, TableStore
@@ -59,12 +58,8 @@ def connect(tables: TableStore, versions: dict[str, int] | None = None) -> duckd
     """A locked-down DuckDB connection with one view per table (at `versions` when given)."""
     con = duckdb.connect()
     for name in [*DATA_TABLES, "commits"]:
-        path = str(tables.dir / name)
-        if versions and name in versions:
-            dt = DeltaTable(path, version=versions[name])
-        else:
-            dt = DeltaTable(path)
-        con.register(f"_{name}", dt.to_pyarrow_dataset())
+        version = versions.get(name) if versions else None
+        con.register(f"_{name}", tables.dataset(name, version))
     for view, body in VIEWS.items():
         con.execute(f"CREATE VIEW {view} AS {body}")
     con.execute("SET enable_external_access = false")
