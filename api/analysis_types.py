@@ -1,0 +1,107 @@
+"""Analysis types under /schemas: list (PageDTO), show, the registration meta-schema, register.
+
+(Not named schemas.py: that would shadow the top-level ``schemas`` data package; see STYLE.md.)
+POST /schemas has NO auth yet (Song requires the system scope); auth comes with the API issue.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from catalog.errors import BadRequest
+from catalog.registry import AnalysisType, registration_schema
+
+from .params import csv_list, current_catalog, flag, integer, json_body, optional_integer
+
+bp = Blueprint("schemas", __name__)
+
+SORT_FIELDS = ("version", "name")
+
+
+@bp.get("/schemas")
+def list_types() -> Response:
+    """Song's PageDTO: ``{limit, offset, count, resultSet}``; like Java, ``offset`` reads 0."""
+    names = set(csv_list("names"))
+    versions = set(_versions())
+    hide_schema = flag("hideSchema")
+    unrendered = flag("unrenderedOnly")
+    offset = integer("offset", 0, minimum=0)
+    limit = integer("limit", 20, minimum=0)
+    sort = csv_list("sort") or ["version"]
+    bad = [s for s in sort if s not in SORT_FIELDS]
+    if bad:
+        raise BadRequest(
+            f"The sort fields {', '.join(bad)} are not among {', '.join(SORT_FIELDS)}",
+            error_id="malformed.parameter",
+        )
+    order = csv_list("sortOrder") or ["DESC"]
+    if len(order) != 1 or order[0].upper() not in ("ASC", "DESC"):
+        raise BadRequest(
+            f"The sortOrder '{','.join(order)}' must be ASC or DESC", error_id="malformed.parameter"
+        )
+    matched = [
+        t
+        for t in _by_registration(current_catalog().registry.all())
+        if (not names or t.name in names) and (not versions or t.version in versions)
+    ]
+    # "version" sorts by registration order (Song's id column), which also breaks ties
+    position = {(t.name, t.version): i for i, t in enumerate(matched)}
+
+    def key(t: AnalysisType) -> tuple[Any, ...]:
+        fields = [position[(t.name, t.version)] if s == "version" else t.name for s in sort]
+        return (*fields, position[(t.name, t.version)])
+
+    matched.sort(key=key, reverse=order[0].upper() == "DESC")
+    page = matched[offset : offset + limit]
+    return jsonify(
+        {
+            "limit": limit,
+            "offset": 0,
+            "count": len(matched),
+            "resultSet": [t.to_json(rendered=not unrendered, hide_schema=hide_schema) for t in page],
+        }
+    )
+
+
+@bp.get("/schemas/registration")
+def registration() -> Response:
+    """The meta-schema every registered analysis type must satisfy, pretty-printed as Song does."""
+    return Response(json.dumps(registration_schema(), indent=2), mimetype="application/json")
+
+
+@bp.get("/schemas/<name>")
+def get_type(name: str) -> Response:
+    atype = current_catalog().registry.get(name, optional_integer("version"))
+    return jsonify(atype.to_json(rendered=not flag("unrenderedOnly")))
+
+
+@bp.post("/schemas")
+def register_type() -> Response:
+    """Register the next version of a type; answers with the rendered schema and the options sent."""
+    body = json_body()
+    atype = current_catalog().register_type(body)
+    out = atype.to_json(rendered=True)
+    out["options"] = body.get("options")
+    return jsonify(out)
+
+
+def _versions() -> list[int]:
+    out = []
+    for item in csv_list("versions"):
+        try:
+            version = int(item)
+        except ValueError:
+            version = 0
+        if version < 1:
+            raise BadRequest(
+                f"The version '{item}' must be an integer >= 1", error_id="malformed.parameter"
+            )
+        out.append(version)
+    return out
+
+
+def _by_registration(types: list[AnalysisType]) -> list[AnalysisType]:
+    return sorted(types, key=lambda t: (t.created_at, t.name, t.version))
