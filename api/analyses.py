@@ -1,4 +1,4 @@
-"""Analyses: submit, read, list, page, id search, and the lifecycle (publish / unpublish / suppress).
+"""Analyses: submit, read, list, page, id search, and the lifecycle (publish/unpublish/suppress).
 
 Writes (submit and the lifecycle PUTs) have NO auth yet; auth comes with the API issue.
 """

@@ -61,7 +61,9 @@ def list_types() -> Response:
             "limit": limit,
             "offset": 0,
             "count": len(matched),
-            "resultSet": [t.to_json(rendered=not unrendered, hide_schema=hide_schema) for t in page],
+            "resultSet": [
+                t.to_json(rendered=not unrendered, hide_schema=hide_schema) for t in page
+            ],
         }
     )
 
@@ -80,7 +82,7 @@ def get_type(name: str) -> Response:
 
 @bp.post("/schemas")
 def register_type() -> Response:
-    """Register the next version of a type; answers with the rendered schema and the options sent."""
+    """Register a type's next version; answers with the rendered schema and the options sent."""
     body = json_body()
     atype = current_catalog().register_type(body)
     out = atype.to_json(rendered=True)

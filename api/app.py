@@ -55,7 +55,7 @@ class RefreshGate:
 def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     """A Flask app serving `catalog` with Song's REST API."""
     settings = settings or catalog.settings
-    app = Flask("songlake")
+    app = Flask(__name__, static_folder=None)
     # Spring matches /x and /x/ alike, and the SDKs call POST /studies/{id}/ with the slash
     app.url_map.strict_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep Song's field order

@@ -1,16 +1,16 @@
 """Song's error envelope: the one table of error id -> HTTP status, and the handlers that turn
 every non-2xx answer into a full SongError JSON (reference/song-api.md §2).
 
-    what was raised                  status                      errorId
-    SonglakeError (catalog)          STATUS[error_id]            the error's own id
-    werkzeug HTTPException           the exception's code        Spring's status name, lower-cased,
-      (unknown route, wrong method,                              "_" -> "." (Song's own rule for ids):
-       body too large, ...)                                      not.found, method.not.allowed, ...
-    any other Exception              500                         unknown.error
+    what was raised                 status                  errorId
+    SonglakeError (catalog)         STATUS[error_id]        the error's own id
+    werkzeug HTTPException          the exception's code    Spring's status name lower-cased, "_"
+      (unknown route, wrong method,                         -> "." (Song's own rule for its ids):
+       body too large, ...)                                 not.found, method.not.allowed, ...
+    any other Exception             500                     unknown.error
 
-Why "not.found" for an unknown route rather than "unknown.error": in Song's table unknown.error is a
-500, and a client that maps ids to statuses should not see it on a 404. Song itself answers these with
-Spring's default body; both Song SDKs need the SongError shape, so we never do that.
+Why "not.found" for an unknown route rather than "unknown.error": in Song's table unknown.error is
+a 500, and a client that maps ids to statuses should not see it on a 404. Song itself answers these
+with Spring's default body; both Song SDKs need the SongError shape, so we never do that.
 
 An unexpected exception is logged with its traceback and an incident id; the body carries only the
 incident id, never the exception's text or class (they can hold paths and data).
@@ -42,55 +42,104 @@ log = logging.getLogger("songlake.api")
 # Song's ServerErrors, grouped by the HTTP status each one answers with (song-api.md §2.2).
 _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
     400: (
-        "suppressed.state.transition", "invalid.file.update.request",
-        "illegal.file.update.request", "search.term.syntax", "illegal.filter.parameter",
-        "illegal.query.parameter", "entity.not.related.to.study", "malformed.parameter",
-        "study.id.missing", "schema.violation", "malformed.json.schema",
+        "suppressed.state.transition",
+        "invalid.file.update.request",
+        "illegal.file.update.request",
+        "search.term.syntax",
+        "illegal.filter.parameter",
+        "illegal.query.parameter",
+        "entity.not.related.to.study",
+        "malformed.parameter",
+        "study.id.missing",
+        "schema.violation",
+        "malformed.json.schema",
         "illegal.analysis.type.name",
     ),
     401: ("unauthorized.token",),
     403: ("forbidden.token",),
     404: (
-        "study.id.does.not.exist", "donor.does.not.exist", "specimen.does.not.exist",
-        "sample.does.not.exist", "upload.id.not.found", "file.not.found",
-        "legacy.entity.not.found", "info.not.found", "analysis.id.not.found",
-        "sequencing.read.not.found", "variant.call.not.found", "analysis.type.not.found",
-        "id.not.found", "storage.object.not.found",
+        "study.id.does.not.exist",
+        "donor.does.not.exist",
+        "specimen.does.not.exist",
+        "sample.does.not.exist",
+        "upload.id.not.found",
+        "file.not.found",
+        "legacy.entity.not.found",
+        "info.not.found",
+        "analysis.id.not.found",
+        "sequencing.read.not.found",
+        "variant.call.not.found",
+        "analysis.type.not.found",
+        "id.not.found",
+        "storage.object.not.found",
     ),
     409: (
-        "upload.id.not.validated", "analysis.type.incorrect.version", "analysis.id.collision",
-        "info.already.exists", "sample.already.exists", "donor.already.exists",
-        "specimen.already.exists", "sample.to.specimen.id.mismatch", "mismatching.sample.data",
-        "mismatching.specimen.data", "mismatching.donor.data", "specimen.to.donor.id.mismatch",
-        "study.already.exists", "mismatching.storage.object.sizes",
-        "mismatching.storage.object.checksums", "missing.storage.objects", "study.id.mismatch",
+        "upload.id.not.validated",
+        "analysis.type.incorrect.version",
+        "analysis.id.collision",
+        "info.already.exists",
+        "sample.already.exists",
+        "donor.already.exists",
+        "specimen.already.exists",
+        "sample.to.specimen.id.mismatch",
+        "mismatching.sample.data",
+        "mismatching.specimen.data",
+        "mismatching.donor.data",
+        "specimen.to.donor.id.mismatch",
+        "study.already.exists",
+        "mismatching.storage.object.sizes",
+        "mismatching.storage.object.checksums",
+        "missing.storage.objects",
+        "study.id.mismatch",
         "analysis.type.already.exists",
     ),
     422: (
-        "upload.repository.create.record", "analysis.repository.create.record",
-        "sequencing.read.repository.create.record", "variant.call.repository.create.record",
-        "info.repository.create.record", "info.repository.update.record",
-        "info.repository.delete.record", "file.repository.update.record",
-        "donor.repository.update.record", "sample.repository.update.record",
-        "specimen.repository.update.record", "study.repository.create.record",
-        "file.repository.delete.record", "donor.repository.delete.record",
-        "specimen.repository.delete.record", "sample.repository.delete.record",
+        "upload.repository.create.record",
+        "analysis.repository.create.record",
+        "sequencing.read.repository.create.record",
+        "variant.call.repository.create.record",
+        "info.repository.create.record",
+        "info.repository.update.record",
+        "info.repository.delete.record",
+        "file.repository.update.record",
+        "donor.repository.update.record",
+        "sample.repository.update.record",
+        "specimen.repository.update.record",
+        "study.repository.create.record",
+        "file.repository.delete.record",
+        "donor.repository.delete.record",
+        "specimen.repository.delete.record",
+        "sample.repository.delete.record",
         "payload.parsing",
     ),
     500: (
-        "generator.clock.moved.backwards", "donor.id.is.corrupted", "sample.id.is.corrupted",
-        "specimen.id.is.corrupted", "analysis.id.not.created", "analysis.missing.files",
-        "analysis.missing.samples", "sample.repository.create.record",
-        "file.repository.create.record", "specimen.record.failed", "donor.record.failed",
-        "analysis.state.update.failed", "variant.call.corrupted.duplicate",
-        "sequencing.read.corrupted.duplicate", "unregistered.type",
-        "invalid.storage.download.response", "unknown.error", "duplicate.analysis.schema",
+        "generator.clock.moved.backwards",
+        "donor.id.is.corrupted",
+        "sample.id.is.corrupted",
+        "specimen.id.is.corrupted",
+        "analysis.id.not.created",
+        "analysis.missing.files",
+        "analysis.missing.samples",
+        "sample.repository.create.record",
+        "file.repository.create.record",
+        "specimen.record.failed",
+        "donor.record.failed",
+        "analysis.state.update.failed",
+        "variant.call.corrupted.duplicate",
+        "sequencing.read.corrupted.duplicate",
+        "unregistered.type",
+        "invalid.storage.download.response",
+        "unknown.error",
+        "duplicate.analysis.schema",
         "duplicate.analysis.data",
     ),
     501: ("not.implemented.yet",),
     502: (
-        "bad.reply.from.gateway", "gateway.service.not.found", "rest.client.unexpected.response",
-        "id.service.error", "storage.service.error",
+        "bad.reply.from.gateway",
+        "gateway.service.not.found",
+        "rest.client.unexpected.response",
+        "id.service.error",
+        "storage.service.error",
     ),
     503: ("service.unavailable",),
     504: ("gateway.is.down", "gateway.timed.out"),
@@ -154,7 +203,7 @@ def song_error(
     debug_message: str = "N/A",
     problems: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A full SongError body for the current request: Song's 8 fields, plus datetime (and problems)."""
+    """A full SongError body for the current request: Song's 8 fields, datetime, any problems."""
     millis = time.time_ns() // 1_000_000
     body: dict[str, Any] = {
         "errorId": error_id,
@@ -165,9 +214,9 @@ def song_error(
         "debugMessage": debug_message,
         "timestamp": millis,
         "stackTrace": [],
-        "datetime": datetime.fromtimestamp(millis / 1000).astimezone().isoformat(
-            timespec="milliseconds"
-        ),
+        "datetime": datetime.fromtimestamp(millis / 1000)
+        .astimezone()
+        .isoformat(timespec="milliseconds"),
     }
     if problems:
         body["problems"] = problems
@@ -215,9 +264,7 @@ def handle_http_exception(error: HTTPException) -> Response | HTTPException:
 
 def handle_unexpected(error: Exception) -> Response:
     incident = uuid.uuid4().hex[:12]
-    log.error(
-        "unexpected error %s on %s %s", incident, request.method, request.url, exc_info=error
-    )
+    log.error("unexpected error %s on %s %s", incident, request.method, request.url, exc_info=error)
     return error_response(
         song_error(
             "unknown.error",

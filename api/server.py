@@ -17,12 +17,15 @@ class ApiServer:
     """A bound waitress server: ``run()`` blocks until ``stop()`` is called from another thread."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
-        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="songlake")
+        server = waitress.create_server(
+            app, host=host, port=port, threads=threads, ident="songlake"
+        )
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")
         self._server: BaseWSGIServer = server
         self.host = host
         self.port: int = server.effective_port  # the real port when 0 asked for a free one
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -37,6 +40,9 @@ class ApiServer:
 
     def stop(self) -> None:
         """Close every socket from inside the event loop, which then ends ``run()``."""
+        if self._stopping:
+            return
+        self._stopping = True
         socket_map = self._server._map
         self._server.trigger.pull_trigger(lambda: close_all(socket_map))
 

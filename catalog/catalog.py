@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from .settings import Settings
 from .tables import TableStore
 from .validation import Planner, resolve_type, schema_violation
 
+ORPHAN_TABLES = ["donors", "specimens", "samples", "files", "analysis_samples"]
 ORDER = ["donors", "specimens", "samples", "files", "analysis_samples", "analyses"]
 STUDY_ID_MAX = 36
 
@@ -67,11 +69,15 @@ class Catalog:
 
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None) -> None:
         self.settings = settings
-        self.tables = TableStore(settings.tables_dir, compact_after_files=settings.compact_after_files)
+        self.tables = TableStore(
+            settings.tables_dir, compact_after_files=settings.compact_after_files
+        )
         if not self.tables.exists():
             raise NotFound(
                 f"{settings.root} is not a songlake catalog: run 'songlake --root "
-                f"{settings.root} init' first", error_id="id.not.found")
+                f"{settings.root} init' first",
+                error_id="id.not.found",
+            )
         self.registry = Registry(self.tables)
         self.model = ReadModel(self.tables)
         self.model.load()
@@ -101,30 +107,41 @@ class Catalog:
 
     # -- studies --------------------------------------------------------------------------------
 
-    def create_study(self, study: dict[str, Any], *, study_id: str | None = None,
-                     actor: str | None = None) -> dict[str, Any]:
+    def create_study(
+        self, study: dict[str, Any], *, study_id: str | None = None, actor: str | None = None
+    ) -> dict[str, Any]:
         if not isinstance(study, dict):
             raise BadRequest("A study must be a JSON object", error_id="malformed.parameter")
         sid = study.get("studyId") or study_id
         if study_id is not None and study.get("studyId") not in (None, study_id):
             raise BadRequest(
                 f"The studyId '{study.get('studyId')}' in the body does not match '{study_id}'",
-                error_id="study.id.mismatch")
+                error_id="study.id.mismatch",
+            )
         if not isinstance(sid, str) or not sid or len(sid) > STUDY_ID_MAX:
-            raise BadRequest(f"A studyId must be a string of 1 to {STUDY_ID_MAX} characters",
-                             error_id="malformed.parameter")
+            raise BadRequest(
+                f"A studyId must be a string of 1 to {STUDY_ID_MAX} characters",
+                error_id="malformed.parameter",
+            )
         info = study.get("info") or {}
         if not isinstance(info, dict):
             raise BadRequest("A study's info must be an object", error_id="malformed.parameter")
         with self._write_lock:
             self.refresh()
             if sid in self.model.studies:
-                raise SonglakeError(f"The studyId '{sid}' already exists",
-                                    error_id="study.already.exists", study_id=sid)
-            row = {"study_id": sid, "name": study.get("name"),
-                   "organization": study.get("organization"),
-                   "description": study.get("description"),
-                   "info": dumps(info) if info else None, "created_at": now()}
+                raise SonglakeError(
+                    f"The studyId '{sid}' already exists",
+                    error_id="study.already.exists",
+                    study_id=sid,
+                )
+            row = {
+                "study_id": sid,
+                "name": study.get("name"),
+                "organization": study.get("organization"),
+                "description": study.get("description"),
+                "info": dumps(info) if info else None,
+                "created_at": now(),
+            }
             self.tables.group_commit([("studies", [row])], operation="create_study", actor=actor)
             self.model.apply_rows("studies", [row])
         return self.get_study(sid)
@@ -132,11 +149,18 @@ class Catalog:
     def get_study(self, study_id: str) -> dict[str, Any]:
         row = self.model.studies.get(study_id)
         if row is None:
-            raise NotFound(f"The studyId '{study_id}' does not exist",
-                           error_id="study.id.does.not.exist", study_id=study_id)
-        out = {"studyId": row["study_id"], "name": row["name"],
-               "organization": row["organization"], "description": row["description"],
-               "info": json.loads(row["info"]) if row["info"] else None}
+            raise NotFound(
+                f"The studyId '{study_id}' does not exist",
+                error_id="study.id.does.not.exist",
+                study_id=study_id,
+            )
+        out = {
+            "studyId": row["study_id"],
+            "name": row["name"],
+            "organization": row["organization"],
+            "description": row["description"],
+            "info": json.loads(row["info"]) if row["info"] else None,
+        }
         return {k: v for k, v in out.items() if v not in (None, {}, "")}
 
     def list_studies(self) -> list[str]:
@@ -150,60 +174,95 @@ class Catalog:
 
     # -- registration ---------------------------------------------------------------------------
 
-    def submit(self, payload: bytes | str | dict[str, Any], study_id: str, *,
-               allow_duplicates: bool = False, actor: str | None = None) -> str:
+    def submit(
+        self,
+        payload: bytes | str | dict[str, Any],
+        study_id: str,
+        *,
+        allow_duplicates: bool = False,
+        actor: str | None = None,
+    ) -> str:
         """Register one payload; returns its analysisId or raises the Song error."""
         result = self.submit_batch(
-            [SubmitItem(payload, study_id, allow_duplicates=allow_duplicates)], actor=actor)[0]
+            [SubmitItem(payload, study_id, allow_duplicates=allow_duplicates)], actor=actor
+        )[0]
         if result.error is not None:
             raise result.error
         assert result.analysis_id is not None
         return result.analysis_id
 
-    def submit_batch(self, items: Sequence[SubmitItem], *, actor: str | None = None) -> list[SubmitResult]:
+    def submit_batch(
+        self, items: Sequence[SubmitItem], *, actor: str | None = None
+    ) -> list[SubmitResult]:
         """Validate every payload, then commit the accepted ones together (one commit per table)."""
         results: list[SubmitResult] = []
         with self._write_lock:
             self.refresh()
-            planner = Planner(self.model, self.registry,
-                              enforce_latest=self.settings.enforce_latest)
+            planner = Planner(
+                self.model, self.registry, enforce_latest=self.settings.enforce_latest
+            )
             created = now()
             plans = []
             for item in items:
                 try:
                     if item.study_id not in self.model.studies:
-                        raise NotFound(f"The studyId '{item.study_id}' does not exist",
-                                       error_id="study.id.does.not.exist", study_id=item.study_id)
-                    payload = parse_payload(item.payload,
-                                            max_bytes=self.settings.max_payload_bytes,
-                                            max_depth=self.settings.max_payload_depth)
+                        raise NotFound(
+                            f"The studyId '{item.study_id}' does not exist",
+                            error_id="study.id.does.not.exist",
+                            study_id=item.study_id,
+                        )
+                    payload = parse_payload(
+                        item.payload,
+                        max_bytes=self.settings.max_payload_bytes,
+                        max_depth=self.settings.max_payload_depth,
+                    )
                     aid = item.analysis_id or new_analysis_id()
                     if aid in self.model.analyses:
-                        raise SonglakeError(f"The analysisId '{aid}' already exists",
-                                            error_id="analysis.id.collision", analysis_id=aid)
-                    plan = planner.plan(payload, item.study_id, aid,
-                                        allow_duplicates=item.allow_duplicates,
-                                        created_at=created, actor=actor,
-                                        source_paths=item.source_paths)
+                        raise SonglakeError(
+                            f"The analysisId '{aid}' already exists",
+                            error_id="analysis.id.collision",
+                            analysis_id=aid,
+                        )
+                    plan = planner.plan(
+                        payload,
+                        item.study_id,
+                        aid,
+                        allow_duplicates=item.allow_duplicates,
+                        created_at=created,
+                        actor=actor,
+                        source_paths=item.source_paths,
+                    )
                     plans.append(plan)
                     results.append(SubmitResult(aid))
                 except SonglakeError as exc:
                     results.append(SubmitResult(None, exc))
             if plans:
-                self._commit_rows([(name, [r for p in plans for r in p.rows[name]])
-                                   for name in ORDER], operation="submit", actor=actor)
+                self._commit_rows(
+                    [(name, [r for p in plans for r in p.rows[name]]) for name in ORDER],
+                    operation="submit",
+                    actor=actor,
+                )
         return results
 
-    def _commit_rows(self, batches: list[tuple[str, list[dict[str, Any]]]], *, operation: str,
-                     actor: str | None) -> int:
+    def _commit_rows(
+        self, batches: list[tuple[str, list[dict[str, Any]]]], *, operation: str, actor: str | None
+    ) -> int:
         """Group-commit rows, then apply them to the read model (analyses first)."""
         versions = {}
         for name, rows in batches:
             versions[name] = self.tables.append(name, rows)
         catalog_version = self.tables._log_commit(operation, actor, sum(len(r) for _, r in batches))
         applied = dict(batches)
-        for name in ["studies", "analyses", "donors", "specimens", "samples", "files",
-                     "analysis_samples", "analysis_state_history"]:
+        for name in [
+            "studies",
+            "analyses",
+            "donors",
+            "specimens",
+            "samples",
+            "files",
+            "analysis_samples",
+            "analysis_state_history",
+        ]:
             if name in applied:
                 self.model.apply_rows(name, applied[name])
                 self.model.mark_seen(name, versions[name])
@@ -215,17 +274,29 @@ class Catalog:
         rec = self.model.analyses.get(analysis_id)
         if rec is None:
             if study_id not in self.model.studies:
-                raise NotFound(f"The studyId '{study_id}' does not exist",
-                               error_id="study.id.does.not.exist", study_id=study_id)
-            raise NotFound(f"The analysisId '{analysis_id}' was not found",
-                           error_id="analysis.id.not.found", analysis_id=analysis_id)
+                raise NotFound(
+                    f"The studyId '{study_id}' does not exist",
+                    error_id="study.id.does.not.exist",
+                    study_id=study_id,
+                )
+            raise NotFound(
+                f"The analysisId '{analysis_id}' was not found",
+                error_id="analysis.id.not.found",
+                analysis_id=analysis_id,
+            )
         if rec.study_id != study_id:
             if study_id not in self.model.studies:
-                raise NotFound(f"The studyId '{study_id}' does not exist",
-                               error_id="study.id.does.not.exist", study_id=study_id)
+                raise NotFound(
+                    f"The studyId '{study_id}' does not exist",
+                    error_id="study.id.does.not.exist",
+                    study_id=study_id,
+                )
             raise BadRequest(
                 f"The analysis '{analysis_id}' is not related to the study '{study_id}'",
-                error_id="entity.not.related.to.study", study_id=study_id, analysis_id=analysis_id)
+                error_id="entity.not.related.to.study",
+                study_id=study_id,
+                analysis_id=analysis_id,
+            )
         return rec
 
     def get_analysis(self, study_id: str, analysis_id: str) -> dict[str, Any]:
@@ -237,15 +308,21 @@ class Catalog:
         """An analysis by id alone (the CLI does not make users repeat the study)."""
         rec = self.model.analyses.get(analysis_id)
         if rec is None:
-            raise NotFound(f"The analysisId '{analysis_id}' was not found",
-                           error_id="analysis.id.not.found", analysis_id=analysis_id)
+            raise NotFound(
+                f"The analysisId '{analysis_id}' was not found",
+                error_id="analysis.id.not.found",
+                analysis_id=analysis_id,
+            )
         return self.get_analysis(rec.study_id, analysis_id)
 
     def study_of(self, analysis_id: str) -> str:
         rec = self.model.analyses.get(analysis_id)
         if rec is None:
-            raise NotFound(f"The analysisId '{analysis_id}' was not found",
-                           error_id="analysis.id.not.found", analysis_id=analysis_id)
+            raise NotFound(
+                f"The analysisId '{analysis_id}' was not found",
+                error_id="analysis.id.not.found",
+                analysis_id=analysis_id,
+            )
         return rec.study_id
 
     def analysis_files(self, study_id: str, analysis_id: str) -> list[dict[str, Any]]:
@@ -256,11 +333,19 @@ class Catalog:
         states = check_states(states)
         self.get_study(study_id)
         with self.model.lock:
-            return [self.model.analysis_doc(self.model.analyses[a])
-                    for a in self.model.iter_study(study_id, states)]
+            return [
+                self.model.analysis_doc(self.model.analyses[a])
+                for a in self.model.iter_study(study_id, states)
+            ]
 
-    def page_analyses(self, study_id: str, states: Iterable[str] = ("PUBLISHED",), *,
-                      limit: int = 100, offset: int = 0) -> dict[str, Any]:
+    def page_analyses(
+        self,
+        study_id: str,
+        states: Iterable[str] = ("PUBLISHED",),
+        *,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
         """Song's paginated listing: sorted by analysisId, with totals."""
         states = check_states(states)
         if limit < 0 or offset < 0:
@@ -269,8 +354,11 @@ class Catalog:
         ids = self.model.page_ids(study_id, states, offset, limit)
         with self.model.lock:
             docs = [self.model.analysis_doc(self.model.analyses[a]) for a in ids]
-        return {"analyses": docs, "totalAnalyses": self.model.count(study_id, states),
-                "currentTotalAnalyses": len(docs)}
+        return {
+            "analyses": docs,
+            "totalAnalyses": self.model.count(study_id, states),
+            "currentTotalAnalyses": len(docs),
+        }
 
     def count_analyses(self, study_id: str, states: Iterable[str] = STATES) -> int:
         return self.model.count(study_id, check_states(states))
@@ -284,21 +372,27 @@ class Catalog:
         if params.get("sampleId"):
             sample_sets.append(m.regex_ids("samples", "sample_id", params["sampleId"], study_id))
         if params.get("submitterSampleId"):
-            sample_sets.append(m.regex_ids("samples", "submitter_sample_id",
-                                           params["submitterSampleId"], study_id))
+            sample_sets.append(
+                m.regex_ids("samples", "submitter_sample_id", params["submitterSampleId"], study_id)
+            )
         specimen_sets = []
         if params.get("specimenId"):
-            specimen_sets.append(m.regex_ids("specimens", "specimen_id", params["specimenId"],
-                                             study_id))
+            specimen_sets.append(
+                m.regex_ids("specimens", "specimen_id", params["specimenId"], study_id)
+            )
         if params.get("submitterSpecimenId"):
-            specimen_sets.append(m.regex_ids("specimens", "submitter_specimen_id",
-                                             params["submitterSpecimenId"], study_id))
+            specimen_sets.append(
+                m.regex_ids(
+                    "specimens", "submitter_specimen_id", params["submitterSpecimenId"], study_id
+                )
+            )
         donor_sets = []
         if params.get("donorId"):
             donor_sets.append(m.regex_ids("donors", "donor_id", params["donorId"], study_id))
         if params.get("submitterDonorId"):
-            donor_sets.append(m.regex_ids("donors", "submitter_donor_id",
-                                          params["submitterDonorId"], study_id))
+            donor_sets.append(
+                m.regex_ids("donors", "submitter_donor_id", params["submitterDonorId"], study_id)
+            )
         with m.lock:
             if donor_sets:
                 donors = set.intersection(*donor_sets)
@@ -321,22 +415,50 @@ class Catalog:
         from .model import song_time
 
         rec = self._record(study_id, analysis_id)
-        return [{"initialState": h[1], "updatedState": h[2], "updatedAt": song_time(h[3]),
-                 "actor": h[4], "reason": h[5]} for h in rec.history]
+        return [
+            {
+                "initialState": h[1],
+                "updatedState": h[2],
+                "updatedAt": song_time(h[3]),
+                "actor": h[4],
+                "reason": h[5],
+            }
+            for h in rec.history
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def publish(self, study_id: str, analysis_id: str, *, ignore_undefined_md5: bool = False,
-                actor: str | None = None, reason: str | None = None) -> str:
-        return self._one(Transition(study_id, analysis_id, "publish", actor, reason,
-                                    ignore_undefined_md5))
+    def publish(
+        self,
+        study_id: str,
+        analysis_id: str,
+        *,
+        ignore_undefined_md5: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        return self._one(
+            Transition(study_id, analysis_id, "publish", actor, reason, ignore_undefined_md5)
+        )
 
-    def unpublish(self, study_id: str, analysis_id: str, *, actor: str | None = None,
-                  reason: str | None = None) -> str:
+    def unpublish(
+        self,
+        study_id: str,
+        analysis_id: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> str:
         return self._one(Transition(study_id, analysis_id, "unpublish", actor, reason))
 
-    def suppress(self, study_id: str, analysis_id: str, *, actor: str | None = None,
-                 reason: str | None = None) -> str:
+    def suppress(
+        self,
+        study_id: str,
+        analysis_id: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> str:
         return self._one(Transition(study_id, analysis_id, "suppress", actor, reason))
 
     def _one(self, t: Transition) -> str:
@@ -375,9 +497,11 @@ class Catalog:
                 except SonglakeError as exc:
                     outcomes[i] = exc
             if rows:
-                self._commit_rows([("analysis_state_history", rows)],
-                                  operation="change_states",
-                                  actor=transitions[0].actor if transitions else None)
+                self._commit_rows(
+                    [("analysis_state_history", rows)],
+                    operation="change_states",
+                    actor=transitions[0].actor if transitions else None,
+                )
         return outcomes
 
     def _check_publishable(self, t: Transition) -> None:
@@ -390,18 +514,25 @@ class Catalog:
                 raise SonglakeError(
                     f"Must use the latest version '{latest}' while enforceLatest=true, but using "
                     f"version '{rec.type_version}' of analysisType '{rec.type_name}' instead",
-                    error_id="analysis.type.incorrect.version", analysis_id=t.analysis_id)
+                    error_id="analysis.type.incorrect.version",
+                    analysis_id=t.analysis_id,
+                )
         files = self.analysis_files(t.study_id, t.analysis_id)
         if not files:
-            raise Internal(f"The analysis '{t.analysis_id}' has no files",
-                           error_id="analysis.missing.files", analysis_id=t.analysis_id)
-        verify_for_publish(self.store, t.analysis_id, files,
-                           ignore_undefined_md5=t.ignore_undefined_md5)
+            raise Internal(
+                f"The analysis '{t.analysis_id}' has no files",
+                error_id="analysis.missing.files",
+                analysis_id=t.analysis_id,
+            )
+        verify_for_publish(
+            self.store, t.analysis_id, files, ignore_undefined_md5=t.ignore_undefined_md5
+        )
 
     # -- updates (PUT and PATCH of dynamic data) ------------------------------------------------
 
-    def update_analysis(self, study_id: str, analysis_id: str, body: Any, *,
-                        actor: str | None = None) -> dict[str, Any]:
+    def update_analysis(
+        self, study_id: str, analysis_id: str, body: Any, *, actor: str | None = None
+    ) -> dict[str, Any]:
         """Replace an analysis' dynamic data (Song's PUT); keeps every earlier version."""
         if not isinstance(body, dict):
             raise BadRequest("The update must be a JSON object", error_id="malformed.parameter")
@@ -411,29 +542,43 @@ class Catalog:
             if rec.state == "SUPPRESSED":
                 raise StateTransitionRefused(
                     f"Cannot update the analysis '{analysis_id}': it is SUPPRESSED",
-                    error_id="suppressed.state.transition", analysis_id=analysis_id)
-            compiled = resolve_type(body, self.registry, enforce_latest=self.settings.enforce_latest)
+                    error_id="suppressed.state.transition",
+                    analysis_id=analysis_id,
+                )
+            compiled = resolve_type(
+                body, self.registry, enforce_latest=self.settings.enforce_latest
+            )
             found = compiled.update_problems(body)
             if found:
                 raise schema_violation(found)
             data = {k: v for k, v in body.items() if k != "analysisType"}
-            row = {"analysis_id": analysis_id, "study_id": study_id, "version": rec.version + 1,
-                   "analysis_type_name": compiled.type.name,
-                   "analysis_type_version": compiled.type.version, "data": dumps(data),
-                   "created_at": now(), "actor": actor, "reason": "update"}
+            row = {
+                "analysis_id": analysis_id,
+                "study_id": study_id,
+                "version": rec.version + 1,
+                "analysis_type_name": compiled.type.name,
+                "analysis_type_version": compiled.type.version,
+                "data": dumps(data),
+                "created_at": now(),
+                "actor": actor,
+                "reason": "update",
+            }
             self._commit_rows([("analyses", [row])], operation="update_analysis", actor=actor)
         return self.get_analysis(study_id, analysis_id)
 
-    def patch_analysis(self, study_id: str, analysis_id: str, patch: Any, *,
-                       actor: str | None = None) -> dict[str, Any]:
+    def patch_analysis(
+        self, study_id: str, analysis_id: str, patch: Any, *, actor: str | None = None
+    ) -> dict[str, Any]:
         """Apply an RFC 7386 merge patch to (data + analysisType), validated like a PUT."""
         rec = self._record(study_id, analysis_id)
         current = json.loads(rec.data)
         current["analysisType"] = {"name": rec.type_name, "version": rec.type_version}
         merged = merge_patch(current, patch)
         if not isinstance(merged, dict):
-            raise SchemaViolation("The patched analysis is not an object",
-                                  problems=[problem("", "type", "expected an object")])
+            raise SchemaViolation(
+                "The patched analysis is not an object",
+                problems=[problem("", "type", "expected an object")],
+            )
         return self.update_analysis(study_id, analysis_id, merged, actor=actor)
 
     def versions(self, study_id: str, analysis_id: str) -> list[dict[str, Any]]:
@@ -443,12 +588,19 @@ class Catalog:
         self._record(study_id, analysis_id)
         table = self.tables.read("analyses")
         rows = table.filter(pc.equal(table.column("analysis_id"), analysis_id)).to_pylist()
-        return [{"version": r["version"],
-                 "analysisType": {"name": r["analysis_type_name"],
-                                  "version": r["analysis_type_version"]},
-                 "createdAt": song_time(r["created_at"]), "actor": r["actor"],
-                 "data": json.loads(r["data"])}
-                for r in sorted(rows, key=lambda r: r["version"])]
+        return [
+            {
+                "version": r["version"],
+                "analysisType": {
+                    "name": r["analysis_type_name"],
+                    "version": r["analysis_type_version"],
+                },
+                "createdAt": song_time(r["created_at"]),
+                "actor": r["actor"],
+                "data": json.loads(r["data"]),
+            }
+            for r in sorted(rows, key=lambda r: r["version"])
+        ]
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -459,31 +611,95 @@ class Catalog:
         if rec.state != "UNPUBLISHED":
             raise BadRequest(
                 f"Files can be uploaded only while the analysis is UNPUBLISHED, not {rec.state}",
-                error_id="illegal.file.update.request", analysis_id=analysis_id)
+                error_id="illegal.file.update.request",
+                analysis_id=analysis_id,
+            )
         files = self.analysis_files(study_id, analysis_id)
         missing = [f["fileName"] for f in files if not (Path(directory) / f["fileName"]).is_file()]
         if missing:
-            raise NotFound(f"Files missing in {directory}: {', '.join(missing)}",
-                           error_id="file.not.found", analysis_id=analysis_id)
+            raise NotFound(
+                f"Files missing in {directory}: {', '.join(missing)}",
+                error_id="file.not.found",
+                analysis_id=analysis_id,
+            )
         out = []
         for f in files:
-            spec = self.store.put_file(f["objectId"], Path(directory) / f["fileName"],
-                                       expected_md5=f["fileMd5sum"], expected_size=f["fileSize"])
-            out.append({"objectId": f["objectId"], "fileName": f["fileName"],
-                        "objectSize": spec.object_size, "objectMd5": spec.object_md5})
+            spec = self.store.put_file(
+                f["objectId"],
+                Path(directory) / f["fileName"],
+                expected_md5=f["fileMd5sum"],
+                expected_size=f["fileSize"],
+            )
+            out.append(
+                {
+                    "objectId": f["objectId"],
+                    "fileName": f["fileName"],
+                    "objectSize": spec.object_size,
+                    "objectMd5": spec.object_md5,
+                }
+            )
         return out
 
     def manifest(self, analysis_id: str, directory: Path) -> str:
         study_id = self.study_of(analysis_id)
         files = self.analysis_files(study_id, analysis_id)
         if not files:
-            raise Internal(f"The analysis '{analysis_id}' has no files",
-                           error_id="analysis.missing.files", analysis_id=analysis_id)
+            raise Internal(
+                f"The analysis '{analysis_id}' has no files",
+                error_id="analysis.missing.files",
+                analysis_id=analysis_id,
+            )
         missing = [f["fileName"] for f in files if not (Path(directory) / f["fileName"]).is_file()]
         if missing:
-            raise NotFound(f"Files missing in {directory}: {', '.join(missing)}",
-                           error_id="file.not.found", analysis_id=analysis_id)
+            raise NotFound(
+                f"Files missing in {directory}: {', '.join(missing)}",
+                error_id="file.not.found",
+                analysis_id=analysis_id,
+            )
         return manifest_text(analysis_id, files, Path(directory))
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def orphans(self, *, min_age_seconds: float = 3600.0) -> dict[str, list[str]]:
+        """Per child table, analysis ids of rows whose analysis never committed, older than
+        min_age_seconds (younger ones may belong to a batch still committing elsewhere)."""
+        committed = set(
+            self.tables.read("analyses")
+            .filter(pc.equal(pc.field("version"), 1))
+            .column("analysis_id")
+            .to_pylist()
+        )
+        cutoff = now() - timedelta(seconds=min_age_seconds)
+        out: dict[str, list[str]] = {}
+        for name in ORPHAN_TABLES:
+            table = self.tables.read(name).select(["analysis_id", "created_at"])
+            ids = {
+                aid
+                for aid, at in zip(
+                    table.column("analysis_id").to_pylist(),
+                    table.column("created_at").to_pylist(),
+                    strict=True,
+                )
+                if aid not in committed and at <= cutoff
+            }
+            if ids:
+                out[name] = sorted(ids)
+        return out
+
+    def repair(
+        self, *, min_age_seconds: float = 3600.0, actor: str | None = None
+    ) -> dict[str, int]:
+        """Delete orphan rows left by a crash between the commits of a batch."""
+        with self._write_lock:
+            found = self.orphans(min_age_seconds=min_age_seconds)
+            deleted = {
+                name: self.tables.delete_where_in(name, "analysis_id", ids)
+                for name, ids in found.items()
+            }
+            if deleted:
+                self.tables._log_commit("repair", actor, sum(deleted.values()))
+                self.model.forget_pending({a for ids in found.values() for a in ids})
+        return deleted
 
     # -- export ---------------------------------------------------------------------------------
 
@@ -496,8 +712,9 @@ class Catalog:
         docs = [self.find_analysis(a) for a in analysis_ids]
         return group_by_study(docs)
 
-    def export_docs(self, *, study_id: str | None = None,
-                    analysis_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
+    def export_docs(
+        self, *, study_id: str | None = None, analysis_ids: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
         if study_id is not None:
             self.get_study(study_id)
             return self.list_analyses(study_id, STATES)
@@ -508,8 +725,10 @@ def check_states(states: Iterable[str]) -> list[str]:
     states = [s for s in states]
     bad = [s for s in states if s not in STATES]
     if bad:
-        raise BadRequest(f"The following are not AnalysisStates: '{','.join(bad)}'",
-                         error_id="malformed.parameter")
+        raise BadRequest(
+            f"The following are not AnalysisStates: '{','.join(bad)}'",
+            error_id="malformed.parameter",
+        )
     return states
 
 

@@ -105,8 +105,13 @@ class Group(click.Group):
 
 
 @click.group(cls=Group)
-@click.option("--root", envvar="SONGLAKE_ROOT", default=None, metavar="DIR",
-              help="Catalog root (default: $SONGLAKE_ROOT, else ./catalog-data).")
+@click.option(
+    "--root",
+    envvar="SONGLAKE_ROOT",
+    default=None,
+    metavar="DIR",
+    help="Catalog root (default: $SONGLAKE_ROOT, else ./catalog-data).",
+)
 @click.version_option(package_name="songlake")
 @click.pass_context
 def main(ctx: click.Context, root: str | None) -> None:
@@ -145,8 +150,9 @@ def serve(c: Context, host: str, port: int, no_watch: bool) -> None:
         Catalog.init(settings)
     app = create_app(c.catalog, settings=settings)
     if not no_watch:
-        click.echo("note: the inbox watcher is not part of this build yet; serving the API only",
-                   err=True)
+        click.echo(
+            "note: the inbox watcher is not part of this build yet; serving the API only", err=True
+        )
     click.echo(f"songlake serving {settings.root} on http://{host}:{port}", err=True)
     run_server(app, host=host, port=port)
 
@@ -166,11 +172,22 @@ def study() -> None:
 @click.option("--description")
 @click.option("--info", help="JSON object of extra study information.")
 @pass_ctx
-def study_create(c: Context, study_id: str, name: str | None, organization: str | None,
-                 description: str | None, info: str | None) -> None:
+def study_create(
+    c: Context,
+    study_id: str,
+    name: str | None,
+    organization: str | None,
+    description: str | None,
+    info: str | None,
+) -> None:
     """Create a study."""
-    body = {"studyId": study_id, "name": name, "organization": organization,
-            "description": description, "info": _json_option(info, "--info")}
+    body = {
+        "studyId": study_id,
+        "name": name,
+        "organization": organization,
+        "description": description,
+        "info": _json_option(info, "--info"),
+    }
     echo_json(c.catalog.create_study(body, actor=actor()))
 
 
@@ -182,9 +199,15 @@ def study_list(c: Context) -> None:
     rows = []
     for sid in cat.list_studies():
         s = cat.get_study(sid)
-        rows.append((sid, s.get("name"), cat.count_analyses(sid, ["UNPUBLISHED"]),
-                     cat.count_analyses(sid, ["PUBLISHED"]),
-                     cat.count_analyses(sid, ["SUPPRESSED"])))
+        rows.append(
+            (
+                sid,
+                s.get("name"),
+                cat.count_analyses(sid, ["UNPUBLISHED"]),
+                cat.count_analyses(sid, ["PUBLISHED"]),
+                cat.count_analyses(sid, ["SUPPRESSED"]),
+            )
+        )
     echo_table(["studyId", "name", "unpublished", "published", "suppressed"], rows)
 
 
@@ -212,8 +235,9 @@ def schema_register(c: Context, file: Path) -> None:
     from .model import parse_payload
 
     s = c.settings
-    body = parse_payload(file.read_bytes(), max_bytes=s.max_payload_bytes,
-                         max_depth=s.max_payload_depth)
+    body = parse_payload(
+        file.read_bytes(), max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth
+    )
     atype = c.catalog.register_type(body, actor=actor())
     echo_json(atype.to_json(rendered=False))
 
@@ -222,15 +246,19 @@ def schema_register(c: Context, file: Path) -> None:
 @pass_ctx
 def schema_list(c: Context) -> None:
     """List every version of every analysis type."""
-    rows = [(t.name, t.version, ", ".join(t.file_types) or "(any)", t.created_at)
-            for t in c.catalog.registry.all()]
+    rows = [
+        (t.name, t.version, ", ".join(t.file_types) or "(any)", t.created_at)
+        for t in c.catalog.registry.all()
+    ]
     echo_table(["name", "version", "fileTypes", "createdAt"], rows)
 
 
 @schema.command("show")
 @click.argument("name")
 @click.option("--version", type=int, help="Version (default: latest).")
-@click.option("--unrendered", is_flag=True, help="The schema as registered, not merged on the base.")
+@click.option(
+    "--unrendered", is_flag=True, help="The schema as registered, not merged on the base."
+)
 @pass_ctx
 def schema_show(c: Context, name: str, version: int | None, unrendered: bool) -> None:
     """Show one analysis type (rendered onto the base schema unless --unrendered)."""
@@ -243,7 +271,9 @@ def schema_show(c: Context, name: str, version: int | None, unrendered: bool) ->
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--study", "study_id", help="Target study (default: the payload's studyId).")
-@click.option("--allow-duplicates", is_flag=True, help="Accept files whose md5 is already registered.")
+@click.option(
+    "--allow-duplicates", is_flag=True, help="Accept files whose md5 is already registered."
+)
 @pass_ctx
 def submit(c: Context, file: Path, study_id: str | None, allow_duplicates: bool) -> None:
     """Register a payload directly (its files are uploaded separately)."""
@@ -268,8 +298,12 @@ def _payload_study(raw: bytes, c: Context) -> str:
 
 @main.command()
 @click.argument("analysis_id")
-@click.option("--dir", "directory", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
 @pass_ctx
 def upload(c: Context, analysis_id: str, directory: Path) -> None:
     """Put an analysis' files into object storage, verified by size and md5."""
@@ -278,10 +312,18 @@ def upload(c: Context, analysis_id: str, directory: Path) -> None:
 
 @main.command()
 @click.argument("analysis_id")
-@click.option("--dir", "directory", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the manifest here instead of standard output.")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the manifest here instead of standard output.",
+)
 @pass_ctx
 def manifest(c: Context, analysis_id: str, directory: Path, output: Path | None) -> None:
     """Write a score-client upload manifest for an analysis."""
@@ -311,24 +353,38 @@ def analysis_show(c: Context, analysis_id: str) -> None:
 
 @analysis.command("list")
 @click.option("--study", "study_id", required=True)
-@click.option("--state", "states", multiple=True,
-              type=click.Choice(["UNPUBLISHED", "PUBLISHED", "SUPPRESSED"]),
-              help="Repeatable; default: every state.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["UNPUBLISHED", "PUBLISHED", "SUPPRESSED"]),
+    help="Repeatable; default: every state.",
+)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True, help="Print Song's paginated JSON.")
 @pass_ctx
-def analysis_list(c: Context, study_id: str, states: tuple[str, ...], limit: int, offset: int,
-                  as_json: bool) -> None:
+def analysis_list(
+    c: Context, study_id: str, states: tuple[str, ...], limit: int, offset: int, as_json: bool
+) -> None:
     """List a study's analyses, sorted by analysisId."""
-    page = c.catalog.page_analyses(study_id, states or ("UNPUBLISHED", "PUBLISHED", "SUPPRESSED"),
-                                   limit=limit, offset=offset)
+    page = c.catalog.page_analyses(
+        study_id, states or ("UNPUBLISHED", "PUBLISHED", "SUPPRESSED"), limit=limit, offset=offset
+    )
     if as_json:
         echo_json(page)
         return
-    rows = [(a["analysisId"], a["analysisState"],
-             f"{a['analysisType']['name']}@{a['analysisType']['version']}", len(a["samples"]),
-             len(a["files"]), a["createdAt"]) for a in page["analyses"]]
+    rows = [
+        (
+            a["analysisId"],
+            a["analysisState"],
+            f"{a['analysisType']['name']}@{a['analysisType']['version']}",
+            len(a["samples"]),
+            len(a["files"]),
+            a["createdAt"],
+        )
+        for a in page["analyses"]
+    ]
     echo_table(["analysisId", "state", "type", "samples", "files", "createdAt"], rows)
     click.echo(f"{page['totalAnalyses']} in total", err=True)
 
@@ -349,15 +405,24 @@ def _transition(action: str):
     def command(c: Context, analysis_id: str, reason: str | None, **kw: Any) -> None:
         cat = c.catalog
         fn = getattr(cat, action)
-        echo_json({"message": fn(cat.study_of(analysis_id), analysis_id, actor=actor(),
-                                 reason=reason, **kw)})
+        echo_json(
+            {
+                "message": fn(
+                    cat.study_of(analysis_id), analysis_id, actor=actor(), reason=reason, **kw
+                )
+            }
+        )
 
     return command
 
 
-analysis.command("publish", help="Publish: every file must be in object storage, size and md5 "
-                 "matching.")(click.option("--ignore-undefined-md5", "ignore_undefined_md5",
-                                           is_flag=True)(_transition("publish")))
+analysis.command(
+    "publish", help="Publish: every file must be in object storage, size and md5 matching."
+)(
+    click.option("--ignore-undefined-md5", "ignore_undefined_md5", is_flag=True)(
+        _transition("publish")
+    )
+)
 analysis.command("unpublish", help="Unpublish a published analysis.")(_transition("unpublish"))
 analysis.command("suppress", help="Suppress an analysis (from any state).")(_transition("suppress"))
 
@@ -365,15 +430,18 @@ analysis.command("suppress", help="Suppress an analysis (from any state).")(_tra
 @analysis.command("update")
 @click.argument("analysis_id")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--patch", is_flag=True, help="Apply FILE as a JSON merge patch instead of replacing.")
+@click.option(
+    "--patch", is_flag=True, help="Apply FILE as a JSON merge patch instead of replacing."
+)
 @pass_ctx
 def analysis_update(c: Context, analysis_id: str, file: Path, patch: bool) -> None:
     """Replace (or merge-patch) an analysis' dynamic data; earlier versions are kept."""
     from .model import parse_payload
 
     s = c.settings
-    body = parse_payload(file.read_bytes(), max_bytes=s.max_payload_bytes,
-                         max_depth=s.max_payload_depth)
+    body = parse_payload(
+        file.read_bytes(), max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth
+    )
     cat = c.catalog
     study_id = cat.study_of(analysis_id)
     fn = cat.patch_analysis if patch else cat.update_analysis
@@ -401,8 +469,13 @@ def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], outp
 
 @main.command()
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--as-of", help="A catalog version (integer) or an ISO-8601 time.")
 @pass_ctx
 def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
@@ -420,8 +493,9 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)
-        writer.writerows([[_default(v) if isinstance(v, (datetime, date)) else v for v in r]
-                          for r in rows])
+        writer.writerows(
+            [[_default(v) if isinstance(v, (datetime, date)) else v for v in r] for r in rows]
+        )
         click.echo(buf.getvalue(), nl=False)
     else:
         echo_table(columns, rows)
@@ -435,6 +509,27 @@ def compact(c: Context) -> None:
 
     counts = TableStore(c.settings.tables_dir).compact()
     echo_table(["table", "files"], sorted(counts.items()))
+
+
+@main.command()
+@click.option(
+    "--min-age",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Only rows older than this many seconds (younger ones may still be committing).",
+)
+@click.option("--dry-run", is_flag=True, help="List the orphans without deleting them.")
+@pass_ctx
+def repair(c: Context, min_age: float, dry_run: bool) -> None:
+    """Remove invisible orphan rows left by a crash between the commits of a batch."""
+    cat = c.catalog
+    if dry_run:
+        found = cat.orphans(min_age_seconds=min_age)
+        echo_table(["table", "orphan analyses"], [(k, len(v)) for k, v in sorted(found.items())])
+        return
+    deleted = cat.repair(min_age_seconds=min_age, actor=actor())
+    echo_table(["table", "rows deleted"], sorted(deleted.items()))
 
 
 def _json_option(text: str | None, name: str) -> Any:

@@ -45,29 +45,69 @@ _intern = sys.intern
 ENTITY_COLUMNS = {
     "donors": ("donor_id", "study_id", "submitter_donor_id", "gender", "info"),
     "specimens": (
-        "specimen_id", "donor_id", "study_id", "submitter_specimen_id",
-        "tumour_normal_designation", "specimen_tissue_source", "specimen_type", "info",
+        "specimen_id",
+        "donor_id",
+        "study_id",
+        "submitter_specimen_id",
+        "tumour_normal_designation",
+        "specimen_tissue_source",
+        "specimen_type",
+        "info",
     ),
     "samples": (
-        "sample_id", "specimen_id", "study_id", "submitter_sample_id", "sample_type",
-        "matched_normal_submitter_sample_id", "info",
+        "sample_id",
+        "specimen_id",
+        "study_id",
+        "submitter_sample_id",
+        "sample_type",
+        "matched_normal_submitter_sample_id",
+        "info",
     ),
     "files": (
-        "object_id", "analysis_id", "study_id", "version", "file_name", "file_size", "file_type",
-        "file_md5sum", "file_access", "data_type", "info", "source_path",
+        "object_id",
+        "analysis_id",
+        "study_id",
+        "version",
+        "file_name",
+        "file_size",
+        "file_type",
+        "file_md5sum",
+        "file_access",
+        "data_type",
+        "info",
+        "source_path",
     ),
 }
 # Columns whose values repeat a lot: interned to save memory at millions of rows.
-_INTERNED = {"study_id", "gender", "tumour_normal_designation", "specimen_tissue_source",
-             "specimen_type", "sample_type", "file_type", "file_access", "data_type", "info"}
+_INTERNED = {
+    "study_id",
+    "gender",
+    "tumour_normal_designation",
+    "specimen_tissue_source",
+    "specimen_type",
+    "sample_type",
+    "file_type",
+    "file_access",
+    "data_type",
+    "info",
+}
 
 
 class AnalysisRecord:
     """The current view of one committed analysis."""
 
     __slots__ = (
-        "analysis_id", "study_id", "type_name", "type_version", "data", "version", "created_at",
-        "data_updated_at", "history", "sample_ids", "object_ids",
+        "analysis_id",
+        "study_id",
+        "type_name",
+        "type_version",
+        "data",
+        "version",
+        "created_at",
+        "data_updated_at",
+        "history",
+        "sample_ids",
+        "object_ids",
     )
 
     def __init__(self, row: dict[str, Any]) -> None:
@@ -127,8 +167,16 @@ class ReadModel:
     def load(self) -> None:
         """Read every table once (the analyses table first, so its children are complete)."""
         with self.lock:
-            for name in ["studies", "analyses", "donors", "specimens", "samples", "files",
-                         "analysis_samples", "analysis_state_history"]:
+            for name in [
+                "studies",
+                "analyses",
+                "donors",
+                "specimens",
+                "samples",
+                "files",
+                "analysis_samples",
+                "analysis_state_history",
+            ]:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 version = dt.version()
@@ -141,8 +189,16 @@ class ReadModel:
         """Apply what other processes committed since the last version seen; True if anything."""
         changed = False
         with self.lock:
-            for name in ["studies", "analyses", "donors", "specimens", "samples", "files",
-                         "analysis_samples", "analysis_state_history"]:
+            for name in [
+                "studies",
+                "analyses",
+                "donors",
+                "specimens",
+                "samples",
+                "files",
+                "analysis_samples",
+                "analysis_state_history",
+            ]:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 current = dt.version()
@@ -188,7 +244,9 @@ class ReadModel:
             return
         columns = table.column_names
         values = [table.column(c).to_pylist() for c in columns]
-        self.apply_rows(name, (dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)))
+        self.apply_rows(
+            name, (dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True))
+        )
 
     def apply_rows(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         with self.lock:
@@ -286,8 +344,14 @@ class ReadModel:
         if any(h[0] == row["event_id"] for h in rec.history):
             return False
         before = rec.state
-        entry = (row["event_id"], row["initial_state"], row["updated_state"], row["updated_at"],
-                 row["actor"], row["reason"])
+        entry = (
+            row["event_id"],
+            row["initial_state"],
+            row["updated_state"],
+            row["updated_at"],
+            row["actor"],
+            row["reason"],
+        )
         rec.history.append(entry)
         if len(rec.history) > 1 and rec.history[-2][3] > entry[3]:
             rec.history.sort(key=lambda h: h[3])
@@ -302,6 +366,11 @@ class ReadModel:
         for aid in ready:
             for name, row in self._pending.pop(aid):
                 self.apply_rows(name, [row])
+
+    def forget_pending(self, analysis_ids: set[str]) -> None:
+        with self.lock:
+            for aid in analysis_ids:
+                self._pending.pop(aid, None)
 
     @property
     def pending_rows(self) -> int:
@@ -325,8 +394,10 @@ class ReadModel:
     def _search_table(self, name: str) -> pa.Table:
         chunks = self._search_chunks[name]
         if len(chunks) != 1 or name not in self._search_tables:
-            table = pa.concat_tables(chunks) if chunks else pa.table(
-                {c: pa.array([], pa.string()) for c in self._SEARCH_COLUMNS[name]}
+            table = (
+                pa.concat_tables(chunks)
+                if chunks
+                else pa.table({c: pa.array([], pa.string()) for c in self._SEARCH_COLUMNS[name]})
             )
             table = table.combine_chunks()
             self._search_chunks[name] = [table]
@@ -349,23 +420,48 @@ class ReadModel:
     # -- documents ------------------------------------------------------------------------------
 
     def donor_json(self, d: tuple) -> dict[str, Any]:
-        return {"donorId": d[0], "studyId": d[1], "submitterDonorId": d[2], "gender": d[3],
-                "info": json.loads(d[4]) if d[4] else {}}
+        return {
+            "donorId": d[0],
+            "studyId": d[1],
+            "submitterDonorId": d[2],
+            "gender": d[3],
+            "info": json.loads(d[4]) if d[4] else {},
+        }
 
     def specimen_json(self, s: tuple) -> dict[str, Any]:
-        return {"specimenId": s[0], "donorId": s[1], "submitterSpecimenId": s[3],
-                "tumourNormalDesignation": s[4], "specimenTissueSource": s[5],
-                "specimenType": s[6], "info": json.loads(s[7]) if s[7] else {}}
+        return {
+            "specimenId": s[0],
+            "donorId": s[1],
+            "submitterSpecimenId": s[3],
+            "tumourNormalDesignation": s[4],
+            "specimenTissueSource": s[5],
+            "specimenType": s[6],
+            "info": json.loads(s[7]) if s[7] else {},
+        }
 
     def sample_json(self, s: tuple) -> dict[str, Any]:
-        return {"sampleId": s[0], "specimenId": s[1], "submitterSampleId": s[3],
-                "sampleType": s[4], "matchedNormalSubmitterSampleId": s[5],
-                "info": json.loads(s[6]) if s[6] else {}}
+        return {
+            "sampleId": s[0],
+            "specimenId": s[1],
+            "submitterSampleId": s[3],
+            "sampleType": s[4],
+            "matchedNormalSubmitterSampleId": s[5],
+            "info": json.loads(s[6]) if s[6] else {},
+        }
 
     def file_json(self, f: tuple) -> dict[str, Any]:
-        return {"objectId": f[0], "studyId": f[2], "analysisId": f[1], "fileName": f[4],
-                "fileSize": f[5], "fileType": f[6], "fileMd5sum": f[7], "fileAccess": f[8],
-                "dataType": f[9], "info": json.loads(f[10]) if f[10] else {}}
+        return {
+            "objectId": f[0],
+            "studyId": f[2],
+            "analysisId": f[1],
+            "fileName": f[4],
+            "fileSize": f[5],
+            "fileType": f[6],
+            "fileMd5sum": f[7],
+            "fileAccess": f[8],
+            "dataType": f[9],
+            "info": json.loads(f[10]) if f[10] else {},
+        }
 
     def composite_sample(self, sample_id: str) -> dict[str, Any]:
         sample = self.samples[sample_id]
@@ -410,7 +506,9 @@ class ReadModel:
         wanted = set(states)
         with self.lock:
             if wanted >= set(STATES):
-                return list(self.by_study.get(study_id, SortedList()).islice(offset, offset + limit))
+                return list(
+                    self.by_study.get(study_id, SortedList()).islice(offset, offset + limit)
+                )
             if len(wanted) == 1:
                 lst = self.by_study_state.get((study_id, next(iter(wanted))), SortedList())
                 return list(lst.islice(offset, offset + limit))
@@ -419,8 +517,9 @@ class ReadModel:
     def _page_subset(self, study_id: str, wanted: set[str], offset: int, limit: int) -> list[str]:
         # rank among wanted states = rank among all - rank among the excluded states; binary search
         every = self.by_study.get(study_id, SortedList())
-        excluded = [self.by_study_state.get((study_id, s), SortedList())
-                    for s in STATES if s not in wanted]
+        excluded = [
+            self.by_study_state.get((study_id, s), SortedList()) for s in STATES if s not in wanted
+        ]
         lo, hi = 0, len(every)
         while lo < hi:
             mid = (lo + hi) // 2

@@ -54,7 +54,9 @@ SCHEMAS: dict[str, pa.Schema] = {
          ("analysis_type_name", S), ("analysis_type_version", pa.int32()), ("data", S),
          ("created_at", TS), ("actor", S), ("reason", S)]
     ),
-    "analysis_samples": pa.schema([("analysis_id", S), ("sample_id", S), ("study_id", S)]),
+    "analysis_samples": pa.schema(
+        [("analysis_id", S), ("sample_id", S), ("study_id", S), ("created_at", TS)]
+    ),
     "files": pa.schema(
         [("object_id", S), ("analysis_id", S), ("study_id", S), ("version", pa.int32()),
          ("file_name", S), ("file_size", pa.int64()), ("file_type", S), ("file_md5sum", S),
@@ -210,6 +212,19 @@ class TableStore:
     def file_count(self, name: str) -> int:
         self.table(name)
         return self._file_counts[name]
+
+    def delete_where_in(self, name: str, column: str, values: Sequence[str]) -> int:
+        """Delete rows whose column is in values (a rewrite commit); returns rows deleted."""
+        deleted = 0
+        with self._lock:
+            dt = self.table(name)
+            for start in range(0, len(values), 500):
+                chunk = values[start : start + 500]
+                quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in chunk)
+                metrics = dt.delete(f"{column} IN ({quoted})")
+                deleted += int(metrics.get("num_deleted_rows", 0) or 0)
+            self._file_counts[name] = len(dt.file_uris())
+        return deleted
 
     # -- reads --------------------------------------------------------------------------------
 

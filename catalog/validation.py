@@ -169,8 +169,8 @@ class Planner:
              "sample_type": s[4], "matched_normal_submitter_sample_id": s[5], "info": s[6], **base}
             for s in samples.values()]
         plan.rows["analysis_samples"] = [
-            {"analysis_id": analysis_id, "sample_id": sid, "study_id": study_id}
-            for sid in sample_ids]
+            {"analysis_id": analysis_id, "sample_id": sid, "study_id": study_id,
+             "created_at": created_at} for sid in sample_ids]
         file_rows = []
         for f in files:
             cols, info = split_entity(f, "file", FILE_FIELDS)

@@ -52,10 +52,13 @@ def test_first_five_minutes_from_the_readme(root: Path, tmp_path: Path) -> None:
 
     table = run(root, "sql", "SELECT analysis_id, analysis_state FROM analyses").stdout
     assert aid in table and "PUBLISHED" in table
-    rows = json.loads(run(root, "sql", "SELECT file_name FROM files ORDER BY 1",
-                          "--format", "json").stdout)
-    assert [r["file_name"] for r in rows] == ["example-tumour.variants.tsv",
-                                              "example-tumour.vcf.gz"]
+    rows = json.loads(
+        run(root, "sql", "SELECT file_name FROM files ORDER BY 1", "--format", "json").stdout
+    )
+    assert [r["file_name"] for r in rows] == [
+        "example-tumour.variants.tsv",
+        "example-tumour.vcf.gz",
+    ]
 
 
 def test_validation_errors_print_every_problem(root: Path, tmp_path: Path) -> None:
@@ -87,18 +90,23 @@ def test_update_export_and_time_travel(root: Path, tmp_path: Path) -> None:
     run(root, "init")
     run(root, "study", "create", "DEMO")
     aid = json.loads(run(root, "submit", str(EXAMPLE / "variant-call.song.json")).stdout)[
-        "analysisId"]
+        "analysisId"
+    ]
     before = run(root, "sql", "SELECT max(committed_at) FROM commits", "--format", "json").stdout
-    version = json.loads(run(root, "sql", "SELECT count(*) AS n FROM commits",
-                             "--format", "json").stdout)[0]["n"]
+    version = json.loads(
+        run(root, "sql", "SELECT count(*) AS n FROM commits", "--format", "json").stdout
+    )[0]["n"]
     patch = tmp_path / "patch.json"
     patch.write_text(json.dumps({"experiment": {"variantCallingTool": "caller 2.0"}}))
     run(root, "analysis", "update", aid, str(patch), "--patch")
 
     now = json.loads(run(root, "sql", "SELECT data FROM analyses", "--format", "json").stdout)
     assert json.loads(now[0]["data"])["experiment"]["variantCallingTool"] == "caller 2.0"
-    old = json.loads(run(root, "sql", "SELECT data FROM analyses", "--format", "json",
-                         "--as-of", str(version)).stdout)
+    old = json.loads(
+        run(
+            root, "sql", "SELECT data FROM analyses", "--format", "json", "--as-of", str(version)
+        ).stdout
+    )
     assert json.loads(old[0]["data"])["experiment"]["variantCallingTool"] == "example-caller 1.0"
     assert before
 
@@ -114,8 +122,7 @@ def test_manifest_has_score_client_format(root: Path, tmp_path: Path) -> None:
     run(root, "study", "create", "DEMO")
     data = tmp_path / "data"
     shutil.copytree(EXAMPLE, data)
-    aid = json.loads(run(root, "submit", str(data / "variant-call.song.json")).stdout)[
-        "analysisId"]
+    aid = json.loads(run(root, "submit", str(data / "variant-call.song.json")).stdout)["analysisId"]
     text = run(root, "manifest", aid, "--dir", str(data)).stdout
     lines = text.split("\n")
     assert lines[0] == f"{aid}\t\t"
