@@ -1,8 +1,9 @@
 """The in-process read model: Song's documents served from indexes, kept in step with Delta.
 
 Point reads (an analysis, a file, a donor by id) are dictionary lookups, never table scans
-(reference/limits.md B7: a Parquet query per request is ~300x slower than PostgreSQL). Pages sorted by
-analysisId come from sorted lists per study and state; counts by state are counters; regex id search
+(reference/limits.md B7: a Parquet query per request is ~300x slower than PostgreSQL). Pages sorted
+by analysisId come from sorted lists per study and state; counts by state are counters; regex id
+search
 runs RE2 over Arrow columns. The model is fed two ways: rows this process commits are applied
 directly after their commit; rows other processes commit are read from the Delta log since the last
 version seen (only the files a commit added with ``dataChange``, so compaction is not re-read).
@@ -405,7 +406,7 @@ class ReadModel:
         return self._search_tables[name]
 
     def regex_ids(self, name: str, column: str, pattern: str, study_id: str) -> set[str]:
-        """Ids of `name` in the study whose `column` matches pattern (case-insensitive, substring)."""
+        """Ids in the study whose `column` matches pattern (case-insensitive, unanchored)."""
         with self.lock:
             table = self._search_table(name)
         if table.num_rows == 0:
