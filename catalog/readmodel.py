@@ -3,8 +3,7 @@
 Point reads (an analysis, a file, a donor by id) are dictionary lookups, never table scans
 (reference/limits.md B7: a Parquet query per request is ~300x slower than PostgreSQL). Pages sorted
 by analysisId come from sorted lists per study and state; counts by state are counters; regex id
-search
-runs RE2 over Arrow columns. The model is fed two ways: rows this process commits are applied
+search runs RE2 over Arrow columns. The model is fed two ways: rows this process commits are applied
 directly after their commit; rows other processes commit are read from the Delta log since the last
 version seen (only the files a commit added with ``dataChange``, so compaction is not re-read).
 Applying is idempotent, so reading a commit twice is harmless.
