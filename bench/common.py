@@ -220,7 +220,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity_cores": (len(os.sched_getaffinity(0))
+                           if hasattr(os, "sched_getaffinity") else None),
         "mem_gib": mem,
         "python": platform.python_version(),
         "platform": platform.platform(),

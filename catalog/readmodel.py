@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sortedcontainers import SortedList
 
+from .errors import BadRequest
 from .model import STATES, song_time
 from .tables import TableStore
 
@@ -410,10 +411,14 @@ class ReadModel:
             table = self._search_table(name)
         if table.num_rows == 0:
             return set()
-        mask = pc.and_(
-            pc.equal(table.column("study_id"), study_id),
-            pc.match_substring_regex(table.column(column), pattern, ignore_case=True),
-        )
+        try:
+            matches = pc.match_substring_regex(table.column(column), pattern, ignore_case=True)
+        except pa.ArrowInvalid as exc:
+            raise BadRequest(
+                f"The search term '{pattern}' is not a valid regular expression: {exc}",
+                error_id="search.term.syntax",
+            ) from exc
+        mask = pc.and_(pc.equal(table.column("study_id"), study_id), matches)
         id_col = self._SEARCH_COLUMNS[name][0]
         return set(table.column(id_col).filter(mask).to_pylist())
 

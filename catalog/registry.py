@@ -76,7 +76,16 @@ def problems_from(validator: Draft7Validator, doc: Any, schema_label: str) -> li
     stack = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     for err in stack:
         _collect(err, schema_label, out)
-    return out
+    # jsonschema raises one "required" error per missing key, each carrying the whole list, so
+    # _collect sees every missing key once per error: keep the first of identical problems
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for p in out:
+        key = (p["pointer"], p["rule"], p["message"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
 
 
 def _collect(err: jsonschema.ValidationError, label: str, out: list[dict]) -> None:

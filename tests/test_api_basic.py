@@ -277,3 +277,10 @@ def test_real_server_answers(catalog, no_leaked_threads):
         server.stop()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_body_over_the_limit_is_413(catalog, settings):
+    app = create_app(catalog, settings=dataclasses.replace(settings, max_payload_bytes=100))
+    response = app.test_client().post(f"/submit/{STUDY}", data="{" + " " * 200 + "}")
+    body = assert_song_error(response, 413, "payload.too.large")
+    assert body["httpStatusName"] == "PAYLOAD_TOO_LARGE"
