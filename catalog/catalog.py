@@ -244,6 +244,29 @@ class Catalog:
                 )
         return results
 
+    def check_payload(
+        self, payload: bytes | str | dict[str, Any], study_id: str, *, allow_duplicates: bool = False
+    ) -> None:
+        """Validate a payload exactly as submit_batch would, committing nothing (a dry run).
+
+        The watcher calls it before copying large files into object storage."""
+        with self._write_lock:
+            self.refresh()
+            if study_id not in self.model.studies:
+                raise NotFound(
+                    f"The studyId '{study_id}' does not exist",
+                    error_id="study.id.does.not.exist",
+                    study_id=study_id,
+                )
+            doc = parse_payload(
+                payload,
+                max_bytes=self.settings.max_payload_bytes,
+                max_depth=self.settings.max_payload_depth,
+            )
+            Planner(self.model, self.registry, enforce_latest=self.settings.enforce_latest).plan(
+                doc, study_id, new_analysis_id(), allow_duplicates=allow_duplicates, created_at=now()
+            )
+
     def _commit_rows(
         self, batches: list[tuple[str, list[dict[str, Any]]]], *, operation: str, actor: str | None
     ) -> int:
@@ -491,7 +514,10 @@ class Catalog:
                     rec = self._record(t.study_id, t.analysis_id)
                     current = states.get(t.analysis_id, rec.state)
                     target = check_allowed(t.analysis_id, current, t.action)
-                    rows.append(history_row(t, current, target, at))
+                    # distinct times keep several transitions of one analysis in order
+                    rows.append(
+                        history_row(t, current, target, at + timedelta(microseconds=len(rows)))
+                    )
                     states[t.analysis_id] = target
                     outcomes[i] = message(t.action, t.analysis_id)
                 except SonglakeError as exc:

@@ -110,13 +110,19 @@ def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_dept
         if text.startswith("\ufeff"):
             text = text[1:]
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, parse_constant=_not_a_number, parse_float=_finite_float)
         except RecursionError as exc:
             raise _too_deep(max_depth) from exc
         except json.JSONDecodeError as exc:
             raise PayloadParsing(
                 f"Unable to read the input payload: {exc.msg} at line {exc.lineno} column {exc.colno}",
                 problems=[problem("", "json", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
+            ) from exc
+        except ValueError as exc:
+            # NaN / Infinity are not JSON (Song's parser refuses them) and could not be stored
+            raise PayloadParsing(
+                f"Unable to read the input payload: {exc}",
+                problems=[problem("", "json", str(exc))],
             ) from exc
     if not isinstance(doc, dict):
         raise PayloadParsing(
@@ -125,6 +131,17 @@ def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_dept
         )
     check_depth(doc, max_depth)
     return doc
+
+
+def _not_a_number(token: str) -> float:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {token[:40]} is too large")
+    return value
 
 
 def _json_kind(value: Any) -> str:

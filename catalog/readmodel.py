@@ -363,9 +363,10 @@ class ReadModel:
         return True
 
     def _release_pending(self) -> None:
+        # applying a pending analyses row re-enters here, so pop defensively
         ready = [aid for aid in self._pending if aid in self.analyses]
         for aid in ready:
-            for name, row in self._pending.pop(aid):
+            for name, row in self._pending.pop(aid, ()):
                 self.apply_rows(name, [row])
 
     def forget_pending(self, analysis_ids: set[str]) -> None:

@@ -108,9 +108,25 @@ def _collect(err: jsonschema.ValidationError, label: str, out: list[dict]) -> No
         message = f"key [{path[-1] if path else ''}] is not permitted"
     elif err.validator == "enum":
         message = f"{json.dumps(err.instance, ensure_ascii=False)} is not a valid enum value"
+    elif err.validator == "type":
+        message = f"expected type: {_type_name(err.validator_value)}, found: {_kind(err.instance)}"
     elif err.validator == "const":
         message = f"{json.dumps(err.instance, ensure_ascii=False)} must be {json.dumps(err.validator_value)}"
     out.append(problem(pointer(path), str(err.validator), message, label))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _type_name(expected: Any) -> str:
+    return " or ".join(expected) if isinstance(expected, list) else str(expected)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import BadRequest, Conflict, NotFound, SchemaViolation, problem
+from .errors import BadRequest, Conflict, Internal, NotFound, SchemaViolation, problem
 from .model import (
     DONOR_FIELDS,
     FILE_FIELDS,
@@ -78,12 +78,23 @@ def schema_problems(payload: dict[str, Any], compiled: CompiledType) -> list[dic
             if f.get("fileName") in (".", ".."):
                 found.append(problem(f"/files/{i}/fileName", "fileName",
                                      "a fileName cannot be '.' or '..'", label))
+            size = f.get("fileSize")
+            # the files table stores a 64-bit size (Song's Java Long): a larger one would fail
+            # the whole batch's commit
+            if isinstance(size, int) and not -(2**63) <= size < 2**63:
+                found.append(problem(f"/files/{i}/fileSize", "maximum",
+                                     f"{size} does not fit in a 64-bit integer", label))
     found.extend(compiled.problems(payload))
     return found
 
 
 def schema_violation(found: list[dict[str, Any]]) -> SchemaViolation:
-    text = ",".join(f"#{p['pointer']}: {p['message']}" for p in found)
+    def where(p: dict[str, Any]) -> str:
+        # Song words a missing key at its parent: "#/samples/0: required key [x] not found"
+        ptr = p["pointer"].rsplit("/", 1)[0] if p["rule"] == "required" else p["pointer"]
+        return f"#{ptr}"
+
+    text = ",".join(f"{where(p)}: {p['message']}" for p in found)
     return SchemaViolation(text, problems=found)
 
 
@@ -174,6 +185,8 @@ class Planner:
         file_rows = []
         for f in files:
             cols, info = split_entity(f, "file", FILE_FIELDS)
+            # JSON Schema counts 52.0 as an integer; store 52, as a re-read of the table would
+            cols["file_size"] = int(cols["file_size"])
             file_rows.append({
                 "object_id": object_id(analysis_id, cols["file_name"]), "version": 1, **cols,
                 "info": dumps(info) if info else None,
@@ -212,6 +225,14 @@ class Planner:
         donor_id = entity_id(study_id, d_cols["submitter_donor_id"])
         specimen_id = entity_id(study_id, p_cols["submitter_specimen_id"])
         sample_id = entity_id(study_id, s_cols["submitter_sample_id"])
+        for kind, given, computed in (("donor", sample["donor"].get("donorId"), donor_id),
+                                      ("specimen", sample["specimen"].get("specimenId"),
+                                       specimen_id),
+                                      ("sample", sample.get("sampleId"), sample_id)):
+            if given is not None and given != computed:
+                raise Internal(
+                    f"The {kind}Id '{given}' in the payload is not the id Song computes for it "
+                    f"('{computed}')", error_id=f"{kind}.id.is.corrupted", study_id=study_id)
         donor = (donor_id, study_id, d_cols["submitter_donor_id"], d_cols["gender"],
                  dumps(d_info) if d_info else None)
         specimen = (specimen_id, donor_id, study_id, p_cols["submitter_specimen_id"],

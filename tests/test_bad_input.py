@@ -9,7 +9,7 @@ import pytest
 from conftest import STUDY
 
 from catalog import sql
-from catalog.catalog import Catalog
+from catalog.catalog import Catalog, SubmitItem
 from catalog.errors import SonglakeError
 from catalog.settings import load_settings
 
@@ -94,6 +94,24 @@ def test_ten_thousand_levels_of_nesting_as_a_dict(catalog, unchanged, payloads):
     assert err.error_id == "payload.parsing"
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "9" * 5000])
+def test_numbers_json_cannot_carry(catalog, unchanged, payloads, literal):
+    raw = json.dumps(payloads.variant_call(info={"x": "HERE"})).replace('"HERE"', literal)
+    err = refused(catalog.submit, raw, STUDY)
+    assert err.error_id == "payload.parsing"
+
+
+def test_file_size_beyond_64_bits_fails_alone(catalog, payloads):
+    good = payloads.variant_call()
+    huge = payloads.variant_call(files=[payloads.file("b.vcf.gz", fileSize=2**63)])
+    results = catalog.submit_batch([SubmitItem(huge, STUDY), SubmitItem(good, STUDY)])
+    assert results[0].error.error_id == "schema.violation"
+    assert [p["pointer"] for p in results[0].error.problems] == ["/files/0/fileSize"]
+    assert results[1].ok
+    assert catalog.count_analyses(STUDY) == 1
+    assert Catalog(catalog.settings).get_analysis(STUDY, results[1].analysis_id)
+
+
 # -- analysis types ----------------------------------------------------------------------------
 
 
@@ -121,7 +139,8 @@ def test_non_latest_version_under_enforce_latest(catalog, unchanged, payloads):
     assert err.error_id == "analysis.type.incorrect.version"
     assert err.message == (
         "Must use the latest version '2' while enforceLatest=true, but using version '1' of "
-        "analysisType 'variantCall' instead")
+        "analysisType 'variantCall' instead"
+    )
 
 
 def test_old_version_allowed_without_enforce_latest(catalog, payloads):
@@ -149,6 +168,31 @@ def test_malformed_analysis_type(catalog, unchanged, payloads, atype, message):
     err = refused(catalog.submit, payload, STUDY)
     assert err.error_id == "malformed.parameter"
     assert err.message == message
+
+
+def test_file_type_not_allowed_by_the_type(catalog, payloads):
+    schema = {
+        "type": "object",
+        "required": ["experiment"],
+        "properties": {"experiment": {"type": "object"}},
+    }
+    catalog.register_type(
+        {"name": "aln", "schema": schema, "options": {"fileTypes": ["BAM", "BAI"]}}
+    )
+    # a later version without fileTypes inherits them
+    assert catalog.register_type({"name": "aln", "schema": schema}).file_types == ["BAM", "BAI"]
+    before = catalog.tables.versions()
+    payload = payloads.variant_call(files=[payloads.file("a.vcf.gz")])
+    payload["analysisType"] = {"name": "aln"}
+    err = refused(catalog.submit, payload, STUDY)
+    assert err.error_id == "schema.violation"
+    assert err.problems[0]["message"] == (
+        "a.vcf.gz name is not supported, supported formats are BAM, BAI"
+    )
+    assert err.problems[0]["schema"] == "aln@2"
+    assert catalog.tables.versions() == before
+    payload["files"] = [payloads.file("a.bam", fileType="BAM")]
+    assert catalog.submit(payload, STUDY)
 
 
 # -- schema violations -----------------------------------------------------------------------
@@ -191,8 +235,10 @@ def test_enum_violations(catalog, unchanged, payloads):
     payload["samples"][0]["donor"]["gender"] = "who knows?"
     err = refused(catalog.submit, payload, STUDY)
     assert err.error_id == "schema.violation"
-    assert {p["pointer"] for p in err.problems} == {"/samples/0/donor/gender",
-                                                    "/files/0/fileAccess"}
+    assert {p["pointer"] for p in err.problems} == {
+        "/samples/0/donor/gender",
+        "/files/0/fileAccess",
+    }
 
 
 def test_server_id_in_payload_is_refused(catalog, unchanged, payloads):
@@ -200,6 +246,27 @@ def test_server_id_in_payload_is_refused(catalog, unchanged, payloads):
     err = refused(catalog.submit, payload, STUDY)
     assert err.error_id == "schema.violation"
     assert "/analysisId" in {p["pointer"] for p in err.problems}
+
+
+@pytest.mark.parametrize("where", ["sample", "specimen", "donor"])
+def test_payload_entity_id_other_than_computed(catalog, unchanged, payloads, where):
+    payload = payloads.variant_call()
+    sample = payload["samples"][0]
+    target = sample if where == "sample" else sample[where]
+    target[f"{where}Id"] = "00000000-0000-5000-8000-000000000000"
+    err = refused(catalog.submit, payload, STUDY)
+    assert err.error_id == f"{where}.id.is.corrupted"
+
+
+def test_payload_entity_id_equal_to_computed_is_accepted(catalog, payloads):
+    from catalog.model import entity_id
+
+    payload = payloads.variant_call()
+    sample = payload["samples"][0]
+    sample["sampleId"] = entity_id(STUDY, sample["submitterSampleId"])
+    aid = catalog.submit(payload, STUDY)
+    assert catalog.get_analysis(STUDY, aid)["samples"][0]["sampleId"] == sample["sampleId"]
+    assert "sampleId" not in catalog.get_analysis(STUDY, aid)["samples"][0]["info"]
 
 
 # -- entity conflicts (song-api.md §3.8) ---------------------------------------------------------
@@ -213,7 +280,8 @@ def test_donor_resubmitted_with_another_gender(catalog, unchanged, payloads):
     assert err.error_id == "mismatching.donor.data"
     assert err.message == (
         "Input Donor data does not match the existing Donor data for submitterDonorId 'd1'. "
-        "Ensure the data matches.")
+        "Ensure the data matches."
+    )
 
 
 def test_donor_resubmitted_with_other_info(catalog, unchanged, payloads):
@@ -250,7 +318,10 @@ def test_sample_with_other_type(catalog, unchanged, payloads):
 
 
 def test_conflict_inside_one_payload_writes_nothing(catalog, unchanged, payloads):
-    samples = [payloads.sample("s1", "sp1", "d1"), payloads.sample("s2", "sp2", "d1", gender="Male")]
+    samples = [
+        payloads.sample("s1", "sp1", "d1"),
+        payloads.sample("s2", "sp2", "d1", gender="Male"),
+    ]
     err = refused(catalog.submit, payloads.variant_call(samples=samples), STUDY)
     assert err.error_id == "mismatching.donor.data"
 
@@ -305,7 +376,8 @@ def test_publish_with_file_missing_from_storage(catalog, submitted):
     err = _publish_refused(catalog, aid, "missing.storage.objects")
     assert err.message == (
         "The following storage objectIds must be uploaded to the storage server before the "
-        f"analysisId {aid} can be published: {oid}")
+        f"analysisId {aid} can be published: {oid}"
+    )
 
 
 def test_publish_with_object_of_another_size(catalog, submitted, tmp_path):

@@ -13,8 +13,17 @@ from catalog.errors import SonglakeError
 from catalog.export import write_export
 
 SERVER_KEYS = {
-    "analysisId", "objectId", "sampleId", "specimenId", "donorId", "analysisState",
-    "createdAt", "updatedAt", "firstPublishedAt", "publishedAt", "analysisStateHistory",
+    "analysisId",
+    "objectId",
+    "sampleId",
+    "specimenId",
+    "donorId",
+    "analysisState",
+    "createdAt",
+    "updatedAt",
+    "firstPublishedAt",
+    "publishedAt",
+    "analysisStateHistory",
 }
 # what may differ between an analysis and its resubmission into another study
 VOLATILE = SERVER_KEYS | {"studyId"}
@@ -49,14 +58,22 @@ def populated(catalog, payloads, upload):
     rich_sample["specimen"]["site"] = "lung"
     rich = payloads.variant_call(
         samples=[rich_sample],
-        files=[payloads.file("a.vcf.gz", info={"colour": "red"}),
-               payloads.file("a.vcf.gz.tbi", fileType="TBI", fileAccess="controlled")],
-        info={"description": "rich"}, pipeline={"name": "x", "steps": [1, 2]})
-    normal = payloads.variant_call(samples=[payloads.sample("n1", "nsp1", "d2", tumour=False,
-                                                            extra=5, info={"size": 5})])
-    two = payloads.variant_call(samples=[payloads.sample(extra=5, info={"size": 5},
-                                                          specimen="sp1"),
-                                         payloads.sample("s9", "sp9", "d9", gender="Other")])
+        files=[
+            payloads.file("a.vcf.gz", info={"colour": "red"}),
+            payloads.file("a.vcf.gz.tbi", fileType="TBI", fileAccess="controlled"),
+        ],
+        info={"description": "rich"},
+        pipeline={"name": "x", "steps": [1, 2]},
+    )
+    normal = payloads.variant_call(
+        samples=[payloads.sample("n1", "nsp1", "d2", tumour=False, extra=5, info={"size": 5})]
+    )
+    two = payloads.variant_call(
+        samples=[
+            payloads.sample(extra=5, info={"size": 5}, specimen="sp1"),
+            payloads.sample("s9", "sp9", "d9", gender="Other"),
+        ]
+    )
     two["samples"][0]["donor"]["age"] = 34
     two["samples"][0]["specimen"]["site"] = "lung"
     ids = [catalog.submit(p, STUDY) for p in (rich, normal, two)]
@@ -86,8 +103,12 @@ def test_exported_payloads_carry_no_server_ids(catalog, populated):
 
 def test_matched_normal_kept_even_when_null(catalog, populated):
     (group,) = catalog.export_study(STUDY)
-    normals = [s for p in group["payloads"] for s in p["samples"]
-               if s["specimen"]["tumourNormalDesignation"] == "Normal"]
+    normals = [
+        s
+        for p in group["payloads"]
+        for s in p["samples"]
+        if s["specimen"]["tumourNormalDesignation"] == "Normal"
+    ]
     assert normals
     for s in normals:
         assert s["matchedNormalSubmitterSampleId"] is None

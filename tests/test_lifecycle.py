@@ -30,12 +30,15 @@ def meta_path(catalog: Catalog, object_id: str) -> Path:
 def test_publish_unpublish_publish_suppress(catalog, ready):
     aid = ready
     assert catalog.publish(STUDY, aid, actor="alice", reason="first release") == (
-        f"AnalysisId {aid} successfully published")
+        f"AnalysisId {aid} successfully published"
+    )
     assert catalog.unpublish(STUDY, aid, actor="bob", reason="wrong tool") == (
-        f"AnalysisId {aid} successfully unpublished")
+        f"AnalysisId {aid} successfully unpublished"
+    )
     catalog.publish(STUDY, aid, actor="alice", reason="fixed")
     assert catalog.suppress(STUDY, aid, actor="carol", reason="consent withdrawn") == (
-        f"AnalysisId {aid} was suppressed")
+        f"AnalysisId {aid} was suppressed"
+    )
 
     history = catalog.history(STUDY, aid)
     assert [(h["initialState"], h["updatedState"], h["actor"], h["reason"]) for h in history] == [
@@ -50,16 +53,20 @@ def test_publish_unpublish_publish_suppress(catalog, ready):
     doc = catalog.get_analysis(STUDY, aid)
     assert doc["analysisState"] == "SUPPRESSED"
     assert doc["analysisStateHistory"] == [
-        {k: h[k] for k in ("initialState", "updatedState", "updatedAt")} for h in history]
+        {k: h[k] for k in ("initialState", "updatedState", "updatedAt")} for h in history
+    ]
     assert doc["firstPublishedAt"] == times[0]
     assert doc["publishedAt"] == times[2]
     assert doc["updatedAt"] == times[3]
 
-    rows = sql.run(catalog.tables,
-                   "SELECT initial_state, updated_state, actor, reason FROM analysis_state_history "
-                   "ORDER BY updated_at")[1]
-    assert rows == [(h["initialState"], h["updatedState"], h["actor"], h["reason"])
-                    for h in history]
+    rows = sql.run(
+        catalog.tables,
+        "SELECT initial_state, updated_state, actor, reason FROM analysis_state_history "
+        "ORDER BY updated_at",
+    )[1]
+    assert rows == [
+        (h["initialState"], h["updatedState"], h["actor"], h["reason"]) for h in history
+    ]
     (state,) = sql.run(catalog.tables, "SELECT analysis_state FROM analyses")[1]
     assert state == ("SUPPRESSED",)
     assert Catalog(catalog.settings).get_analysis(STUDY, aid) == doc
@@ -78,7 +85,9 @@ def test_publish_times_persist_after_unpublish(catalog, ready):
     after = catalog.get_analysis(STUDY, aid)
     assert after["analysisState"] == "UNPUBLISHED"
     assert (after["firstPublishedAt"], after["publishedAt"]) == (
-        again["firstPublishedAt"], again["publishedAt"])
+        again["firstPublishedAt"],
+        again["publishedAt"],
+    )
     assert len(after["analysisStateHistory"]) == 3
 
 
@@ -87,7 +96,8 @@ def test_noop_unpublish_is_recorded(catalog, submitted):
     catalog.unpublish(STUDY, aid)
     doc = catalog.get_analysis(STUDY, aid)
     assert [(h["initialState"], h["updatedState"]) for h in doc["analysisStateHistory"]] == [
-        ("UNPUBLISHED", "UNPUBLISHED")]
+        ("UNPUBLISHED", "UNPUBLISHED")
+    ]
     assert doc["firstPublishedAt"] is None and doc["publishedAt"] is None
 
 
@@ -104,7 +114,8 @@ def test_suppressed_analysis_cannot_be_unpublished_or_published(catalog, ready):
         assert info.value.error_id == "suppressed.state.transition"
         assert info.value.message == (
             f"Cannot change the analysis state for analysisId '{aid}' from 'SUPPRESSED' to "
-            f"'{target}'")
+            f"'{target}'"
+        )
     assert catalog.history(STUDY, aid) == before
     assert catalog.tables.version("analysis_state_history") == version
     assert catalog.get_analysis(STUDY, aid)["analysisState"] == "SUPPRESSED"
@@ -116,21 +127,25 @@ def test_suppress_from_suppressed_is_recorded(catalog, submitted):
     catalog.suppress(STUDY, aid, reason="again")
     history = catalog.history(STUDY, aid)
     assert [(h["initialState"], h["updatedState"], h["reason"]) for h in history] == [
-        ("UNPUBLISHED", "SUPPRESSED", None), ("SUPPRESSED", "SUPPRESSED", "again")]
+        ("UNPUBLISHED", "SUPPRESSED", None),
+        ("SUPPRESSED", "SUPPRESSED", "again"),
+    ]
     doc = catalog.get_analysis(STUDY, aid)
     assert doc["firstPublishedAt"] is None
 
 
 def test_publish_under_enforce_latest_when_a_newer_type_version_exists(catalog, ready):
     aid = ready
-    catalog.register_type({"name": "variantCall",
-                           "schema": catalog.registry.get("variantCall").schema})
+    catalog.register_type(
+        {"name": "variantCall", "schema": catalog.registry.get("variantCall").schema}
+    )
     with pytest.raises(SonglakeError) as info:
         catalog.publish(STUDY, aid)
     assert info.value.error_id == "analysis.type.incorrect.version"
     assert info.value.message == (
         "Must use the latest version '2' while enforceLatest=true, but using version '1' of "
-        "analysisType 'variantCall' instead")
+        "analysisType 'variantCall' instead"
+    )
     assert catalog.get_analysis(STUDY, aid)["analysisState"] == "UNPUBLISHED"
 
     lax = Catalog(load_settings(catalog.settings.root, enforce_latest=False))
@@ -190,14 +205,16 @@ def test_change_states_is_one_history_commit(catalog, payloads, upload):
         upload(ids[-1], payload)
     version = catalog.tables.version("analysis_state_history")
 
-    outcomes = catalog.change_states([
-        Transition(STUDY, ids[0], "publish", actor="bot"),
-        Transition(STUDY, ids[1], "publish", actor="bot"),
-        Transition(STUDY, ids[2], "suppress", actor="bot", reason="bad"),
-        Transition(STUDY, ids[2], "publish", actor="bot"),  # refused: suppressed just above
-        Transition(STUDY, ids[0], "unpublish", actor="bot"),
-        Transition(STUDY, "00000000-0000-4000-8000-000000000000", "publish"),
-    ])
+    outcomes = catalog.change_states(
+        [
+            Transition(STUDY, ids[0], "publish", actor="bot"),
+            Transition(STUDY, ids[1], "publish", actor="bot"),
+            Transition(STUDY, ids[2], "suppress", actor="bot", reason="bad"),
+            Transition(STUDY, ids[2], "publish", actor="bot"),  # refused: suppressed just above
+            Transition(STUDY, ids[0], "unpublish", actor="bot"),
+            Transition(STUDY, "00000000-0000-4000-8000-000000000000", "publish"),
+        ]
+    )
 
     assert outcomes[:3] == [
         f"AnalysisId {ids[0]} successfully published",
@@ -212,7 +229,9 @@ def test_change_states_is_one_history_commit(catalog, payloads, upload):
     assert states == {ids[0]: "UNPUBLISHED", ids[1]: "PUBLISHED", ids[2]: "SUPPRESSED"}
     first = catalog.history(STUDY, ids[0])
     assert [(h["initialState"], h["updatedState"]) for h in first] == [
-        ("UNPUBLISHED", "PUBLISHED"), ("PUBLISHED", "UNPUBLISHED")]
+        ("UNPUBLISHED", "PUBLISHED"),
+        ("PUBLISHED", "UNPUBLISHED"),
+    ]
     assert {h["actor"] for h in first} == {"bot"}
     (count,) = sql.run(catalog.tables, "SELECT count(*) FROM analysis_state_history")[1]
     assert count == (4,)
@@ -221,16 +240,16 @@ def test_change_states_is_one_history_commit(catalog, payloads, upload):
     assert reopened.history(STUDY, ids[0]) == first
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "catalog.py change_states stamps every row of a batch with one now(): two transitions of "
-    "one analysis tie on updated_at, so the SQL analyses view (arg_max by updated_at) may "
-    "report the earlier state"))
 def test_two_transitions_of_one_analysis_in_a_batch_are_ordered(catalog, ready):
     aid = ready
-    outcomes = catalog.change_states([Transition(STUDY, aid, "publish"),
-                                      Transition(STUDY, aid, "unpublish"),
-                                      Transition(STUDY, aid, "publish"),
-                                      Transition(STUDY, aid, "unpublish")])
+    outcomes = catalog.change_states(
+        [
+            Transition(STUDY, aid, "publish"),
+            Transition(STUDY, aid, "unpublish"),
+            Transition(STUDY, aid, "publish"),
+            Transition(STUDY, aid, "unpublish"),
+        ]
+    )
     assert not any(isinstance(o, SonglakeError) for o in outcomes)
     times = [h["updatedAt"] for h in catalog.history(STUDY, aid)]
     assert len(set(times)) == 4  # each transition has its own time, in order

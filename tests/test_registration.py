@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 
@@ -12,21 +13,49 @@ from catalog.catalog import Catalog, SubmitItem
 from catalog.model import entity_id, object_id
 
 ANALYSIS_KEYS = {
-    "analysisId", "studyId", "analysisState", "analysisType", "createdAt", "updatedAt",
-    "firstPublishedAt", "publishedAt", "analysisStateHistory", "samples", "files",
+    "analysisId",
+    "studyId",
+    "analysisState",
+    "analysisType",
+    "createdAt",
+    "updatedAt",
+    "firstPublishedAt",
+    "publishedAt",
+    "analysisStateHistory",
+    "samples",
+    "files",
 }
 SAMPLE_KEYS = {
-    "sampleId", "specimenId", "submitterSampleId", "sampleType",
-    "matchedNormalSubmitterSampleId", "info", "specimen", "donor",
+    "sampleId",
+    "specimenId",
+    "submitterSampleId",
+    "sampleType",
+    "matchedNormalSubmitterSampleId",
+    "info",
+    "specimen",
+    "donor",
 }
 SPECIMEN_KEYS = {
-    "specimenId", "donorId", "submitterSpecimenId", "tumourNormalDesignation",
-    "specimenTissueSource", "specimenType", "info",
+    "specimenId",
+    "donorId",
+    "submitterSpecimenId",
+    "tumourNormalDesignation",
+    "specimenTissueSource",
+    "specimenType",
+    "info",
 }
 DONOR_KEYS = {"donorId", "studyId", "submitterDonorId", "gender", "info"}
 FILE_KEYS = {
-    "objectId", "studyId", "analysisId", "fileName", "fileSize", "fileType", "fileMd5sum",
-    "fileAccess", "dataType", "info",
+    "objectId",
+    "studyId",
+    "analysisId",
+    "fileName",
+    "fileSize",
+    "fileType",
+    "fileMd5sum",
+    "fileAccess",
+    "dataType",
+    "info",
 }
 
 
@@ -81,9 +110,15 @@ def test_document_has_songs_shape(catalog, payloads):
     (fd,) = doc["files"]
     assert set(fd) == FILE_KEYS
     assert fd == {
-        "objectId": object_id(aid, "a.vcf.gz"), "studyId": STUDY, "analysisId": aid,
-        "fileName": "a.vcf.gz", "fileSize": f["fileSize"], "fileType": "VCF",
-        "fileMd5sum": f["fileMd5sum"], "fileAccess": "open", "dataType": "Variant Calling Data",
+        "objectId": object_id(aid, "a.vcf.gz"),
+        "studyId": STUDY,
+        "analysisId": aid,
+        "fileName": "a.vcf.gz",
+        "fileSize": f["fileSize"],
+        "fileType": "VCF",
+        "fileMd5sum": f["fileMd5sum"],
+        "fileAccess": "open",
+        "dataType": "Variant Calling Data",
         "info": {"colour": "red", "lane": 3},
     }
 
@@ -98,7 +133,8 @@ def test_normal_sample_keeps_null_matched_normal(catalog, payloads):
 
 def test_ids_follow_song_local_id_mode(catalog, payloads):
     payload = payloads.variant_call(
-        files=[payloads.file("a.vcf.gz"), payloads.file("a.vcf.gz.tbi", fileType="TBI")])
+        files=[payloads.file("a.vcf.gz"), payloads.file("a.vcf.gz.tbi", fileType="TBI")]
+    )
     aid = catalog.submit(payload, STUDY)
     doc = catalog.get_analysis(STUDY, aid)
 
@@ -147,7 +183,8 @@ def test_submit_batch_commits_good_payloads_and_reports_bad_ones(catalog, payloa
     before = catalog.tables.version("analyses")
 
     results = catalog.submit_batch(
-        [SubmitItem(p, STUDY) for p in (good, bad_schema, wrong_study, reuse, clash)])
+        [SubmitItem(p, STUDY) for p in (good, bad_schema, wrong_study, reuse, clash)]
+    )
 
     assert [r.ok for r in results] == [True, False, False, True, False]
     assert results[1].error.error_id == "schema.violation"
@@ -174,7 +211,8 @@ def test_duplicate_md5_within_a_batch(catalog, payloads):
     assert results[1].error.message == "File already exist"
 
     allowed = catalog.submit_batch(
-        [SubmitItem(same_md5, STUDY), SubmitItem(same_md5, STUDY, allow_duplicates=True)])
+        [SubmitItem(same_md5, STUDY), SubmitItem(same_md5, STUDY, allow_duplicates=True)]
+    )
     assert allowed[0].error.error_id == "info.already.exists"
     assert allowed[1].ok
     assert catalog.count_analyses(STUDY) == 2
@@ -216,10 +254,12 @@ def test_duplicate_file_names_collapse_to_one_file(catalog, payloads):
 def test_reopened_catalog_serves_identical_documents(catalog, settings, payloads, upload):
     payload = payloads.variant_call(info={"k": [1, 2]})
     aid = catalog.submit(payload, STUDY)
-    other = catalog.submit(payloads.variant_call(samples=[payloads.sample(tumour=False,
-                                                                          sample="n1",
-                                                                          specimen="nsp1")]),
-                           STUDY)
+    other = catalog.submit(
+        payloads.variant_call(
+            samples=[payloads.sample(tumour=False, sample="n1", specimen="nsp1")]
+        ),
+        STUDY,
+    )
     upload(aid, payload)
     catalog.publish(STUDY, aid, actor="alice")
 
@@ -229,3 +269,12 @@ def test_reopened_catalog_serves_identical_documents(catalog, settings, payloads
     assert reopened.history(STUDY, aid) == catalog.history(STUDY, aid)
     assert reopened.list_studies() == [STUDY]
     assert reopened.count_analyses(STUDY, ["PUBLISHED"]) == 1
+
+
+def test_integral_float_file_size_reads_back_as_an_integer(catalog, settings, payloads):
+    f = payloads.file("a.vcf.gz")
+    f["fileSize"] = float(f["fileSize"])  # JSON Schema's "integer" accepts 52.0
+    aid = catalog.submit(json.dumps(payloads.variant_call(files=[f])), STUDY)
+    size = catalog.get_analysis(STUDY, aid)["files"][0]["fileSize"]
+    assert size == int(f["fileSize"]) and isinstance(size, int)
+    assert Catalog(settings).get_analysis(STUDY, aid) == catalog.get_analysis(STUDY, aid)

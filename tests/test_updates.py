@@ -12,6 +12,7 @@ from conftest import STUDY
 from catalog import sql
 from catalog.catalog import Catalog
 from catalog.errors import SonglakeError
+from catalog.settings import load_settings
 
 NEW_EXPERIMENT = {"variantCallingTool": "gold bullet", "matchedNormalSampleSubmitterId": "n2"}
 
@@ -29,8 +30,9 @@ def refused(fn, *args, **kwargs) -> SonglakeError:
 
 
 def data_of(catalog, aid, versions=None) -> dict:
-    (row,) = sql.run(catalog.tables, f"SELECT data FROM analyses WHERE analysis_id = '{aid}'",
-                     versions=versions)[1]
+    (row,) = sql.run(
+        catalog.tables, f"SELECT data FROM analyses WHERE analysis_id = '{aid}'", versions=versions
+    )[1]
     return json.loads(row[0])
 
 
@@ -39,8 +41,11 @@ def test_put_replaces_dynamic_data_and_keeps_version_one(catalog, analysis):
     before = catalog.get_analysis(STUDY, aid)
 
     doc = catalog.update_analysis(
-        STUDY, aid, {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT,
-                     "notes": "re-run"}, actor="alice")
+        STUDY,
+        aid,
+        {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT, "notes": "re-run"},
+        actor="alice",
+    )
 
     assert doc["experiment"] == NEW_EXPERIMENT
     assert doc["notes"] == "re-run"
@@ -59,8 +64,9 @@ def test_put_replaces_dynamic_data_and_keeps_version_one(catalog, analysis):
     assert versions[1]["data"] == {"experiment": NEW_EXPERIMENT, "notes": "re-run"}
     assert versions[1]["actor"] == "alice"
     assert Catalog(catalog.settings).get_analysis(STUDY, aid) == doc
-    (count,) = sql.run(catalog.tables,
-                       f"SELECT count(*) FROM analysis_versions WHERE analysis_id = '{aid}'")[1]
+    (count,) = sql.run(
+        catalog.tables, f"SELECT count(*) FROM analysis_versions WHERE analysis_id = '{aid}'"
+    )[1]
     assert count == (2,)
 
 
@@ -96,18 +102,26 @@ def test_put_without_analysis_type(catalog, analysis):
 
 def test_put_validates_against_the_type(catalog, analysis):
     aid, _ = analysis
-    err = refused(catalog.update_analysis, STUDY, aid,
-                  {"analysisType": {"name": "variantCall"}, "experiment": {}})
+    err = refused(
+        catalog.update_analysis,
+        STUDY,
+        aid,
+        {"analysisType": {"name": "variantCall"}, "experiment": {}},
+    )
     assert err.error_id == "schema.violation"
     assert {p["pointer"] for p in err.problems} == {
-        "/experiment/matchedNormalSampleSubmitterId", "/experiment/variantCallingTool"}
+        "/experiment/matchedNormalSampleSubmitterId",
+        "/experiment/variantCallingTool",
+    }
 
 
 def test_patch_is_a_json_merge_patch(catalog, analysis):
     aid, payload = analysis
     doc = catalog.patch_analysis(
-        STUDY, aid, {"experiment": {"variantCallingTool": "gold bullet"}, "info": None,
-                     "added": {"a": 1}})
+        STUDY,
+        aid,
+        {"experiment": {"variantCallingTool": "gold bullet"}, "info": None, "added": {"a": 1}},
+    )
     assert doc["experiment"] == {**payload["experiment"], "variantCallingTool": "gold bullet"}
     assert "info" not in doc  # null removes the key
     assert doc["pipeline"] == "v1"
@@ -137,8 +151,9 @@ def test_time_travel_by_catalog_version_and_by_time(catalog, analysis):
     moment = datetime.now(UTC).isoformat()
     time.sleep(0.02)
 
-    catalog.update_analysis(STUDY, aid,
-                            {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT})
+    catalog.update_analysis(
+        STUDY, aid, {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT}
+    )
 
     old = {k: payload[k] for k in ("experiment", "info", "pipeline")}
     assert data_of(catalog, aid) == {"experiment": NEW_EXPERIMENT}
@@ -165,3 +180,38 @@ def test_time_travel_to_a_version_that_does_not_exist(catalog):
     assert err.error_id == "malformed.parameter"
     err = refused(catalog.tables.versions_as_of, "yesterday")
     assert err.error_id == "malformed.parameter"
+
+
+def test_reopen_after_compacting_updated_analyses(settings, payloads):
+    compacting = load_settings(settings.root, compact_after_files=3)
+    catalog = Catalog.init(compacting)
+    catalog.create_study({"studyId": STUDY})
+    ids = []
+    for i in range(4):
+        payload = payloads.variant_call(samples=[payloads.sample(f"s{i}", f"sp{i}", "d1")])
+        ids.append(catalog.submit(payload, STUDY))
+        catalog.update_analysis(
+            STUDY,
+            ids[-1],
+            {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT, "n": i},
+        )
+    assert catalog.tables.file_count("analyses") < 8  # compacted along the way
+    reopened = Catalog(compacting)
+    for i, aid in enumerate(ids):
+        assert reopened.get_analysis(STUDY, aid) == catalog.get_analysis(STUDY, aid)
+        assert reopened.get_analysis(STUDY, aid)["n"] == i
+
+
+def test_suppressed_analysis_cannot_be_updated(catalog, analysis):
+    aid, _ = analysis
+    catalog.suppress(STUDY, aid)
+    before = catalog.tables.versions()
+    err = refused(
+        catalog.update_analysis,
+        STUDY,
+        aid,
+        {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT},
+    )
+    assert err.error_id == "suppressed.state.transition"
+    assert catalog.tables.versions() == before
+    assert len(catalog.versions(STUDY, aid)) == 1
