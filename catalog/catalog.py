@@ -31,9 +31,10 @@ from .errors import (
 from .export import group_by_study, manifest_text
 from .lifecycle import Transition, check_allowed, history_row, message
 from .model import STATES, dumps, new_analysis_id, now, parse_payload
-from .objectstore import LocalObjectStore, ObjectStore, verify_for_publish
+from .objectstore import LocalObjectStore, ObjectStore, open_store, verify_for_publish
 from .readmodel import ReadModel
 from .registry import AnalysisType, Registry, bundled_types
+from .search import Filters, SearchIndex
 from .settings import Settings
 from .tables import TableStore
 from .validation import Planner, resolve_type, schema_violation
@@ -81,8 +82,9 @@ class Catalog:
         self.registry = Registry(self.tables)
         self.model = ReadModel(self.tables)
         self.model.load()
-        self.store = store or LocalObjectStore(settings.objects_dir)
+        self.store = store or open_store(settings)  # local or S3, as the settings say
         self._write_lock = threading.Lock()
+        self._search_index: SearchIndex | None = None
 
     # -- creating and opening -------------------------------------------------------------------
 
@@ -92,7 +94,8 @@ class Catalog:
         for folder in (settings.root, settings.inbox_dir, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
         TableStore(settings.tables_dir).create_all()
-        LocalObjectStore(settings.objects_dir)
+        if settings.object_store == "local":
+            LocalObjectStore(settings.objects_dir)
         catalog = cls(settings)
         if seed_types:
             for body in bundled_types():
@@ -245,7 +248,11 @@ class Catalog:
         return results
 
     def check_payload(
-        self, payload: bytes | str | dict[str, Any], study_id: str, *, allow_duplicates: bool = False
+        self,
+        payload: bytes | str | dict[str, Any],
+        study_id: str,
+        *,
+        allow_duplicates: bool = False,
     ) -> None:
         """Validate a payload exactly as submit_batch would, committing nothing (a dry run).
 
@@ -263,9 +270,11 @@ class Catalog:
                 max_bytes=self.settings.max_payload_bytes,
                 max_depth=self.settings.max_payload_depth,
             )
-            Planner(self.model, self.registry, enforce_latest=self.settings.enforce_latest).plan(
-                doc, study_id, new_analysis_id(), allow_duplicates=allow_duplicates, created_at=now()
+            planner = Planner(
+                self.model, self.registry, enforce_latest=self.settings.enforce_latest
             )
+            aid = new_analysis_id()
+            planner.plan(doc, study_id, aid, allow_duplicates=allow_duplicates, created_at=now())
 
     def _commit_rows(
         self, batches: list[tuple[str, list[dict[str, Any]]]], *, operation: str, actor: str | None
@@ -327,6 +336,17 @@ class Catalog:
         with self.model.lock:
             return self.model.analysis_doc(rec)
 
+    def get_analyses(self, study_id: str, analysis_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Documents of several analyses of a study (e.g. search hits), built under one lock, to
+        be serialized as they are (they share their sample dicts)."""
+        samples: dict[str, dict[str, Any]] = {}  # hits share donors: build each sample once
+        with self.model.lock:
+            return [
+                self.model.analysis_doc(rec, samples)
+                for rec in (self.model.analyses.get(a) for a in analysis_ids)
+                if rec is not None and rec.study_id == study_id
+            ]
+
     def find_analysis(self, analysis_id: str) -> dict[str, Any]:
         """An analysis by id alone (the CLI does not make users repeat the study)."""
         rec = self.model.analyses.get(analysis_id)
@@ -350,7 +370,8 @@ class Catalog:
 
     def analysis_files(self, study_id: str, analysis_id: str) -> list[dict[str, Any]]:
         rec = self._record(study_id, analysis_id)
-        return [self.model.file_json(self.model.files[o]) for o in rec.object_ids]
+        files = sorted((self.model.files[o] for o in rec.object_ids), key=lambda f: f[4])
+        return [self.model.file_json(f) for f in files]
 
     def list_analyses(self, study_id: str, states: Iterable[str] = ("PUBLISHED",)) -> list[dict]:
         states = check_states(states)
@@ -419,10 +440,12 @@ class Catalog:
         with m.lock:
             if donor_sets:
                 donors = set.intersection(*donor_sets)
-                specimen_sets.append({p for p, s in m.specimens.items() if s[1] in donors})
+                specimen_sets.append(
+                    {p for d in donors for p in m.donor_specimens.get(d, ())})
             if specimen_sets:
                 specimens = set.intersection(*specimen_sets)
-                sample_sets.append({s for s, row in m.samples.items() if row[1] in specimens})
+                sample_sets.append(
+                    {s for p in specimens for s in m.specimen_samples.get(p, ())})
             if sample_sets:
                 samples = set.intersection(*sample_sets)
                 analyses = {a for s in samples for a in m.sample_analyses.get(s, ())}
@@ -430,7 +453,7 @@ class Catalog:
                 analyses = set(m.by_study.get(study_id, ()))
             if params.get("fileId"):
                 files = m.regex_ids("files", "object_id", params["fileId"], study_id)
-                analyses &= {m.files[o][1] for o in files}
+                analyses &= {m.files[o][1] for o in files if o in m.files}
             return sorted(a for a in analyses if m.analyses[a].study_id == study_id)
 
     def history(self, study_id: str, analysis_id: str) -> list[dict[str, Any]]:
@@ -490,15 +513,22 @@ class Catalog:
             raise outcome
         return outcome
 
-    def change_states(self, transitions: Sequence[Transition]) -> list[str | SonglakeError]:
-        """Apply many transitions with one history commit; each gets its message or its error."""
+    def change_states(
+        self, transitions: Sequence[Transition], *, storage_checked: bool = False
+    ) -> list[str | SonglakeError]:
+        """Apply many transitions with one history commit; each gets its message or its error.
+
+        With storage_checked, the caller ran ``check_publishable`` on each publish already (the
+        API does, in each request's own thread, so the checks of concurrent requests overlap).
+        """
         outcomes: list[str | SonglakeError] = [""] * len(transitions)
         # storage checks read object storage: run them before taking the write lock
         verified: dict[int, SonglakeError | None] = {}
+        latest: dict[str, int | None] = {}  # one registry look-up per type for the batch
         for i, t in enumerate(transitions):
-            if t.action == "publish":
+            if t.action == "publish" and not storage_checked:
                 try:
-                    self._check_publishable(t)
+                    self._check_publishable(t, latest)
                     verified[i] = None
                 except SonglakeError as exc:
                     verified[i] = exc
@@ -530,12 +560,19 @@ class Catalog:
                 )
         return outcomes
 
-    def _check_publishable(self, t: Transition) -> None:
+    def check_publishable(self, t: Transition) -> None:
+        """Song's publish checks (state, type version, files in storage with their size and md5);
+        raises the first failure."""
+        self._check_publishable(t, {})
+
+    def _check_publishable(self, t: Transition, latest_of: dict[str, int | None]) -> None:
         rec = self._record(t.study_id, t.analysis_id)
         if rec.state == "SUPPRESSED":
             check_allowed(t.analysis_id, rec.state, "publish")
         if self.settings.enforce_latest:
-            latest = self.registry.latest_version(rec.type_name)
+            if rec.type_name not in latest_of:
+                latest_of[rec.type_name] = self.registry.latest_version(rec.type_name)
+            latest = latest_of[rec.type_name]
             if latest is not None and rec.type_version != latest:
                 raise SonglakeError(
                     f"Must use the latest version '{latest}' while enforceLatest=true, but using "
@@ -726,6 +763,221 @@ class Catalog:
                 self.tables._log_commit("repair", actor, sum(deleted.values()))
                 self.model.forget_pending({a for ids in found.values() for a in ids})
         return deleted
+
+    # -- single entities: donors, specimens, samples, files (song-api.md §1.2 #17-26) -----------
+
+    def get_entity(self, kind: str, study_id: str, entity_id: str) -> dict[str, Any]:
+        """A donor, specimen, sample or file of a study, as Song serves it."""
+        from . import entities
+
+        with self.model.lock:
+            row = entities.entity_row(self.model, kind, study_id, entity_id)
+            return entities.entity_json(self.model, kind, row)
+
+    def study_tree(self, study_id: str) -> dict[str, Any]:
+        """The study with its donors -> specimens -> samples (Song's GET /studies/{s}/all)."""
+        from . import entities
+
+        return entities.study_tree(self.model, self.get_study(study_id))
+
+    def legacy_entity(self, object_id: str) -> dict[str, Any]:
+        """Score's view of one file: ``{id, gnosId, fileName, projectCode, access}``."""
+        from . import entities
+
+        row = self.model.files.get(object_id)
+        if row is None:
+            raise NotFound(
+                f"The entity with id '{object_id}' does not exist",
+                error_id="legacy.entity.not.found",
+            )
+        return entities.legacy_entity(row)
+
+    def update_file(
+        self, study_id: str, object_id: str, body: Any, *, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Song's file update: appends the file's next version unless nothing changes."""
+        from . import entities
+
+        given = entities.check_file_update_request(body)
+        with self._write_lock:
+            self.refresh()
+            row = entities.entity_row(self.model, "file", study_id, object_id)
+            original = self.model.file_json(row)
+            entities.check_file_update_request(body, original)
+            state = self.model.analyses[row[1]].state
+            if state == "SUPPRESSED":
+                raise BadRequest(
+                    f"The file '{object_id}' cannot be updated: its analysis '{row[1]}' is "
+                    "SUPPRESSED",
+                    error_id="illegal.file.update.request",
+                    analysis_id=row[1],
+                )
+            kind = entities.classify_file_update(original, given)
+            if kind == "CONTENT_UPDATE" and state != "UNPUBLISHED":
+                raise BadRequest(
+                    f"The content (size or md5) of file '{object_id}' can change only while its "
+                    f"analysis '{row[1]}' is UNPUBLISHED, not {state}: unpublish it first",
+                    error_id="illegal.file.update.request",
+                    analysis_id=row[1],
+                )
+            if kind != "NO_UPDATE":
+                info = {**original["info"], **given.get("info", {})}
+                info = {k: v for k, v in info.items() if v is not None}
+                new_row = {
+                    "object_id": object_id,
+                    "analysis_id": row[1],
+                    "study_id": study_id,
+                    "version": row[3] + 1,
+                    "file_name": row[4],
+                    "file_size": given.get("fileSize", row[5]),
+                    "file_type": row[6],
+                    "file_md5sum": given.get("fileMd5sum", row[7]),
+                    "file_access": given.get("fileAccess", row[8]),
+                    "data_type": given.get("dataType", row[9]),
+                    "info": dumps(info) if info else None,
+                    "source_path": row[11],
+                    "created_at": now(),
+                }
+                self._commit_rows([("files", [new_row])], operation="update_file", actor=actor)
+        verb = "No update for" if kind == "NO_UPDATE" else "Updated"
+        return {
+            "fileUpdateType": kind,
+            "originalAnalysisState": state,
+            "unpublishedAnalysis": False,
+            "message": f"{verb} file with objectId '{object_id}' and analysisId '{row[1]}'",
+            "originalFile": original,
+        }
+
+    def delete_files(
+        self, study_id: str, object_ids: Sequence[str], *, actor: str | None = None
+    ) -> None:
+        """Delete files of UNPUBLISHED analyses (tombstone rows); an analysis keeps >= 1 file."""
+        from . import entities
+
+        with self._write_lock:
+            self.refresh()
+            wanted = list(dict.fromkeys(object_ids))
+            rows = [entities.entity_row(self.model, "file", study_id, o) for o in wanted]
+            per_analysis: dict[str, int] = {}
+            for row in rows:
+                per_analysis[row[1]] = per_analysis.get(row[1], 0) + 1
+            for aid, count in per_analysis.items():
+                rec = self.model.analyses[aid]
+                if rec.state != "UNPUBLISHED":
+                    raise BadRequest(
+                        f"Files of analysis '{aid}' can be deleted only while it is UNPUBLISHED, "
+                        f"not {rec.state}",
+                        error_id="illegal.file.update.request",
+                        analysis_id=aid,
+                    )
+                if count >= len(rec.object_ids):
+                    raise BadRequest(
+                        f"Deleting these files would leave analysis '{aid}' without files",
+                        error_id="illegal.file.update.request",
+                        analysis_id=aid,
+                    )
+            at = now()
+            tombstones = [
+                {
+                    "object_id": row[0],
+                    "analysis_id": row[1],
+                    "study_id": study_id,
+                    "version": row[3] + 1,
+                    "file_name": None,
+                    "created_at": at,
+                }
+                for row in rows
+            ]
+            self._commit_rows([("files", tombstones)], operation="delete_files", actor=actor)
+
+    def delete_entities(
+        self, kind: str, study_id: str, ids: Sequence[str], *, actor: str | None = None
+    ) -> None:
+        """Song's DELETE of donors, specimens or samples (files: ``delete_files``).
+
+        Every donor, specimen and sample is used by the analysis that created it, and analyses
+        are never deleted, so this checks the ids (404 / 400 as Song) and then refuses with
+        ``<kind>.repository.delete.record``, as Song's foreign keys refuse it."""
+        from . import entities
+
+        if kind == "file":
+            self.delete_files(study_id, ids, actor=actor)
+            return
+        wanted = list(dict.fromkeys(ids))
+        with self.model.lock:
+            for entity_id in wanted:
+                entities.entity_row(self.model, kind, study_id, entity_id)
+        used_by = entities.referencing_analyses(self.model, kind, wanted[0])
+        raise entities.refuse_delete(kind, wanted[0], used_by)
+
+    # -- portal search (catalog/search.py) -------------------------------------------------------
+
+    def search_index(self) -> SearchIndex:
+        """The columnar index behind portal search, made on first use."""
+        with self.model.lock:
+            if self._search_index is None:
+                self._search_index = SearchIndex(self.model)
+            return self._search_index
+
+    def search_analyses(
+        self,
+        filters: Filters,
+        *,
+        sort: str = "analysisId",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Analyses matching `filters`, one page of full documents, with the total."""
+        if limit < 0 or offset < 0:
+            raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
+        page = self.search_index().analyses(
+            filters, sort=sort, descending=descending, limit=limit, offset=offset
+        )
+        with self.model.lock:
+            docs = [
+                self.model.analysis_doc(self.model.analyses[a])
+                for a in page.ids
+                if a in self.model.analyses
+            ]
+        return {
+            "analyses": docs,
+            "totalAnalyses": page.total,
+            "currentTotalAnalyses": len(docs),
+            "limit": limit,
+            "offset": offset,
+        }
+
+    def search_files(
+        self,
+        filters: Filters,
+        *,
+        sort: str = "objectId",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Files matching `filters` (analysis filters apply to each file's analysis), paged."""
+        if limit < 0 or offset < 0:
+            raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
+        page = self.search_index().files(
+            filters, sort=sort, descending=descending, limit=limit, offset=offset
+        )
+        with self.model.lock:
+            files = []
+            for o in page.ids:
+                row = self.model.files.get(o)
+                if row is not None:
+                    doc = self.model.file_json(row)
+                    doc["analysisState"] = self.model.analyses[row[1]].state
+                    files.append(doc)
+        return {
+            "files": files,
+            "totalFiles": page.total,
+            "currentTotalFiles": len(files),
+            "limit": limit,
+            "offset": offset,
+        }
 
     # -- export ---------------------------------------------------------------------------------
 

@@ -18,11 +18,12 @@ import json
 import sys
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -125,6 +126,23 @@ class AnalysisRecord:
         self.sample_ids: list[str] = []
         self.object_ids: list[str] = []
 
+    @classmethod
+    def from_values(cls, analysis_id: str, study_id: str, type_name: str, type_version: int,
+                    data: str, created_at: datetime) -> AnalysisRecord:
+        rec = cls.__new__(cls)
+        rec.analysis_id = analysis_id
+        rec.study_id = study_id
+        rec.type_name = type_name
+        rec.type_version = type_version
+        rec.data = data
+        rec.version = 1
+        rec.created_at = created_at
+        rec.data_updated_at = created_at
+        rec.history = []
+        rec.sample_ids = []
+        rec.object_ids = []
+        return rec
+
     @property
     def state(self) -> str:
         return self.history[-1][2] if self.history else "UNPUBLISHED"
@@ -154,6 +172,9 @@ class ReadModel:
         self.files: dict[str, tuple] = {}
         self.md5s: Counter[str] = Counter()
         self.sample_analyses: dict[str, list[str]] = defaultdict(list)
+        # reverse links for id search: donor -> specimens, specimen -> samples
+        self.donor_specimens: dict[str, list[str]] = defaultdict(list)
+        self.specimen_samples: dict[str, list[str]] = defaultdict(list)
         self.by_study: dict[str, SortedList] = defaultdict(SortedList)
         self.by_study_state: dict[tuple[str, str], SortedList] = defaultdict(SortedList)
         self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
@@ -162,12 +183,19 @@ class ReadModel:
         self._search_chunks: dict[str, list[pa.Table]] = defaultdict(list)
         self._search_tables: dict[str, pa.Table] = {}
         self.loaded_at_versions: dict[str, int] = {}
+        # called with (table, row) for every row applied after load (catalog/search.py's index)
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # objectId -> version of the files row that deleted it (a tombstone: file_name NULL)
+        self.deleted_files: dict[str, int] = {}
 
     # -- loading and refreshing -----------------------------------------------------------------
 
     def load(self) -> None:
         """Read every table once (the analyses table first, so its children are complete)."""
+        from .bulkload import bulk_load
+
         with self.lock:
+            tables = {}
             for name in [
                 "studies",
                 "analyses",
@@ -181,9 +209,11 @@ class ReadModel:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 version = dt.version()
-                table = self.tables.dataset(name, version).to_table()
-                self.apply_table(name, table)
+                tables[name] = self.tables.dataset(name, version).to_table()
                 self._seen[name] = version
+            bulk_load(self, tables)
+            for name in self._SEARCH_COLUMNS:
+                self._search_table(name)  # concatenate now, not on the first search
             self.loaded_at_versions = dict(self._seen)
 
     def refresh(self) -> bool:
@@ -253,9 +283,12 @@ class ReadModel:
         with self.lock:
             handler = getattr(self, f"_apply_{name}")
             new_search: list[dict[str, Any]] = []
+            listeners = self.listeners
             for row in rows:
                 if handler(row) and name in ("donors", "specimens", "samples", "files"):
                     new_search.append(row)
+                for listener in listeners:
+                    listener(name, row)
             if new_search:
                 self._add_search_rows(name, new_search)
             if name == "analyses":
@@ -306,12 +339,14 @@ class ReadModel:
         if row["specimen_id"] in self.specimens or not self._visible("specimens", row):
             return False
         self.specimens[row["specimen_id"]] = self._entity("specimens", row)
+        self.donor_specimens[row["donor_id"]].append(row["specimen_id"])
         return True
 
     def _apply_samples(self, row: dict[str, Any]) -> bool:
         if row["sample_id"] in self.samples or not self._visible("samples", row):
             return False
         self.samples[row["sample_id"]] = self._entity("samples", row)
+        self.specimen_samples[row["specimen_id"]].append(row["sample_id"])
         return True
 
     def _apply_files(self, row: dict[str, Any]) -> bool:
@@ -319,6 +354,17 @@ class ReadModel:
             return False
         old = self.files.get(row["object_id"])
         if old is not None and old[3] >= row["version"]:
+            return False
+        if self.deleted_files.get(row["object_id"], 0) >= row["version"]:
+            return False
+        if row["file_name"] is None:  # a tombstone: DELETE /studies/{s}/files/{id}
+            self.deleted_files[row["object_id"]] = row["version"]
+            if old is not None:
+                del self.files[row["object_id"]]
+                self.md5s[old[7]] -= 1
+                ids = self.analyses[row["analysis_id"]].object_ids
+                if row["object_id"] in ids:
+                    ids.remove(row["object_id"])
             return False
         entry = self._entity("files", row)
         self.files[row["object_id"]] = entry
@@ -387,6 +433,11 @@ class ReadModel:
         "files": ("object_id", "analysis_id", "study_id"),
     }
 
+    def _add_search_table(self, name: str, table: pa.Table) -> None:
+        cols = self._SEARCH_COLUMNS[name]
+        self._search_chunks[name].append(table.select(list(cols)).cast(
+            pa.schema([(c, pa.string()) for c in cols])))
+
     def _add_search_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
         cols = self._SEARCH_COLUMNS[name]
         self._search_chunks[name].append(
@@ -431,7 +482,7 @@ class ReadModel:
             "studyId": d[1],
             "submitterDonorId": d[2],
             "gender": d[3],
-            "info": json.loads(d[4]) if d[4] else {},
+            "info": _loads(d[4]) if d[4] else {},
         }
 
     def specimen_json(self, s: tuple) -> dict[str, Any]:
@@ -442,7 +493,7 @@ class ReadModel:
             "tumourNormalDesignation": s[4],
             "specimenTissueSource": s[5],
             "specimenType": s[6],
-            "info": json.loads(s[7]) if s[7] else {},
+            "info": _loads(s[7]) if s[7] else {},
         }
 
     def sample_json(self, s: tuple) -> dict[str, Any]:
@@ -452,7 +503,7 @@ class ReadModel:
             "submitterSampleId": s[3],
             "sampleType": s[4],
             "matchedNormalSubmitterSampleId": s[5],
-            "info": json.loads(s[6]) if s[6] else {},
+            "info": _loads(s[6]) if s[6] else {},
         }
 
     def file_json(self, f: tuple) -> dict[str, Any]:
@@ -466,7 +517,7 @@ class ReadModel:
             "fileMd5sum": f[7],
             "fileAccess": f[8],
             "dataType": f[9],
-            "info": json.loads(f[10]) if f[10] else {},
+            "info": _loads(f[10]) if f[10] else {},
         }
 
     def composite_sample(self, sample_id: str) -> dict[str, Any]:
@@ -478,8 +529,22 @@ class ReadModel:
         out["donor"] = self.donor_json(donor)
         return out
 
-    def analysis_doc(self, rec: AnalysisRecord) -> dict[str, Any]:
-        """The analysis exactly as Song's GET /studies/{s}/analysis/{id} returns it."""
+    def _composite(self, sample_id: str, memo: dict[str, dict[str, Any]] | None) -> dict:
+        if memo is None:
+            return self.composite_sample(sample_id)
+        found = memo.get(sample_id)
+        if found is None:
+            found = memo[sample_id] = self.composite_sample(sample_id)
+        return found
+
+    def analysis_doc(
+        self, rec: AnalysisRecord, samples: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The analysis exactly as Song's GET /studies/{s}/analysis/{id} returns it.
+
+        `samples` memoizes composite samples across the documents of one answer (search hits
+        share donors); the documents then share those dicts, so only pass it for output that is
+        serialized as is."""
         first, last = rec.published_times()
         doc: dict[str, Any] = {
             "analysisId": rec.analysis_id,
@@ -494,10 +559,17 @@ class ReadModel:
                 {"initialState": h[1], "updatedState": h[2], "updatedAt": song_time(h[3])}
                 for h in rec.history
             ],
-            "samples": [self.composite_sample(s) for s in rec.sample_ids],
-            "files": [self.file_json(self.files[o]) for o in rec.object_ids],
+            # a stable order whatever order the rows were read in (live, reopened, compacted)
+            "samples": [
+                self._composite(s, samples)
+                for s in sorted(rec.sample_ids, key=lambda s: self.samples[s][3])
+            ],
+            "files": [
+                self.file_json(f)
+                for f in sorted((self.files[o] for o in rec.object_ids), key=lambda f: f[4])
+            ],
         }
-        for key, value in json.loads(rec.data).items():
+        for key, value in _loads(rec.data).items():
             doc.setdefault(key, value)
         return doc
 
@@ -550,3 +622,12 @@ class ReadModel:
         for aid in ids:
             if self.analyses[aid].state in wanted:
                 yield aid
+
+
+def _loads(text: str) -> Any:
+    """A stored JSON document: orjson (4x faster), the standard library for what it refuses
+    (integers beyond 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
