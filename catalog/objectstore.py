@@ -23,11 +23,14 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +42,8 @@ MIN_PART_SIZE = 20 * MIB  # Score's floor (20,971,520 bytes)
 DEFAULT_PART_SIZE = MIN_PART_SIZE
 MAX_PARTS = 10_000
 BUFFER_SIZE = MIB
+COPY_BUFFER_SIZE = 4 * MIB
+COPY_RING = 4  # buffers in flight through the copy pipeline
 DATA_DIR = "data"
 SENTINEL = "heliograph"
 SENTINEL_CONTENT = b"songlake sentinel\n"
@@ -190,33 +195,86 @@ def copy_with_hashes(
     """
     plan = part_plan(size, part_size)
     whole = _md5()
-    done: list[Part] = []
-    part_hash, part_left = _md5(), (plan[0].part_size if plan else 0)
-    buf = bytearray(BUFFER_SIZE)
-    view = memoryview(buf)
-    total = 0
-    while n := src.readinto(buf):
-        chunk = view[:n]
-        whole.update(chunk)
-        if write is not None:
-            write(chunk)
-        total += n
-        pos = 0
-        while pos < n and len(done) < len(plan):
-            take = min(part_left, n - pos)
-            part_hash.update(chunk[pos : pos + take])
-            pos += take
-            part_left -= take
-            if part_left == 0:
-                done.append(replace(plan[len(done)], source_md5=part_hash.hexdigest()))
-                if len(done) < len(plan):
-                    part_hash, part_left = _md5(), plan[len(done)].part_size
+    parts = PartHasher(plan) if len(plan) > 1 else None
+    stages: list[Callable[[memoryview], object]] = [whole.update]
+    if parts is not None:
+        stages.append(parts.update)
+    if write is not None:
+        stages.append(write)
+    if size <= COPY_BUFFER_SIZE:  # small: one thread, no pipeline to set up
+        buf = bytearray(COPY_BUFFER_SIZE)
+        view = memoryview(buf)
+        total = 0
+        while n := src.readinto(buf):
+            for stage in stages:
+                stage(view[:n])
+            total += n
+    else:
+        total = _pipeline(src, stages)
     if total != size:
         raise StorageCheckFailed(
             f"The source changed while it was read: {total} bytes read, {size} expected",
             error_id="mismatching.storage.object.sizes",
         )
-    return whole.hexdigest(), done
+    digest = whole.hexdigest()
+    if parts is None:  # zero or one part: the part's md5 is the file's
+        return digest, [replace(p, source_md5=digest) for p in plan]
+    return digest, parts.done
+
+
+def _pipeline(src: BinaryIO, stages: list[Callable[[memoryview], object]]) -> int:
+    """Feed ``src`` chunk by chunk to each stage, every stage in its own thread and in order.
+
+    The md5s and the write overlap one another and the next reads (hashlib and file writes release
+    the GIL), so hashing twice and writing cost about as much as the slowest of them alone.
+    A buffer is read into again only once every stage is done with it. Returns the bytes read.
+    """
+    ring = [bytearray(COPY_BUFFER_SIZE) for _ in range(COPY_RING)]
+    pools = [ThreadPoolExecutor(1, thread_name_prefix="copy-stage") for _ in stages]
+    in_flight: deque[list[Future[object]]] = deque()
+    total = 0
+    try:
+        for i in itertools.count():
+            if len(in_flight) == COPY_RING:
+                for fut in in_flight.popleft():
+                    fut.result()
+            buf = ring[i % COPY_RING]
+            n = src.readinto(buf)
+            if not n:
+                break
+            chunk = memoryview(buf)[:n]
+            steps = zip(pools, stages, strict=True)
+            in_flight.append([pool.submit(stage, chunk) for pool, stage in steps])
+            total += n
+        for futures in in_flight:
+            for fut in futures:
+                fut.result()
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return total
+
+
+class PartHasher:
+    """Per-part md5s (Score's sourceMd5) of a stream fed in order, chunk by chunk."""
+
+    def __init__(self, plan: list[Part]) -> None:
+        self.plan = plan
+        self.done: list[Part] = []
+        self._hash, self._left = _md5(), (plan[0].part_size if plan else 0)
+
+    def update(self, chunk: memoryview) -> None:
+        n, pos = len(chunk), 0
+        while pos < n and len(self.done) < len(self.plan):
+            take = min(self._left, n - pos)
+            self._hash.update(chunk[pos : pos + take])
+            pos += take
+            self._left -= take
+            if self._left == 0:
+                digest = self._hash.hexdigest()
+                self.done.append(replace(self.plan[len(self.done)], source_md5=digest))
+                if len(self.done) < len(self.plan):
+                    self._hash, self._left = _md5(), self.plan[len(self.done)].part_size
 
 
 class _RangeReader(io.RawIOBase):
@@ -294,6 +352,62 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list_object_ids(self) -> Iterator[str]: ...
+
+    # -- checking and serving (used by `storage verify|sync`, publish and downloads) ------------
+
+    def inventory(self, progress: Callable[[int], object] | None = None) -> dict[str, StoredObject]:
+        """Every object found in storage, from listings alone (no call per object)."""
+        raise NotImplementedError
+
+    def listed_spec(self, entry: StoredObject, size: int, md5: str) -> ObjectSpec | None:
+        """The spec a listed .meta is known to hold without reading it, else None."""
+        return None
+
+    def blob_problem(self, object_id: str, spec: ObjectSpec) -> tuple[str, str] | None:
+        """(error id, reason) when the blob contradicts its spec (missing, size, checksum)."""
+        return None
+
+    def blob_mismatch(self, spec: ObjectSpec, listed: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Like blob_problem, from a listing entry ({"Size", "ETag"}) instead of a request."""
+        if listed.get("Size") != spec.object_size:
+            return (
+                "mismatching.storage.object.sizes",
+                f"the blob has {listed.get('Size')} bytes, the .meta says {spec.object_size}",
+            )
+        return None
+
+    def presigned_url(self, object_id: str, *, expires: int | None = None) -> str | None:
+        """A URL that GETs the blob with no other credential, or None (the API serves it)."""
+        return None
+
+    def sentinel_url(self, *, expires: int | None = None) -> str | None:
+        return None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing shows it: its blob (size, ETag) and whether a .meta is beside it."""
+
+    object_id: str
+    blob_size: int | None  # None: no blob
+    blob_etag: str | None
+    has_meta: bool
+    meta_etag: str | None = None
+
+
+def open_store(settings: Any) -> ObjectStore:
+    """The object store the settings name: ``local`` (<root>/objects) or ``s3`` (boto3)."""
+    kind = settings.object_store
+    if kind == "local":
+        return LocalObjectStore(settings.objects_dir)
+    if kind == "s3":
+        from .s3store import S3ObjectStore  # boto3 is imported only when S3 is configured
+
+        return S3ObjectStore.from_settings(settings)
+    raise BadRequest(
+        f"Setting 'object_store' must be 'local' or 's3', not {kind!r}",
+        error_id="malformed.parameter",
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -486,6 +600,30 @@ class LocalObjectStore(ObjectStore):
         names = sorted(p.name[: -len(".meta")] for p in self._data.glob("*.meta"))
         return (n for n in names if is_object_id(n))
 
+    def inventory(self, progress: Callable[[int], object] | None = None) -> dict[str, StoredObject]:
+        blobs: dict[str, int] = {}
+        metas: set[str] = set()
+        with os.scandir(self._data) as entries:
+            for n, entry in enumerate(entries, start=1):
+                name = entry.name
+                if name.endswith(".meta") and is_object_id(name[:-5]):
+                    metas.add(name[:-5])
+                elif is_object_id(name):
+                    blobs[name] = entry.stat().st_size
+                if progress is not None and n % 1000 == 0:
+                    progress(1000)
+        return {
+            oid: StoredObject(oid, blobs.get(oid), None, oid in metas)
+            for oid in blobs.keys() | metas
+        }
+
+    def blob_problem(self, object_id: str, spec: ObjectSpec) -> tuple[str, str] | None:
+        try:
+            size = self._blob(object_id).stat().st_size
+        except FileNotFoundError:
+            return ("missing.storage.objects", f"the blob {self._blob(object_id)} is missing")
+        return self.blob_mismatch(spec, {"Size": size})
+
 
 # -- Song's publish-time check (song-api.md §5, steps 3-7) ----------------------------------------
 
@@ -537,6 +675,7 @@ def verify_for_publish(
         )
 
     stored: list[tuple[int, str | None]] = []  # (objectSize, objectMd5) per file
+    specs: dict[str, ObjectSpec] = {}
     for oid in ids:
         raw = store.read_meta(oid)
         if raw is None:
@@ -556,6 +695,10 @@ def verify_for_publish(
                 object_ids=[oid],
             )
         stored.append((raw["objectSize"], raw.get("objectMd5")))
+        try:
+            specs[oid] = ObjectSpec.from_json(raw)
+        except (KeyError, TypeError, ValueError):  # Song ignores parts; so does the blob check
+            specs[oid] = ObjectSpec(oid, raw["objectSize"], raw.get("objectMd5"))
 
     bad_sizes = [
         oid
@@ -604,3 +747,17 @@ def verify_for_publish(
             undefined_md5_object_ids=undefined,
             mismatching_md5_object_ids=bad_md5,
         )
+
+    # Beyond Song, which trusts the .meta alone: the blob must be there and agree with it (size;
+    # on S3 also md5chksum and ETag), so an object damaged or replaced after upload is refused.
+    for oid in ids:
+        found = store.blob_problem(oid, specs[oid])
+        if found is not None:
+            error_id, reason = found
+            raise StorageCheckFailed(
+                f"The storage object '{oid}' does not match its object specification: {reason}. "
+                f"The analysisId '{analysis_id}' cannot be published until it is uploaded again",
+                error_id=error_id,
+                analysis_id=analysis_id,
+                object_ids=[oid],
+            )

@@ -6,6 +6,7 @@ variables, then explicit overrides (command-line flags).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -39,8 +40,132 @@ class Settings:
         default=0.5, metadata={"help": "seconds between checks for other writers' commits"}
     )
     song_server_id: str = field(default="song.overture", metadata={"help": "Song server id"})
-    object_store: str = field(default="local", metadata={"help": "object store: local"})
+    object_store: str = field(default="local", metadata={"help": "object store: local or s3"})
+    # -- S3 object store (object_store = "s3"; catalog/s3store.py). Credentials come from the
+    # standard AWS chain: AWS_* variables, the shared config/credentials files (s3_profile), roles.
+    s3_endpoint_url: str = field(
+        default="", metadata={"help": "S3 endpoint URL (empty: AWS); any S3-compatible server"}
+    )
+    s3_region: str = field(default="", metadata={"help": "S3 region (empty: the AWS chain's)"})
+    s3_profile: str = field(default="", metadata={"help": "AWS profile (empty: default chain)"})
+    s3_bucket: str = field(default="", metadata={"help": "bucket for blobs (bucket.name.object)"})
+    s3_state_bucket: str = field(
+        default="", metadata={"help": "bucket for .meta files (bucket.name.state; empty: s3_bucket)"}
+    )
+    s3_data_dir: str = field(
+        default="data", metadata={"help": "key prefix of blobs and .meta (s3.data.directory)"}
+    )
+    s3_path_style: bool = field(
+        default=True, metadata={"help": "path-style addressing (Score forces it)"}
+    )
+    s3_bucket_pool: int = field(
+        default=0, metadata={"help": "partition buckets, 0 = off (bucket.size.pool)"}
+    )
+    s3_bucket_key_length: int = field(
+        default=2, metadata={"help": "objectId hex chars choosing the partition (bucket.size.key)"}
+    )
+    s3_part_size: int = field(
+        default=20 * 1024 * 1024,
+        metadata={"help": "part size in bytes, floor 20 MiB (upload.partsize)"},
+    )
+    s3_multipart_threshold: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "files larger than this use multipart"}
+    )
+    s3_concurrency: int = field(default=4, metadata={"help": "parts in flight per upload"})
+    s3_max_attempts: int = field(default=5, metadata={"help": "attempts per S3 call"})
+    s3_retry_backoff: float = field(
+        default=0.5, metadata={"help": "seconds before the first retry; doubles each time"}
+    )
+    s3_connect_timeout: float = field(default=10.0, metadata={"help": "seconds"})
+    s3_read_timeout: float = field(default=60.0, metadata={"help": "seconds"})
+    s3_url_expiration: int = field(
+        default=86_400, metadata={"help": "lifetime of download URLs in seconds"}
+    )
+    s3_verify_etag: bool = field(
+        default=True,
+        metadata={"help": "check ETags as MD5s (turn off for SSE-KMS/SSE-C buckets)"},
+    )
     sql_row_limit: int = field(default=10_000, metadata={"help": "rows returned by sql at most"})
+    sql_timeout: float = field(
+        default=30.0, metadata={"help": "seconds a POST /sql query may run before it is stopped"}
+    )
+    api_threads: int = field(default=32, metadata={"help": "worker threads of the API server"})
+    auth: bool = field(
+        default=True,
+        metadata={"help": "false switches API auth off: anyone reaching the port can write"},
+    )
+    auth_token_file: str = field(
+        default="", metadata={"help": "static bearer tokens, one 'TOKEN SCOPE...' line each"}
+    )
+    auth_jwt_secret: str = field(
+        default="", repr=False, metadata={"help": "HS256 key that signs bearer JWTs"}
+    )
+    auth_jwt_public_key: str = field(
+        default="", metadata={"help": "PEM file of the RS256 public key that signs bearer JWTs"}
+    )
+    auth_jwks_file: str = field(
+        default="", metadata={"help": "JWKS JSON file of the keys that sign bearer JWTs"}
+    )
+    auth_jwt_audience: str = field(
+        default="", metadata={"help": "required 'aud' of bearer JWTs (empty: not checked)"}
+    )
+    auth_system_scope: str = field(
+        default="song.WRITE", metadata={"help": "scope allowed to write to every study"}
+    )
+    auth_study_prefix: str = field(
+        default="PROGRAMDATA-", metadata={"help": "study scope = prefix + studyId + suffix"}
+    )
+    auth_study_suffix: str = field(
+        default=".WRITE", metadata={"help": "study scope = prefix + studyId + suffix"}
+    )
+    events: dict[str, Any] = field(
+        default_factory=dict,
+        hash=False,
+        metadata={"help": "[events] table: sinks and dispatcher options (catalog/sinks.py)"},
+    )
+
+    # -- the watcher (watcher/): drop-folder ingestion into <root>/inbox/<studyId>/ ------------
+    watch_folders: str = field(
+        default="", metadata={"help": "more folders to watch besides the inbox, ':'-separated"}
+    )
+    auto_create_studies: bool = field(
+        default=False,
+        metadata={"help": "create the study of an inbox/<studyId>/ folder on first use"},
+    )
+    watch_after_upload: str = field(
+        default="keep",
+        metadata={"help": "dropped data files once verified in storage: keep, move or delete"},
+    )
+    watch_archive_dir: str = field(
+        default="", metadata={"help": "where 'move' puts data files (empty: <root>/archive)"}
+    )
+    watch_pending_timeout: float = field(
+        default=86_400.0,
+        metadata={"help": "seconds a sidecar may wait for its files before it is rejected"},
+    )
+    watch_settle: float = field(
+        default=2.0,
+        metadata={"help": "seconds without a close event before a half-written file counts"},
+    )
+    watch_rescan_interval: float = field(
+        default=300.0, metadata={"help": "seconds between reconciliation scans (inotify mode)"}
+    )
+    watch_poll_interval: float = field(
+        default=2.0, metadata={"help": "seconds between scans in --polling mode"}
+    )
+    watch_linger: float = field(
+        default=0.02, metadata={"help": "seconds a batch waits for more sidecars before commit"}
+    )
+    watch_hash_threads: int = field(
+        default=2, metadata={"help": "threads hashing data files (md5 releases the GIL)"}
+    )
+    watch_upload_threads: int = field(
+        default=8, metadata={"help": "threads copying files into object storage"}
+    )
+    watch_stage_min_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"help": "files this large are verified while copied into storage (one read)"},
+    )
 
     @property
     def tables_dir(self) -> Path:
@@ -66,6 +191,11 @@ class Settings:
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
+        if kind_name.startswith("dict"):  # a TOML table, or JSON in an environment variable
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError(value)
+            return parsed
         if "bool" in kind_name:
             if isinstance(value, bool):
                 return value
