@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -21,17 +21,25 @@ from sortedcontainers import SortedList
 if TYPE_CHECKING:
     from .readmodel import ReadModel
 
-CHILD_TABLES = ["donors", "specimens", "samples", "files", "analysis_samples",
-                "analysis_state_history"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+CHILD_TABLES = [
+    "donors",
+    "specimens",
+    "samples",
+    "files",
+    "analysis_samples",
+    "analysis_state_history",
+]
 
 
 def values(table: pa.Table, column: str, *, shared: bool = False) -> list[Any]:
     """A column as Python values; with shared=True equal strings become one object."""
     col = table.column(column)
     if pa.types.is_timestamp(col.type) and col.type.tz is not None:
-        # pyarrow builds zone-aware datetimes ~4x slower than naive ones; ours are all UTC
-        naive = col.cast(pa.timestamp(col.type.unit)).to_pylist()
-        return [v if v is None else v.replace(tzinfo=UTC) for v in naive]
+        # pyarrow builds zone-aware datetimes slowly (~13 µs each); ours are all UTC
+        micros = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64()).to_pylist()
+        return [None if v is None else _EPOCH + timedelta(microseconds=v) for v in micros]
     if not shared or table.num_rows == 0:
         return col.to_pylist()
     encoded = pc.dictionary_encode(col).combine_chunks()
@@ -72,14 +80,18 @@ def _bulk_load(model: ReadModel, tables: dict[str, pa.Table]) -> None:
 
     analyses = tables["analyses"]
     firsts = analyses.filter(pc.equal(analyses.column("version"), 1))
-    later = _sorted(analyses.filter(pc.greater(analyses.column("version"), 1)),
-                    [("version", "ascending")])
+    later = _sorted(
+        analyses.filter(pc.greater(analyses.column("version"), 1)), [("version", "ascending")]
+    )
     records = model.analyses
     for aid, study, tname, tversion, data, created in zip(
-        values(firsts, "analysis_id"), values(firsts, "study_id", shared=True),
+        values(firsts, "analysis_id"),
+        values(firsts, "study_id", shared=True),
         values(firsts, "analysis_type_name", shared=True),
-        values(firsts, "analysis_type_version"), values(firsts, "data"),
-        values(firsts, "created_at"), strict=True,
+        values(firsts, "analysis_type_version"),
+        values(firsts, "data"),
+        values(firsts, "created_at"),
+        strict=True,
     ):
         if aid not in records:
             records[aid] = AnalysisRecord.from_values(aid, study, tname, tversion, data, created)
@@ -106,6 +118,8 @@ def _bulk_load(model: ReadModel, tables: dict[str, pa.Table]) -> None:
             model.apply_table(name, waiting)
 
     _indexes(model)
+    # the Arrow tables are gone: hand their memory back (1M analyses: 6.1 -> 3.8 GB RSS)
+    pa.default_memory_pool().release_unused()
 
 
 def _entities(model: ReadModel, name: str, table: pa.Table) -> None:
@@ -166,10 +180,14 @@ def _history(model: ReadModel, table: pa.Table) -> None:
     table = _sorted(table, [("updated_at", "ascending")])  # so each analysis' rows are in order
     analyses = model.analyses
     for row in zip(
-        values(table, "event_id"), values(table, "analysis_id"),
-        values(table, "initial_state", shared=True), values(table, "updated_state", shared=True),
-        values(table, "updated_at"), values(table, "actor", shared=True),
-        values(table, "reason", shared=True), strict=True,
+        values(table, "event_id"),
+        values(table, "analysis_id"),
+        values(table, "initial_state", shared=True),
+        values(table, "updated_state", shared=True),
+        values(table, "updated_at"),
+        values(table, "actor", shared=True),
+        values(table, "reason", shared=True),
+        strict=True,
     ):
         analyses[row[1]].history.append((row[0], row[2], row[3], row[4], row[5], row[6]))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from .errors import PayloadParsing, problem
@@ -45,14 +47,26 @@ RESERVED_TOP_LEVEL = ("studyId", "analysisType", "samples", "files", "analysisId
 # --- IDs (Song's local id mode, song-api.md §3.7) -------------------------------------------
 
 
+_OID = uuid.NAMESPACE_OID.bytes
+
+
+def uuid5_oid(name: str) -> str:
+    """str(uuid.uuid5(uuid.NAMESPACE_OID, name)), in a third of the time (no UUID object)."""
+    digest = bytearray(hashlib.sha1(_OID + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def entity_id(study_id: str, submitter_id: str) -> str:
     """Donor, specimen and sample ids: uuid5(NAMESPACE_OID, "<studyId>:<submitterId>")."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{study_id}:{submitter_id}"))
+    return uuid5_oid(f"{study_id}:{submitter_id}")
 
 
 def object_id(analysis_id: str, file_name: str) -> str:
     """File object ids: uuid5(NAMESPACE_OID, "<analysisId>:<fileName>")."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{analysis_id}:{file_name}"))
+    return uuid5_oid(f"{analysis_id}:{file_name}")
 
 
 def new_analysis_id() -> str:
@@ -75,12 +89,23 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _fixed_local_zone() -> timezone | None:
+    """The local zone as a fixed offset when it has no daylight saving time (UTC in most
+    containers): converting to it is plain arithmetic, ~3x cheaper than astimezone()."""
+    if time.daylight:
+        return None
+    return timezone(timedelta(seconds=-time.timezone))
+
+
+_LOCAL_FIXED = _fixed_local_zone()
+
+
 def song_time(value: datetime | None) -> str | None:
     """Song's date format: naive ISO-8601 in server local time, e.g. 2023-03-09T17:18:15.673782."""
     if value is None:
         return None
     if value.tzinfo is not None:
-        value = value.astimezone().replace(tzinfo=None)
+        value = value.astimezone(_LOCAL_FIXED).replace(tzinfo=None)
     return value.isoformat()
 
 

@@ -15,6 +15,7 @@ only once the analysis that wrote them is committed; until then they wait in ``_
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections import Counter, defaultdict
@@ -34,6 +35,7 @@ from .model import STATES, song_time
 from .tables import TableStore
 
 _intern = sys.intern
+_LITERAL = re.compile(r"[A-Za-z0-9_\-: ]*")  # no regex syntax at all
 
 # Row tuples held per entity (positions used below).
 # donor:    (donor_id, study_id, submitter_donor_id, gender, info)
@@ -182,6 +184,7 @@ class ReadModel:
         # Arrow columns for regex id search, appended per batch and concatenated lazily.
         self._search_chunks: dict[str, list[pa.Table]] = defaultdict(list)
         self._search_tables: dict[str, pa.Table] = {}
+        self._search_cache: dict[tuple[str, str], tuple[pa.Table, pa.Table, dict]] = {}
         self.loaded_at_versions: dict[str, int] = {}
         # called with (table, row) for every row applied after load (catalog/search.py's index)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -463,16 +466,31 @@ class ReadModel:
             table = self._search_table(name)
         if table.num_rows == 0:
             return set()
+        study, lowered = self._study_search(name, table, study_id)
         try:
-            matches = pc.match_substring_regex(table.column(column), pattern, ignore_case=True)
+            if _LITERAL.fullmatch(pattern):
+                # no regex syntax: a plain substring test on a lower-cased copy, ~3x faster
+                if column not in lowered:
+                    lowered[column] = pc.utf8_lower(study.column(column))
+                mask = pc.match_substring(lowered[column], pattern.lower())
+            else:
+                mask = pc.match_substring_regex(study.column(column), pattern, ignore_case=True)
         except pa.ArrowInvalid as exc:
             raise BadRequest(
                 f"The search term '{pattern}' is not a valid regular expression: {exc}",
                 error_id="search.term.syntax",
             ) from exc
-        mask = pc.and_(pc.equal(table.column("study_id"), study_id), matches)
         id_col = self._SEARCH_COLUMNS[name][0]
-        return set(table.column(id_col).filter(mask).to_pylist())
+        return set(study.column(id_col).filter(mask).to_pylist())
+
+    def _study_search(self, name: str, table: pa.Table, study_id: str) -> tuple[pa.Table, dict]:
+        """The search rows of one study (and their lower-cased columns), cached until a write."""
+        key = (name, study_id)
+        cached = self._search_cache.get(key)
+        if cached is None or cached[0] is not table:
+            study = table.filter(pc.equal(table.column("study_id"), study_id))
+            cached = self._search_cache[key] = (table, study, {})
+        return cached[1], cached[2]
 
     # -- documents ------------------------------------------------------------------------------
 
