@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	test -d $(ROOT)/tables || $(BIN)/songlake --root $(ROOT) init
+	@# the study of examples/DEMO, so `cp -r examples/DEMO $(ROOT)/inbox/` gets a receipt
+	$(BIN)/songlake --root $(ROOT) study show DEMO >/dev/null 2>&1 || \
+	  $(BIN)/songlake --root $(ROOT) study create DEMO --name "Demo study" >/dev/null
 	$(BIN)/songlake --root $(ROOT) serve
 
 test: $(STAMP)
@@ -24,6 +27,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/register.py
 	$(BIN)/python bench/readmodel.py
+	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/watcher.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

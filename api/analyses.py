@@ -1,13 +1,18 @@
-"""Analyses: submit, read, list, page, id search, and the lifecycle (publish/unpublish/suppress).
+"""Analyses: submit, read, list, page, id search, update (PUT / PATCH) and the lifecycle
+(publish / unpublish / suppress, group-committed across concurrent requests).
 
-Writes (submit and the lifecycle PUTs) have NO auth yet; auth comes with the API issue.
+Reads are public; every write needs the study's write scope (api/auth.py).
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from .params import csv_list, current_catalog, flag, integer
+from catalog.lifecycle import Transition
+
+from .auth import actor, require_write
+from .groupcommit import GroupCommitter
+from .params import csv_list, current_catalog, flag, integer, json_body
 
 bp = Blueprint("analyses", __name__)
 
@@ -21,11 +26,26 @@ SEARCH_PARAMS = (
     "submitterDonorId",
     "submitterSpecimenId",
 )
+#: POST .../search/id body keys (Song's IdSearchRequest, plural quirks included) -> query names
+SEARCH_BODY_KEYS = {
+    "donorId": "donorId",
+    "sampleId": "sampleId",
+    "specimenId": "specimenId",
+    "objectId": "fileId",
+    "submitterSampleId": "submitterSampleId",
+    "submitterDonorIds": "submitterDonorId",
+    "submitterSpecimenIds": "submitterSpecimenId",
+}
+COMMITTER = "songlake.groupcommit"
 
 
 def _states() -> list[str]:
     """`analysisStates`, default PUBLISHED; the catalog refuses unknown states."""
     return csv_list("analysisStates") or ["PUBLISHED"]
+
+
+def committer() -> GroupCommitter:
+    return current_app.extensions[COMMITTER]
 
 
 # literal paths first: /paginated and /search/id must not be taken for analysis ids
@@ -44,12 +64,28 @@ def page_analyses(study_id: str) -> Response:
     return jsonify(current_catalog().page_analyses(study_id, states, limit=limit, offset=offset))
 
 
+def _search(study_id: str, terms: dict[str, str | None]) -> Response:
+    catalog = current_catalog()
+    ids = catalog.search_ids(study_id, **terms)
+    return jsonify(catalog.get_analyses(study_id, ids))
+
+
 @bp.get("/studies/<study_id>/analysis/search/id")
 def search_ids(study_id: str) -> Response:
-    catalog = current_catalog()
-    terms = {name: request.args.get(name) or None for name in SEARCH_PARAMS}
-    ids = catalog.search_ids(study_id, **terms)
-    return jsonify([catalog.get_analysis(study_id, a) for a in ids])
+    return _search(study_id, {name: request.args.get(name) or None for name in SEARCH_PARAMS})
+
+
+@bp.post("/studies/<study_id>/analysis/search/id")
+def search_ids_post(study_id: str) -> Response:
+    """Song's IdSearchRequest body; list-valued keys take their first item."""
+    body = json_body()
+    terms: dict[str, str | None] = {}
+    for key, name in SEARCH_BODY_KEYS.items():
+        value = body.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        terms[name] = value if isinstance(value, str) and value else None
+    return _search(study_id, terms)
 
 
 @bp.get("/studies/<study_id>/analysis/<analysis_id>")
@@ -65,25 +101,52 @@ def analysis_files(study_id: str, analysis_id: str) -> Response:
 @bp.post("/submit/<study_id>")
 def submit(study_id: str) -> Response:
     """Register a payload; the body is read raw, as Song reads it, whatever its content type."""
+    require_write(study_id)
     allow_duplicates = flag("allowDuplicates")
     analysis_id = current_catalog().submit(
-        request.get_data(cache=False), study_id, allow_duplicates=allow_duplicates
+        request.get_data(cache=False), study_id, allow_duplicates=allow_duplicates, actor=actor()
     )
     return jsonify({"analysisId": analysis_id, "status": "OK"})
 
 
+@bp.put("/studies/<study_id>/analysis/<analysis_id>")
+def update_analysis(study_id: str, analysis_id: str) -> Response:
+    """Replace the analysis' dynamic data; Song answers 200 with an empty body."""
+    require_write(study_id)
+    current_catalog().update_analysis(study_id, analysis_id, json_body(), actor=actor())
+    return Response(status=200)
+
+
+@bp.patch("/studies/<study_id>/analysis/<analysis_id>")
+def patch_analysis(study_id: str, analysis_id: str) -> Response:
+    """RFC 7386 merge patch of the dynamic data; Song answers 200 with an empty body."""
+    require_write(study_id)
+    current_catalog().patch_analysis(study_id, analysis_id, json_body(), actor=actor())
+    return Response(status=200)
+
+
+def _change(study_id: str, analysis_id: str, action: str, ignore_md5: bool = False) -> Response:
+    transition = Transition(study_id, analysis_id, action, actor(), None, ignore_md5)
+    if action == "publish":
+        # in this request's thread, so concurrent publishes check storage side by side, and a
+        # slow store never holds up the batch; the batch re-checks the state under its lock
+        current_catalog().check_publishable(transition)
+    return jsonify({"message": committer().run(transition)})
+
+
 @bp.put("/studies/<study_id>/analysis/publish/<analysis_id>")
 def publish(study_id: str, analysis_id: str) -> Response:
-    ignore = flag("ignoreUndefinedMd5")
-    message = current_catalog().publish(study_id, analysis_id, ignore_undefined_md5=ignore)
-    return jsonify({"message": message})
+    require_write(study_id)
+    return _change(study_id, analysis_id, "publish", flag("ignoreUndefinedMd5"))
 
 
 @bp.put("/studies/<study_id>/analysis/unpublish/<analysis_id>")
 def unpublish(study_id: str, analysis_id: str) -> Response:
-    return jsonify({"message": current_catalog().unpublish(study_id, analysis_id)})
+    require_write(study_id)
+    return _change(study_id, analysis_id, "unpublish")
 
 
 @bp.put("/studies/<study_id>/analysis/suppress/<analysis_id>")
 def suppress(study_id: str, analysis_id: str) -> Response:
-    return jsonify({"message": current_catalog().suppress(study_id, analysis_id)})
+    require_write(study_id)
+    return _change(study_id, analysis_id, "suppress")

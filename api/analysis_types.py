@@ -1,7 +1,7 @@
 """Analysis types under /schemas: list (PageDTO), show, the registration meta-schema, register.
 
 (Not named schemas.py: that would shadow the top-level ``schemas`` data package; see STYLE.md.)
-POST /schemas has NO auth yet (Song requires the system scope); auth comes with the API issue.
+POST /schemas needs the system scope, as in Song.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify
 from catalog.errors import BadRequest
 from catalog.registry import AnalysisType, registration_schema
 
+from .auth import actor, require_system
 from .params import csv_list, current_catalog, flag, integer, json_body, optional_integer
 
 bp = Blueprint("schemas", __name__)
@@ -83,8 +84,9 @@ def get_type(name: str) -> Response:
 @bp.post("/schemas")
 def register_type() -> Response:
     """Register a type's next version; answers with the rendered schema and the options sent."""
+    require_system()
     body = json_body()
-    atype = current_catalog().register_type(body)
+    atype = current_catalog().register_type(body, actor=actor())
     out = atype.to_json(rendered=True)
     out["options"] = body.get("options")
     return jsonify(out)

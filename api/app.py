@@ -1,8 +1,8 @@
 """The Flask app factory: one Catalog, one blueprint per resource, Song's error envelope.
 
-Writes have NO auth in this foundation: anyone who can reach the port can submit, publish and
-register types. ``serve`` listens on 127.0.0.1 by default for that reason; bearer tokens with Song's
-scopes come with the API issue.
+Reads are public; writes need a bearer token with Song's scopes (api/auth.py). Lifecycle changes
+of concurrent requests are group-committed (api/groupcommit.py). ``/openapi.json`` describes every
+route and ``/docs`` renders it (api/openapi.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,23 @@ from flask import Flask
 from catalog.catalog import Catalog
 from catalog.settings import Settings
 
-from . import analyses, analysis_types, studies, system
+from . import (
+    analyses,
+    analysis_types,
+    auth,
+    entities,
+    export,
+    legacy,
+    openapi,
+    search,
+    sql,
+    studies,
+    system,
+)
 from .errors import register_error_handlers
-from .params import EXTENSION
+from .groupcommit import GroupCommitter
+from .jsonio import FastJSONProvider
+from .params import EXTENSION, check_path_args
 
 log = logging.getLogger("songlake.api")
 
@@ -56,13 +70,23 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     """A Flask app serving `catalog` with Song's REST API."""
     settings = settings or catalog.settings
     app = Flask(__name__, static_folder=None)
+    app.json = FastJSONProvider(app)
     # Spring matches /x and /x/ alike, and the SDKs call POST /studies/{id}/ with the slash
     app.url_map.strict_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep Song's field order
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions[EXTENSION] = catalog
     app.before_request(RefreshGate(catalog, settings.refresh_interval))
+    app.before_request(check_path_args)
     register_error_handlers(app)
-    for module in (system, studies, analyses, analysis_types):
+    auth.init_app(app, settings)
+    app.extensions[analyses.COMMITTER] = GroupCommitter(
+        lambda batch: catalog.change_states(batch, storage_checked=True)
+    )
+    for module in (system, studies, analyses, analysis_types, entities, export, legacy, search):
         app.register_blueprint(module.bp)
+    app.register_blueprint(sql.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(__import__("api.events", fromlist=["bp"]).bp)  # GET /events (SSE)
+    app.register_blueprint(__import__("api.downloads", fromlist=["bp"]).bp)  # Score downloads
     return app

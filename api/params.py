@@ -7,6 +7,7 @@ parameters accept a comma-joined value (the Java SDK's form) and repeated keys, 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import current_app, request
@@ -87,3 +88,51 @@ def json_body() -> dict[str, Any]:
         max_bytes=settings.max_payload_bytes,
         max_depth=settings.max_payload_depth,
     )
+
+
+# -- path variables ---------------------------------------------------------------------------
+
+#: longest id accepted in a path (Song's ids are at most 36 characters; objectIds too)
+MAX_ID_LENGTH = 256
+#: longest comma-joined id list in a path (an export of a few hundred analyses)
+MAX_PATH_LIST = 64 * 1024
+
+
+def check_path_args() -> None:
+    """Refuse path variables no entity could have: control characters, NUL, absurd lengths."""
+    for name, value in (request.view_args or {}).items():
+        if not isinstance(value, str):
+            continue
+        if len(value) > MAX_PATH_LIST or any(len(v) > MAX_ID_LENGTH for v in value.split(",")):
+            raise BadRequest(
+                f"The path parameter '{name}' is too long ({len(value):,} characters)",
+                error_id="malformed.parameter",
+            )
+        if any(ord(c) < 32 or c == "\x7f" for c in value) or value in (".", ".."):
+            raise BadRequest(
+                f"The path parameter '{name}' holds characters no id can have",
+                error_id="malformed.parameter",
+            )
+
+
+def id_list(value: str) -> list[str]:
+    """A comma-joined list of ids from a path (Song's DELETE and export), empty items dropped."""
+    items = [v for v in value.split(",") if v]
+    if not items:
+        raise BadRequest("At least one id is needed", error_id="malformed.parameter")
+    return items
+
+
+def time_param(name: str) -> datetime | None:
+    """An ISO-8601 date or date-time query parameter (naive = server local time)."""
+    value = _raw(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"The parameter '{name}' must be an ISO-8601 date or time, not '{value}'",
+            error_id="malformed.parameter",
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.astimezone()

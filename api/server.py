@@ -18,7 +18,17 @@ class ApiServer:
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
         server = waitress.create_server(
-            app, host=host, port=port, threads=threads, ident="songlake"
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="songlake",
+            # waitress stops accepting at 100 open connections; keep-alive clients (Song SDKs,
+            # score-client, a portal's pool) hold theirs, so allow many more than threads
+            connection_limit=max(1000, 4 * threads),
+            # a 500-analysis search answer is ~1.3 MB; waitress spills anything over 1 MB to a
+            # temporary file by default
+            outbuf_overflow=64 * 1024 * 1024,
         )
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")

@@ -1,13 +1,78 @@
-"""Liveness: GET /isAlive."""
+"""Liveness, health and version: ``/isAlive`` (Song's ping), ``/health``, ``/version``."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import platform
+import time
+from importlib import metadata
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from catalog.errors import SonglakeError
+
+from .params import current_catalog
 
 bp = Blueprint("system", __name__)
+
+#: the Song release whose REST API songlake answers like
+SONG_API_VERSION = "5.1.2"
 
 
 @bp.get("/isAlive")
 def is_alive() -> Response:
     """Song's ping: the JSON boolean ``true``."""
     return jsonify(True)
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Table versions, read-model state and object-store reachability; 503 when a part is down."""
+    catalog = current_catalog()
+    problems = []
+    started = time.perf_counter()
+    try:
+        versions = catalog.tables.versions()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
+        versions = {}
+        problems.append(f"tables unreadable: {type(exc).__name__}")
+    store_error = "object store not reachable"
+    try:
+        reachable = bool(catalog.store.ping())
+    except Exception as exc:  # noqa: BLE001
+        reachable = False
+        store_error = f"object store error: {type(exc).__name__}"
+    if not reachable:
+        problems.append(store_error)
+    body = {
+        "status": "DOWN" if problems else "UP",
+        "tables": versions,
+        "catalogVersion": versions.get("commits"),
+        "readModel": {
+            "analyses": len(catalog.model.analyses),
+            "studies": len(catalog.model.studies),
+            "pendingRows": catalog.model.pending_rows,
+        },
+        "objectStore": {"reachable": reachable, "store": catalog.store.describe()},
+        "groupCommit": current_app.extensions["songlake.groupcommit"].stats(),
+        "checkedInMs": round((time.perf_counter() - started) * 1000, 1),
+    }
+    if problems:
+        raise SonglakeError("; ".join(problems), error_id="service.unavailable", health=body)
+    return jsonify(body)
+
+
+@bp.get("/version")
+def version() -> Response:
+    """songlake's version and the Song API it is compatible with."""
+    try:
+        own = metadata.version("songlake")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    return jsonify(
+        {
+            "name": "songlake",
+            "version": own,
+            "songApiVersion": SONG_API_VERSION,
+            "python": platform.python_version(),
+        }
+    )

@@ -226,6 +226,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
+        "loadavg_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -328,16 +328,23 @@ def verify(n: int = 60) -> None:
 
 
 def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict[str, Any]:
+    """Open the catalog and time the read figures; wall and CPU (thread) time for each call.
+
+    The machine may be shared: CPU time is what the call itself cost, wall time what a caller saw.
+    """
     rss_start = current_rss_mb()
     from catalog.catalog import Catalog
     from catalog.settings import load_settings
 
     rss_imports = current_rss_mb()
     settings = load_settings(root)
+    cpu0 = time.process_time()
     with Timer() as t_open:
         cat = Catalog(settings)
     out: dict[str, Any] = {
         "open_s": t_open.seconds,
+        "open_cpu_s": time.process_time() - cpu0,
+        "loadavg_after_open": os.getloadavg(),
         "rss_mb": {"start": rss_start, "after_imports": rss_imports,
                    "after_open": current_rss_mb(), "peak_after_open": peak_rss_mb()},
     }
@@ -347,71 +354,74 @@ def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict
                      "specimens": len(m.specimens), "samples": len(m.samples),
                      "files": len(m.files), "pending_rows": m.pending_rows,
                      "by_state": {s: cat.count_analyses(BIG, [s]) for s in ALL_STATES}}
-    print(f"opened in {t_open.seconds:.1f} s: {out['counts']}", flush=True)
+    print(f"opened in {t_open.seconds:.1f} s (CPU {out['open_cpu_s']:.1f} s): {out['counts']}",
+          flush=True)
     results: dict[str, Any] = {}
+
+    def timed(label: str, calls: list, **extra: Any) -> Any:
+        """Run each zero-argument call, timing wall and thread CPU; returns the last result."""
+        wall, cpu = [], []
+        result = None
+        for call in calls:
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            result = call()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        stats = summarize_ms(wall)
+        cpu_stats = summarize_ms(cpu)
+        results[label] = {**stats, "cpu_p50_ms": cpu_stats["p50_ms"],
+                          "cpu_p99_ms": cpu_stats["p99_ms"], **extra}
+        return result
 
     # GET one analysis by id (random ids over all studies)
     ids = rng.sample(list(m.analyses), min(reps_point, len(m.analyses)))
-    studies = [m.analyses[a].study_id for a in ids]
-    doc = cat.get_analysis(studies[0], ids[0])
+    doc = cat.get_analysis(m.analyses[ids[0]].study_id, ids[0])
     out["doc_bytes"] = len(json.dumps(doc, separators=(",", ":")))
-    times = []
-    for a, s in zip(ids, studies, strict=True):
-        t0 = time.perf_counter()
-        cat.get_analysis(s, a)
-        times.append(time.perf_counter() - t0)
-    results["get_analysis"] = summarize_ms(times)
+    timed("get_analysis", [
+        (lambda a=a, s=m.analyses[a].study_id: cat.get_analysis(s, a)) for a in ids])
 
     # id search by submitterDonorId: a 5-digit prefix 'Dnnnnn' = 100 donors = 500 analyses
-    big_donors = len([d for d in m.donors.values() if d[1] == BIG])
+    big_donors = sum(1 for d in m.donors.values() if d[1] == BIG)
     groups = max(1, big_donors // 100)
     with Timer() as t_first:
         first = cat.search_ids(BIG, submitterDonorId=f"D{0:05d}")
     results["search_first_call_ms"] = t_first.seconds * 1000
-    hits, times, doc_times = [], [], []
-    for _ in range(reps_other):
-        pattern = f"D{rng.randrange(groups):05d}"
-        t0 = time.perf_counter()
-        found = cat.search_ids(BIG, submitterDonorId=pattern)
-        t1 = time.perf_counter()
-        [cat.get_analysis(BIG, a) for a in found]
-        t2 = time.perf_counter()
-        hits.append(len(found))
-        times.append(t1 - t0)
-        doc_times.append(t2 - t0)
-    results["search_ids"] = {**summarize_ms(times), "hits_mean": sum(hits) / len(hits),
-                             "first_hits": len(first)}
-    results["search_ids_plus_docs"] = summarize_ms(doc_times)
+    patterns = [f"D{rng.randrange(groups):05d}" for _ in range(reps_other)]
+    hits: list[int] = []
+    timed("search_ids", [
+        (lambda p=p: hits.append(len(cat.search_ids(BIG, submitterDonorId=p))))
+        for p in patterns])
+    results["search_ids"].update(hits_mean=sum(hits) / len(hits), first_hits=len(first))
+    timed("search_ids_plus_docs", [
+        (lambda p=p: [cat.get_analysis(BIG, a) for a in cat.search_ids(BIG, submitterDonorId=p)])
+        for p in patterns])
 
     # counts
-    for label, states in (("count_published", ["PUBLISHED"]), ("count_all_states", ALL_STATES)):
-        times = []
-        for _ in range(max(reps_other, 200)):
-            t0 = time.perf_counter()
-            value = cat.count_analyses(BIG, states)
-            times.append(time.perf_counter() - t0)
-        results[label] = {**summarize_ms(times), "value": value}
+    reps_count = max(reps_other, 200)
+    value = timed("count_published",
+                  [lambda: cat.count_analyses(BIG, ["PUBLISHED"])] * reps_count)
+    results["count_published"]["value"] = value
+    value = timed("count_all_states", [lambda: cat.count_analyses(BIG, ALL_STATES)] * reps_count)
+    results["count_all_states"]["value"] = value
 
-    # deep pages
+    # deep pages (offset 500,000, or the last page when fewer analyses are in those states)
     for label, states in (("page_3_states", ALL_STATES), ("page_1_state", ["PUBLISHED"]),
                           ("page_2_states", ["PUBLISHED", "UNPUBLISHED"])):
         total = cat.count_analyses(BIG, states)
         offset = min(500_000, max(0, total - 100))
-        times, id_times = [], []
-        for _ in range(reps_other):
-            t0 = time.perf_counter()
-            page = cat.page_analyses(BIG, states, limit=100, offset=offset)
-            times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            m.page_ids(BIG, states, offset, 100)
-            id_times.append(time.perf_counter() - t0)
-        results[label] = {**summarize_ms(times), "offset": offset, "total": total,
-                          "returned": page["currentTotalAnalyses"],
-                          "ids_only_p50_ms": summarize_ms(id_times)["p50_ms"]}
+        page = timed(label, [
+            (lambda st=states, o=offset: cat.page_analyses(BIG, st, limit=100, offset=o))
+        ] * reps_other, offset=offset, total=total)
+        results[label]["returned"] = page["currentTotalAnalyses"]
+        timed(label + "_ids_only", [
+            (lambda st=states, o=offset: m.page_ids(BIG, st, o, 100))] * reps_other)
+        results[label]["ids_only_p50_ms"] = results.pop(label + "_ids_only")["p50_ms"]
 
     out["results"] = results
     out["rss_mb"]["peak_end"] = peak_rss_mb()
     out["rss_mb"]["end"] = current_rss_mb()
+    out["loadavg_end"] = os.getloadavg()
     return out
 
 
@@ -424,8 +434,8 @@ def report(meta: dict[str, Any], res: dict[str, Any]) -> str:
     def row(label: str, key: str, target: float | None, extra: str = "") -> list[str]:
         p50, p99 = r[key]["p50_ms"], r[key]["p99_ms"]
         ok = "" if target is None else ("yes" if p50 <= target else "NO")
-        return [label, f"{p50:.3f}", f"{p99:.3f}", f"<= {target:g}" if target else "", ok,
-                f"n={r[key]['n']} {extra}".strip()]
+        return [label, f"{p50:.3f}", f"{p99:.3f}", f"{r[key]['cpu_p50_ms']:.3f}",
+                f"<= {target:g}" if target else "", ok, f"n={r[key]['n']} {extra}".strip()]
 
     rows = [
         row("GET analysis by id", "get_analysis", TARGETS_MS["get_analysis"],
@@ -443,12 +453,15 @@ def report(meta: dict[str, Any], res: dict[str, Any]) -> str:
                        ("page_2_states", "page 100, PUBL+UNPUBL")):
         rows.append(row(f"{label} @ {r[key]['offset']:,}", key, TARGETS_MS["page"],
                         f"of {r[key]['total']:,}; ids only {r[key]['ids_only_p50_ms']:.3f} ms"))
-    table = fmt_table(rows, ["figure", "p50 ms", "p99 ms", "target", "ok", "notes"])
+    table = fmt_table(rows, ["figure", "p50 ms", "p99 ms", "cpu p50", "target", "ok", "notes"])
     rss = res["rss_mb"]
-    return (f"{table}\n\nopen (read-model load): {res['open_s']:.1f} s; RSS after open "
+    return (f"{table}\n\nopen (read-model load): {res['open_s']:.1f} s (CPU "
+            f"{res['open_cpu_s']:.1f} s); RSS after open "
             f"{rss['after_open']:,.0f} MB (imports alone {rss['after_imports']:,.0f} MB); peak RSS "
             f"{rss['peak_end']:,.0f} MB\ncatalog: {meta['analyses']:,} analyses, rows "
-            f"{meta['rows']}, {meta['disk_mb']:,.0f} MB on disk")
+            f"{meta['rows']}, {meta['disk_mb']:,.0f} MB on disk\nload average (1 min) after "
+            f"open {res['loadavg_after_open'][0]:.2f}, at the end {res['loadavg_end'][0]:.2f} "
+            f"on {os.cpu_count()} cores")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,10 +137,21 @@ def init(c: Context) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--no-watch", is_flag=True, help="Serve the API without the inbox watcher.")
+@click.option("--threads", type=int, default=None, help="API worker threads (api_threads).")
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Switch API auth off: anyone who can reach the port can write (development only).",
+)
 @pass_ctx
-def serve(c: Context, host: str, port: int, no_watch: bool) -> None:
-    """Serve the Song-compatible API (the inbox watcher comes with its own issue)."""
+def serve(
+    c: Context, host: str, port: int, no_watch: bool, threads: int | None, no_auth: bool
+) -> None:
+    """Serve the Song-compatible API, with the inbox watcher unless --no-watch."""
+    import dataclasses
+
     from api.app import create_app
+    from api.auth import admin_token_path, auth_configured, ensure_admin_token
     from api.server import serve as run_server
 
     from .catalog import Catalog
@@ -148,13 +159,151 @@ def serve(c: Context, host: str, port: int, no_watch: bool) -> None:
     settings = c.settings
     if not settings.tables_dir.exists():
         Catalog.init(settings)
-    app = create_app(c.catalog, settings=settings)
-    if not no_watch:
+    if no_auth:
+        settings = dataclasses.replace(settings, auth=False)
+    if not settings.auth:
         click.echo(
-            "note: the inbox watcher is not part of this build yet; serving the API only", err=True
+            "WARNING: API auth is OFF: anyone who can reach the port can write to the catalog",
+            err=True,
         )
+    elif not auth_configured(settings) or admin_token_path(settings).exists():
+        token_path, created = ensure_admin_token(settings)
+        verb = "created" if created else "in"
+        click.echo(
+            f"admin token (system scope) {verb} {token_path}; send it as "
+            "'Authorization: Bearer <token>'",
+            err=True,
+        )
+    app = create_app(c.catalog, settings=settings)
+    watcher = None
+    if not no_watch:
+        from watcher import Watcher
+        from watcher.logs import configure
+
+        configure()
+        watcher = Watcher(c.catalog, settings).start()  # shares the API's catalog (one read model)
     click.echo(f"songlake serving {settings.root} on http://{host}:{port}", err=True)
-    run_server(app, host=host, port=port)
+    from .events import start_background
+
+    dispatcher = start_background(c.catalog)  # Song's analysis messages, beside the API
+    try:
+        run_server(app, host=host, port=port, threads=threads or settings.api_threads)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+        if watcher is not None:
+            watcher.stop()
+
+
+# -- the watcher: watch / ingest / status ---------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--polling",
+    is_flag=True,
+    help="Scan every watch_poll_interval seconds instead of using inotify (network mounts).",
+)
+@pass_ctx
+def watch(c: Context, polling: bool) -> None:
+    """Watch the inbox (and watch_folders) and register every sidecar dropped there."""
+    import signal
+    import threading
+
+    from watcher import Watcher
+    from watcher.logs import configure
+
+    configure()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    watcher = Watcher(c.catalog, c.settings, polling=polling).start()
+    folders = ", ".join(f.path for f in watcher.folders)
+    click.echo(f"songlake watching {folders} (Ctrl-C to stop)", err=True)
+    try:
+        stop.wait()
+    finally:
+        watcher.stop()
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_ctx
+def ingest(c: Context, paths: tuple[Path, ...], quiet: bool) -> None:
+    """Register every sidecar under PATH... now (a backfill), rejected ones again too."""
+    import logging
+
+    from tqdm import tqdm
+
+    from watcher import Watcher, WatcherBusy, watched_folders, watcher_running
+    from watcher.layout import Folder
+    from watcher.logs import configure
+
+    settings = c.settings
+    pid = watcher_running(settings)
+    watched = [Folder.at(f) for f in watched_folders(settings)]
+    if pid is not None and any(f.contains(os.path.realpath(p)) for p in paths for f in watched):
+        raise WatcherBusy(
+            f"A watcher (pid {pid}) is watching {settings.root}; it takes what is dropped into "
+            "its folders by itself ('touch' a sidecar to retry it)"
+        )
+    configure(logging.WARNING)
+    tqdm.monitor_interval = 0  # no monitor thread: the bar is updated on every outcome anyway
+    bar = tqdm(total=0, unit="sidecar", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+    def total(n: int) -> None:
+        bar.total = n
+        bar.refresh()
+
+    watcher = Watcher(c.catalog, settings).start(watch=False)
+    try:
+        report = watcher.ingest(
+            [str(p) for p in paths], on_total=total, on_outcome=lambda *_: bar.update(1)
+        )
+    finally:
+        watcher.stop()
+        bar.close()
+    counts = report.outcomes
+    click.echo(
+        f"{report.total} sidecar(s): {counts['registered']} registered, "
+        f"{counts['rejected']} rejected, {counts['pending']} waiting for files"
+    )
+    for path, (outcome, detail) in list(report.problems.items())[:20]:
+        click.echo(f"  {outcome}: {path}: {detail}")
+    if counts["rejected"] or counts["pending"]:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=0))
+@pass_ctx
+def status(c: Context, as_json: bool, limit: int) -> None:
+    """Pending, registered and rejected sidecars per study, and the latest errors."""
+    from watcher import watcher_running
+    from watcher.status import report, short
+
+    settings = c.settings
+    pid = watcher_running(settings)
+    r = report(settings.state_dir, limit=limit, watcher_pid=pid)
+    if as_json:
+        echo_json(r.to_dict())
+        return
+    click.echo(f"watcher: {f'running (pid {pid})' if pid else 'not running'}")
+    columns = ["studyId", "pending", "registering", "registered", "rejected"]
+    rows = [(sid, *(n.get(k, 0) for k in columns[1:])) for sid, n in r.studies.items()]
+    echo_table(columns, rows)
+    if r.errors:
+        click.echo("\nlatest errors:")
+        rows = [(e["at"], e["errorId"], short(e["path"], 50), e["message"]) for e in r.errors]
+        echo_table(["at", "errorId", "sidecar", "message"], rows)
+    if r.pending:
+        click.echo("\nwaiting for files:")
+        rows = [
+            (p["since"], short(p["path"], 50), "; ".join(p["waitingFor"])) for p in r.pending
+        ]
+        echo_table(["since", "sidecar", "waiting for"], rows)
 
 
 # -- studies ------------------------------------------------------------------------------------
@@ -530,6 +679,224 @@ def repair(c: Context, min_age: float, dry_run: bool) -> None:
         return
     deleted = cat.repair(min_age_seconds=min_age, actor=actor())
     echo_table(["table", "rows deleted"], sorted(deleted.items()))
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """Song's analysis messages: deliver them to the configured sinks, watch, replay."""
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+@events.command("run")
+@click.option("--once", is_flag=True, help="Deliver what is committed now, then exit.")
+@pass_ctx
+def events_run(c: Context, once: bool) -> None:
+    """Run the event dispatcher alone (serve runs one too; one per root delivers at a time)."""
+    import signal
+
+    from . import events as ev
+
+    _log_to_stderr()
+    d = ev.Dispatcher(c.catalog)
+    for _, problem in d.problems:
+        click.echo(f"error: {problem} (left out; the other sinks run)", err=True)
+    if not d.workers:
+        raise click.ClickException("no events sink can run")
+    signal.signal(signal.SIGTERM, lambda *_: d.stop_event.set())
+    d.start(standby=not once)
+    try:
+        if once:
+            while not d.wait_idle(5.0):
+                pass
+        else:
+            d.stop_event.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.stop()
+    failing = [w.name for w in d.workers if w.error]
+    if once and (d.problems or failing):
+        raise click.ClickException(
+            "events sink(s) not delivering: " + ", ".join([n for n, _ in d.problems] + failing)
+        )
+
+
+@events.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_ctx
+def events_status(c: Context, as_json: bool) -> None:
+    """Lag, failures and dead letters of every sink."""
+    from . import events as ev
+
+    text, rows = ev.status(c.settings)
+    if as_json:
+        echo_json({"dispatcher": text, "sinks": rows})
+        return
+    click.echo(text)
+    columns = [
+        "sink",
+        "type",
+        "status",
+        "lag",
+        "lag_seconds",
+        "delivered",
+        "failures",
+        "dead_letters",
+        "last_error",
+    ]
+    echo_table(columns, [[r[k] for k in columns] for r in rows])
+
+
+@events.command("replay")
+@click.option(
+    "--from",
+    "from_",
+    required=True,
+    metavar="VERSION|TIME",
+    help="A catalog version (its changes and every later one) or an ISO-8601 time.",
+)
+@click.option("--sink", "sinks", multiple=True, help="Only this sink (repeatable).")
+@pass_ctx
+def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
+    """Send the messages of committed changes again, from a version or time on."""
+    import time
+
+    from . import events as ev
+    from .outbox import cut_from
+
+    settings = c.settings
+    cut = cut_from(settings, from_)
+    d = ev.Dispatcher(c.catalog, only=list(sinks) or None)
+    names = [w.name for w in d.workers]
+    if not d.try_lock():
+        path = ev.request_replay(settings, cut, names)
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        taken = "taken" if not path.exists() else "queued"
+        click.echo(f"replay from {from_} {taken} by the running dispatcher ({ev.holder(d)})")
+        return
+    ev.rewind_saved(settings, cut, names)
+    d.start(standby=False)
+    try:
+        while not d.wait_idle(5.0):
+            pass
+    finally:
+        d.stop()
+    echo_table(
+        ["sink", "re-sent", "failures", "dead_letters", "error"],
+        [
+            [w.name, w.sent, w.stats["failures"], w.stats["dead_letters"], w.error]
+            for w in d.workers
+        ],
+    )
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+@main.group()
+def storage() -> None:
+    """Check object storage against the registry, and upload what is missing."""
+
+
+def _bars(quiet: bool, total: int) -> tuple[Any, Any]:
+    from tqdm import tqdm
+
+    listing = tqdm(desc="listing", unit="key", disable=quiet, file=sys.stderr, leave=False)
+    checking = tqdm(
+        desc="checking", total=total, unit="file", disable=quiet, file=sys.stderr, leave=False
+    )
+    return listing, checking
+
+
+def _print_findings(findings: list[Any], limit: int) -> None:
+    for f in findings[:limit]:
+        click.echo(f"  {f.kind}: {f.object_id} ({f.study_id}/{f.analysis_id}, {f.state}): "
+                   f"{f.message}")
+    if len(findings) > limit:
+        click.echo(f"  ... and {len(findings) - limit} more (--json lists them all)")
+
+
+@storage.command("verify")
+@click.option("--study", "study_id", help="Only this study's files.")
+@click.option("--rehash", is_flag=True, help="Also read every blob and compare its md5.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_ctx
+def storage_verify(
+    c: Context, study_id: str | None, rehash: bool, as_json: bool, quiet: bool
+) -> None:
+    """Find missing objects, missing or wrong .meta files, and (--rehash) damaged bytes."""
+    from .storage import registered_files, verify_storage
+
+    cat = c.catalog
+    listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
+    try:
+        report = verify_storage(
+            cat, study_id, rehash=rehash, progress=checking.update, listing_progress=listing.update
+        )
+    finally:
+        listing.close()
+        checking.close()
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        summary = report.to_dict()
+        click.echo(f"{report.store}: {report.checked} registered file(s) checked, "
+                   f"{summary['ok']} ok" + (f", {report.rehashed_bytes} bytes rehashed"
+                                            if rehash else ""))
+        for kind, n in report.counts().items():
+            click.echo(f"  {n} {kind}")
+        _print_findings(report.findings, 20)
+        if report.unregistered:
+            click.echo(f"note: {len(report.unregistered)} object(s) in storage are not registered "
+                       f"(e.g. {report.unregistered[0]})")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@storage.command("sync")
+@click.option("--study", "study_id", help="Only this study's files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_ctx
+def storage_sync(c: Context, study_id: str | None, as_json: bool, quiet: bool) -> None:
+    """Upload registered files missing from storage, from the paths recorded at ingest."""
+    from tqdm import tqdm
+
+    from .storage import registered_files, sync_storage
+
+    cat = c.catalog
+    listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
+    uploading = tqdm(desc="uploading", unit="file", disable=quiet, file=sys.stderr, leave=False)
+    try:
+        report = sync_storage(
+            cat,
+            study_id,
+            progress=checking.update,
+            listing_progress=listing.update,
+            upload_progress=uploading.update,
+        )
+    finally:
+        for bar in (listing, checking, uploading):
+            bar.close()
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(f"{report.store}: {report.checked} registered file(s) checked, "
+                   f"{len(report.uploaded)} uploaded, {len(report.failed)} failed")
+        _print_findings(report.failed, 20)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
 
 
 def _json_option(text: str | None, name: str) -> Any:

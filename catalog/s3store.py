@@ -731,9 +731,8 @@ class S3ObjectStore(ObjectStore):
     def inventory(self, progress: Callable[[int], object] | None = None) -> dict[str, StoredObject]:
         """Every object id under the data directory, from listings only (no per-object call).
 
-        A bucket whose first page holds every key takes one request; a larger one is listed by
-        the first hex digit of objectIds, 16 listings in parallel (one listing is sequential,
-        page by page).
+        A bucket of at most 1,000 keys takes one request; a larger one is listed by the first hex
+        digit of objectIds, 16 listings in parallel (one listing is sequential, page by page).
         Partition buckets and, for pre-partitioning data, the base buckets are all listed.
         """
         prefix = f"{self.data_dir}/" if self.data_dir else ""
@@ -747,7 +746,9 @@ class S3ObjectStore(ObjectStore):
         metas: dict[str, str | None] = {}
         with ThreadPoolExecutor(8, thread_name_prefix="s3-list") as pool:
             # one page per bucket first: a small store is listed with one request
-            firsts = list(pool.map(lambda b: self._list(b, prefix, None, max_pages=1), buckets))
+            firsts = list(
+                pool.map(lambda b: self._list(b, prefix, None, max_pages=1, page=1000), buckets)
+            )
             jobs = [
                 (b, prefix + h)
                 for b, (_, truncated) in zip(buckets, firsts, strict=True)
@@ -792,12 +793,13 @@ class S3ObjectStore(ObjectStore):
         prefix: str,
         progress: Callable[[int], object] | None,
         max_pages: int | None = None,
+        page: int = 0,
     ) -> tuple[list[tuple[str, int, str | None]], bool]:
         """(key, size, ETag) under a prefix, and whether max_pages stopped before the end."""
         out: list[tuple[str, int, str | None]] = []
         token = None
         for _ in itertools.count() if max_pages is None else range(max_pages):
-            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": LIST_MAX_KEYS}
+            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page or LIST_MAX_KEYS}
             if token:
                 kwargs["ContinuationToken"] = token
             try:

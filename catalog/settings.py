@@ -50,7 +50,7 @@ class Settings:
     s3_profile: str = field(default="", metadata={"help": "AWS profile (empty: default chain)"})
     s3_bucket: str = field(default="", metadata={"help": "bucket for blobs (bucket.name.object)"})
     s3_state_bucket: str = field(
-        default="", metadata={"help": "bucket for .meta files (bucket.name.state; empty: s3_bucket)"}
+        default="", metadata={"help": "bucket for .meta (bucket.name.state; empty: s3_bucket)"}
     )
     s3_data_dir: str = field(
         default="data", metadata={"help": "key prefix of blobs and .meta (s3.data.directory)"}

@@ -8,11 +8,12 @@ only a single SELECT statement is accepted.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import duckdb
 
-from .errors import BadRequest
+from .errors import BadRequest, SonglakeError
 from .tables import DATA_TABLES, TableStore
 
 _VISIBLE = "analysis_id IN (SELECT analysis_id FROM _analyses WHERE version = 1)"
@@ -46,8 +47,10 @@ VIEWS = {
         QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY created_at) = 1""",
     "samples": f"""SELECT * FROM _samples WHERE {_VISIBLE}
         QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1""",
-    "files": f"""SELECT * FROM _files WHERE {_VISIBLE}
-        QUALIFY row_number() OVER (PARTITION BY object_id ORDER BY version DESC) = 1""",
+    # the newest row of each file; a newest row without a file_name is a deletion (tombstone)
+    "files": f"""SELECT * FROM (SELECT * FROM _files WHERE {_VISIBLE}
+        QUALIFY row_number() OVER (PARTITION BY object_id ORDER BY version DESC) = 1)
+        WHERE file_name IS NOT NULL""",
     "analysis_samples": f"SELECT DISTINCT * FROM _analysis_samples WHERE {_VISIBLE}",
     "analysis_state_history": f"SELECT * FROM _analysis_state_history WHERE {_VISIBLE}",
     "commits": "SELECT * FROM _commits",
@@ -85,19 +88,33 @@ def check_query(query: str) -> None:
 
 def run(
     tables: TableStore, query: str, *, versions: dict[str, int] | None = None,
-    row_limit: int = 10_000,
+    row_limit: int = 10_000, timeout: float | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only query; returns column names and at most row_limit rows."""
+    """Run one read-only query; returns column names and at most row_limit rows.
+
+    With a timeout (seconds) the query is interrupted when it runs longer: ``gateway.timed.out``.
+    """
     check_query(query)
     con = connect(tables, versions)
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
     try:
+        if timer is not None:
+            timer.start()
         cur = con.execute(query)
         columns = [d[0] for d in cur.description or []]
         rows = cur.fetchmany(row_limit)
+    except duckdb.InterruptException as exc:
+        raise SonglakeError(
+            f"The query was stopped after the time limit of {timeout:g} s",
+            error_id="gateway.timed.out",
+        ) from exc
     except duckdb.PermissionException as exc:
         raise BadRequest(f"SQL refused: {exc}", error_id="illegal.query.parameter") from exc
     except duckdb.Error as exc:
         raise BadRequest(f"SQL failed: {exc}", error_id="illegal.query.parameter") from exc
     finally:
+        if timer is not None:
+            timer.cancel()
+            timer.join()
         con.close()
     return columns, rows

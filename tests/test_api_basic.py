@@ -15,6 +15,7 @@ from conftest import STUDY
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from api.auth import ensure_admin_token
 from api.errors import STATUS, status_name
 from api.server import ApiServer
 from catalog.catalog import Catalog
@@ -32,8 +33,16 @@ SONG_ERROR_KEYS = {
 
 
 @pytest.fixture
-def client(catalog: Catalog) -> FlaskClient:
-    return create_app(catalog).test_client()
+def token(catalog: Catalog) -> str:
+    """The admin token (system scope) that `songlake serve` would create."""
+    return ensure_admin_token(catalog.settings)[0].read_text().strip()
+
+
+@pytest.fixture
+def client(catalog: Catalog, token: str) -> FlaskClient:
+    client = create_app(catalog).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
 
 
 def assert_song_error(response, status: int, error_id: str) -> dict:
@@ -279,8 +288,12 @@ def test_real_server_answers(catalog, no_leaked_threads):
     assert not thread.is_alive()
 
 
-def test_body_over_the_limit_is_413(catalog, settings):
+def test_body_over_the_limit_is_413(catalog, settings, token):
     app = create_app(catalog, settings=dataclasses.replace(settings, max_payload_bytes=100))
-    response = app.test_client().post(f"/submit/{STUDY}", data="{" + " " * 200 + "}")
+    response = app.test_client().post(
+        f"/submit/{STUDY}",
+        data="{" + " " * 200 + "}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     body = assert_song_error(response, 413, "payload.too.large")
     assert body["httpStatusName"] == "PAYLOAD_TOO_LARGE"

@@ -1,0 +1,291 @@
+"""Score's download side for portals and score-client (score-storage.md §3): object specs with
+URLs, the ping, the existence check, and the bytes themselves when the store is local.
+
+    GET /download/ping                  a URL of the sentinel (data/heliograph), plain text
+    GET /download/{objectId}?offset=&length=&external=&exclude-urls=
+                                        the ObjectSpecification with a URL per part: presigned S3
+                                        GETs, or for the local store signed songlake URLs
+    GET /upload/{objectId}              JSON boolean: does data/<id>.meta exist (Score's rule)
+    GET /objects/data/{name}?X-Amz-Date=&X-Amz-Expires=&X-Songlake-Signature=
+                                        the local store's bytes, with HTTP Range (206 / 416)
+
+Access, as Score enforces it (checked before the analysis state, as Score's @PreAuthorize is):
+``open`` files need no token; ``controlled`` ones (and empty access) need a token whose scopes
+include ``score.READ`` or ``<prefix><studyId>.READ`` (prefix from ``auth_study_prefix``, default
+``PROGRAMDATA-``), compared case-insensitively. URLs are handed out only for PUBLISHED analyses;
+``exclude-urls=true`` (what Song sends at publish) skips that check. ``GET /upload/{id}`` needs
+``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes every check. With ``auth =
+false`` no token is checked. Local URLs are signed with HMAC-SHA256 under a key kept in
+``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration`` seconds, and carry
+``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume (Score issue #394).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from catalog.errors import BadRequest, NotFound
+from catalog.objectstore import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
+
+from . import auth
+from .errors import error_response, song_error
+from .params import current_catalog, flag, integer
+
+bp = Blueprint("downloads", __name__)
+
+READ_SCOPE = "score.READ"
+WRITE_SCOPE = "score.WRITE"
+PING_EXPIRES = 300  # Score's ping URL lives five minutes
+KEY_FILE = "download-url.key"
+_AMZ_DATE = "%Y%m%dT%H%M%SZ"
+
+
+# -- access -------------------------------------------------------------------------------------
+
+
+def _authenticator() -> auth.Authenticator | None:
+    return current_app.extensions.get(auth.EXTENSION)
+
+
+def check_access(study_id: str, access: str | None, action: str = "READ") -> None:
+    """Score's rule for a file: open needs nothing, controlled a READ (or WRITE) scope."""
+    if action == "READ" and access == "open":
+        return
+    if action == "READ" and access not in ("controlled", "", None):
+        raise BadRequest(
+            f"The file access '{access}' is neither open nor controlled",
+            error_id="malformed.parameter",
+        )
+    authn = _authenticator()
+    if authn is not None and not authn.enabled:
+        return  # auth = false: like Score's non-secure profile
+    caller = auth.current_caller() if authn is not None else None
+    if caller is None:
+        raise auth.AuthError(
+            f"A {'controlled file' if action == 'READ' else 'storage write'} needs "
+            "'Authorization: Bearer <token>'",
+            error_id="unauthorized.token",
+        )
+    prefix = authn.study_prefix if authn is not None else "PROGRAMDATA-"
+    wanted = {f"score.{action}".lower(), f"{prefix}{study_id}.{action}".lower()}
+    if caller.source == "admin" or any(s.lower() in wanted for s in caller.scopes):
+        return
+    raise auth.AuthError(
+        f"The token's scopes include neither 'score.{action}' nor '{prefix}{study_id}.{action}'",
+        error_id="forbidden.token",
+    )
+
+
+def _entity(object_id: str) -> tuple[str, str, str | None]:
+    """(studyId, analysis state, access) of a registered file; 404 when it is not registered."""
+    model = current_catalog().model
+    with model.lock:
+        row = model.files.get(object_id)
+        rec = model.analyses.get(row[1]) if row is not None else None
+        if row is None or rec is None:
+            raise NotFound(
+                f"The entity with objectId '{object_id}' is not registered",
+                error_id="legacy.entity.not.found",
+                object_id=object_id,
+            )
+        return rec.study_id, rec.state, row[8]
+
+
+# -- local URLs ---------------------------------------------------------------------------------
+
+
+def _key() -> bytes:
+    path: Path = current_catalog().settings.state_dir / KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+
+def _signature(name: str, date: str, expires: str) -> str:
+    return hmac.new(_key(), f"{name}\n{date}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def local_url(name: str, expires: int) -> str:
+    date = datetime.now(UTC).strftime(_AMZ_DATE)
+    sig = _signature(name, date, str(expires))
+    return (
+        f"{request.host_url}objects/data/{name}?X-Amz-Date={date}&X-Amz-Expires={expires}"
+        f"&X-Songlake-Signature={sig}"
+    )
+
+
+def _check_signature(name: str) -> None:
+    date = request.args.get("X-Amz-Date", "")
+    expires = request.args.get("X-Amz-Expires", "")
+    sig = request.args.get("X-Songlake-Signature", "")
+    try:
+        issued = datetime.strptime(date, _AMZ_DATE).replace(tzinfo=UTC)
+        valid = datetime.now(UTC) <= issued + timedelta(seconds=int(expires))
+    except ValueError:
+        valid = False
+    if not (valid and hmac.compare_digest(sig, _signature(name, date, expires))):
+        raise auth.AuthError(
+            "The download URL is not valid or has expired", error_id="forbidden.token"
+        )
+
+
+def _url(object_id: str, expires: int) -> str:
+    url = current_catalog().store.presigned_url(object_id, expires=expires)
+    return url if url is not None else local_url(object_id, expires)
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+
+
+@bp.get("/download/ping")
+def ping() -> Response:
+    """A URL of the sentinel that the client GETs to prove it can reach storage."""
+    store = current_catalog().store
+    url = store.sentinel_url(expires=PING_EXPIRES)
+    if url is None:
+        url = local_url(SENTINEL, PING_EXPIRES)
+    return Response(url, mimetype="text/plain")
+
+
+@bp.get("/download/<object_id>")
+def download(object_id: str) -> Response:
+    check_object_id(object_id)
+    offset = integer("offset", 0)
+    length = integer("length", -1)
+    external = flag("external")
+    exclude_urls = flag("exclude-urls")
+    study_id, state, access = _entity(object_id)
+    check_access(study_id, access)
+    if not exclude_urls and state != "PUBLISHED":
+        raise BadRequest(
+            f"Can only download objects that have the analysisState 'PUBLISHED' or when the "
+            f"'exclude-urls=true' flag is set; objectId '{object_id}' belongs to a {state} "
+            "analysis",
+            error_id="illegal.analysis.state",
+            object_id=object_id,
+        )
+    catalog = current_catalog()
+    raw = catalog.store.read_meta(object_id)
+    if raw is None:
+        raise NotFound(
+            f"The object with objectId '{object_id}' does not exist in the storage server",
+            error_id="storage.object.not.found",
+            object_id=object_id,
+        )
+    size = int(raw["objectSize"])
+    if (
+        offset < 0
+        or length < -1
+        or length == 0
+        or offset + max(length, 0) > size
+        or (length == -1 and offset > size)
+    ):
+        raise BadRequest(
+            f"The range offset={offset} length={length} is outside objectId '{object_id}' "
+            f"({size} bytes)",
+            error_id="malformed.parameter",
+            object_id=object_id,
+        )
+    expires = catalog.settings.s3_url_expiration
+    url = None if exclude_urls else _url(object_id, expires)
+    if external:
+        body = dict(raw)
+        body["uploadId"] = object_id
+        body["objectSize"] = size - offset if length == -1 else length
+        body["parts"] = [{"partNumber": 1, "partSize": -1, "offset": 0, "url": url, "md5": None}]
+    elif offset == 0 and length == -1:
+        body = dict(raw)  # the stored spec as it is, sourceMd5 included
+        body["parts"] = [dict(p, url=url) for p in raw.get("parts") or []]
+    else:
+        span = size - offset if length == -1 else length
+        body = dict(raw)
+        body["uploadId"] = object_id
+        body["objectSize"] = span
+        body["parts"] = [
+            {
+                "partNumber": p.part_number,
+                "partSize": p.part_size,
+                "offset": offset + p.offset,
+                "url": url,
+                "md5": None,
+            }
+            for p in part_plan(span, catalog.store.part_size)
+        ]
+    body.pop("relocated", None)
+    return jsonify(body)
+
+
+@bp.get("/upload/<object_id>")
+def exists(object_id: str) -> Response:
+    """Score's existence check: whether data/<id>.meta exists (the blob is not looked at)."""
+    check_object_id(object_id)
+    try:
+        study_id = _entity(object_id)[0]
+    except NotFound:
+        study_id = ""  # an unregistered object: only score.WRITE may ask
+    check_access(study_id, None, action="WRITE")
+    return jsonify(current_catalog().store.exists(object_id))
+
+
+@bp.get("/objects/data/<name>")
+def blob(name: str) -> Response:
+    """The local store's bytes behind a signed URL, with one HTTP Range."""
+    _check_signature(name)
+    store = current_catalog().store
+    if name == SENTINEL:
+        return Response(SENTINEL_CONTENT, mimetype="application/octet-stream")
+    check_object_id(name)
+    raw = store.read_meta(name)
+    if raw is None:
+        raise NotFound(
+            f"The object with objectId '{name}' does not exist in the storage server",
+            error_id="storage.object.not.found",
+            object_id=name,
+        )
+    size = ObjectSpec.from_json(raw).object_size
+    start, stop, status = 0, size, 200
+    headers: dict[str, Any] = {"Accept-Ranges": "bytes"}
+    if request.range is not None:
+        span = request.range.range_for_length(size)
+        if span is None:
+            body = song_error(
+                "requested.range.not.satisfiable",
+                416,
+                f"The range {request.headers.get('Range')} is outside objectId '{name}' "
+                f"({size} bytes)",
+            )
+            return error_response(body, {"Content-Range": f"bytes */{size}"})
+        start, stop = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    reader = store.open_range(name, start, stop - start)
+
+    def chunks() -> Iterator[bytes]:
+        with reader:
+            while data := reader.read(1024 * 1024):
+                yield data
+
+    return Response(
+        stream_with_context(chunks()),
+        status=status,
+        headers=headers,
+        mimetype="application/octet-stream",
+    )

@@ -1,0 +1,48 @@
+"""Read-only SQL for admins: ``POST /sql`` with the system scope, over the views of ``songlake
+sql`` (catalog/sql.py: one SELECT, no file access outside the catalog), with a row limit and a
+time limit (the query is interrupted when it runs out)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from catalog import sql
+from catalog.errors import BadRequest
+
+from .auth import require_system
+from .params import current_catalog, json_body
+
+bp = Blueprint("sql", __name__)
+
+
+@bp.post("/sql")
+def run_sql() -> Response:
+    """Body: ``{"query": "SELECT ...", "limit": 100, "asOf": "<version or ISO time>"}``, or the
+    query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""
+    require_system()
+    catalog = current_catalog()
+    settings = catalog.settings
+    if request.mimetype == "text/plain":
+        body: dict = {"query": request.get_data(as_text=True)}
+    else:
+        body = json_body()
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise BadRequest("The body needs a 'query' string", error_id="malformed.parameter")
+    limit = body.get("limit", settings.sql_row_limit)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise BadRequest("'limit' must be an integer >= 0", error_id="malformed.parameter")
+    limit = min(limit, settings.sql_row_limit)
+    as_of = body.get("asOf")
+    versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None
+    columns, rows = sql.run(
+        catalog.tables, query, versions=versions, row_limit=limit + 1, timeout=settings.sql_timeout
+    )
+    return jsonify(
+        {
+            "columns": columns,
+            "rows": [list(r) for r in rows[:limit]],
+            "rowCount": min(len(rows), limit),
+            "truncated": len(rows) > limit,
+        }
+    )

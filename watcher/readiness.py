@@ -1,0 +1,381 @@
+"""Is a sidecar ready? It is when it parses and every file it lists is present with the declared
+``fileSize`` and ``fileMd5sum``.
+
+``check`` runs in the hashing pool and returns a ``Verdict``:
+
+    ready      parsed, every file verified: register it
+    stage      verified except files of at least ``stage_min_bytes``, which are verified while
+               they are copied into object storage (each byte read once, limits.md B1)
+    pending    some files are missing or still short: wait for their events (or the timeout)
+    rejected   a problem the writer must fix: errors file (every problem at once)
+    unsettled  looks incomplete and was written moments ago without a close event: look again
+    unchanged  this exact content is already registered: make sure upload and receipt are done
+    noop       already registered, uploaded, receipt present
+    gone       no such regular file (deleted, moved away, a directory)
+
+A problem is *transient* (unsettled, not rejected) only when the file involved was modified less
+than ``settle`` seconds ago and the trigger was not that file's own close or rename: writers that
+pre-allocate or write in several passes then get their close event before any verdict sticks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from catalog.errors import PayloadParsing, problem
+from catalog.model import parse_payload
+from catalog.settings import Settings
+
+from .hashcache import HashCache
+from .layout import (
+    Folder,
+    data_file_path,
+    fingerprint,
+    is_regular,
+    receipt_path,
+    symlink_problem,
+)
+from .ledger import Known
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The readiness settings, taken once from ``Settings``."""
+
+    max_bytes: int
+    max_depth: int
+    settle: float
+    pending_timeout: float
+    stage_min_bytes: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Rules:
+        return cls(
+            max_bytes=s.max_payload_bytes,
+            max_depth=s.max_payload_depth,
+            settle=s.watch_settle,
+            pending_timeout=s.watch_pending_timeout,
+            stage_min_bytes=s.watch_stage_min_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a sidecar is looked at: ``reason`` and the file whose event caused it."""
+
+    reason: str  # closed | created | scan | timer | ingest | retry | study
+    path: str | None = None
+
+    @property
+    def force(self) -> bool:
+        return self.reason == "ingest"
+
+    def final_for(self, path: str) -> bool:
+        """True when the writer is known to be done with ``path`` (close / rename / ingest)."""
+        return self.reason == "ingest" or (self.reason == "closed" and self.path == path)
+
+
+@dataclass
+class FileCheck:
+    index: int
+    name: str
+    path: str
+    size: int
+    md5: str
+    status: str  # ok | stage | missing | incomplete | transient | bad
+    stat: tuple[int, int, int] | None = None
+    problem: dict[str, Any] | None = None
+    mtime: float = 0.0
+
+
+@dataclass
+class Verdict:
+    path: str
+    folder: Folder
+    trigger: Trigger
+    kind: str
+    row: Known | None
+    fingerprint: tuple[int, int, int] | None = None
+    sha256: str | None = None
+    raw: bytes | None = None
+    payload: dict[str, Any] | None = None
+    study_id: str | None = None
+    files: list[FileCheck] = field(default_factory=list)
+    error_id: str | None = None
+    message: str | None = None
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    since: float | None = None
+    recheck_at: float | None = None
+    analysis_id: str | None = None
+    file_dependent: bool = False
+    staged: list[str] = field(default_factory=list)  # objectIds copied in before registering
+    files_checked: bool = True  # False: an update of the path's analysis (files are immutable)
+
+    def reject(self, error_id: str, message: str, problems: list[dict[str, Any]]) -> Verdict:
+        self.kind = "rejected"
+        self.error_id = error_id
+        self.message = message
+        self.problems = problems
+        return self
+
+    @property
+    def waits_on(self) -> dict[str, tuple[int, int, int] | None]:
+        """Data files whose change should trigger another look, with the stat seen."""
+        return {f.path: f.stat for f in self.files if f.path and f.status != "ok"}
+
+
+def _p(error_id: str, pointer: str, rule: str, message: str) -> dict[str, Any]:
+    return {"errorId": error_id, **problem(pointer, rule, message)}
+
+
+def check(
+    path: str,
+    folder: Folder,
+    trigger: Trigger,
+    row: Known | None,
+    rules: Rules,
+    cache: HashCache,
+) -> Verdict:
+    """Look at one sidecar and its files (never raises for a bad sidecar: returns a verdict)."""
+    now = time.time()
+    v = Verdict(path, folder, trigger, "gone", row)
+    try:
+        lst = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return v
+    st = lst
+    if stat.S_ISLNK(lst.st_mode):
+        bad = symlink_problem(folder, path, "", "The sidecar")
+        if bad is not None:
+            return v.reject(
+                "file.symlink.outside", bad["message"], [{"errorId": "file.symlink.outside", **bad}]
+            )
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return v
+    if not is_regular(st):
+        return v
+    v.fingerprint = fingerprint(st)
+    if folder.study_from_folder:
+        v.study_id = folder.study_of(path)
+    if st.st_size > rules.max_bytes:
+        msg = (
+            f"Unable to read the input payload: it is {st.st_size:,} bytes, over the limit of "
+            f"{rules.max_bytes:,} bytes"
+        )
+        return v.reject("payload.parsing", msg, [_p("payload.parsing", "", "maxBytes", msg)])
+    with open(path, "rb") as f:
+        raw = f.read(rules.max_bytes + 1)
+    v.raw = raw
+    v.sha256 = hashlib.sha256(raw).hexdigest()
+    young = now - st.st_mtime_ns / 1e9 < rules.settle
+
+    if row is not None and row.status == "registered" and row.sha256 == v.sha256:
+        receipt = os.path.exists(receipt_path(path))
+        v.kind = "noop" if (receipt and row.uploaded and not trigger.force) else "unchanged"
+        v.study_id = row.study_id
+        v.analysis_id = row.analysis_id
+        return v
+
+    try:
+        payload = parse_payload(raw, max_bytes=rules.max_bytes, max_depth=rules.max_depth)
+    except PayloadParsing as exc:
+        if young and not trigger.final_for(path):
+            v.kind = "unsettled"
+            v.recheck_at = st.st_mtime_ns / 1e9 + rules.settle
+            return v
+        return v.reject(
+            exc.error_id, exc.message, [{"errorId": exc.error_id, **p} for p in exc.problems]
+        )
+    v.payload = payload
+
+    problems: list[dict[str, Any]] = []
+    declared = payload.get("studyId")
+    if folder.study_from_folder:
+        if v.study_id is None:
+            problems.append(
+                _p(
+                    "study.id.mismatch",
+                    "/studyId",
+                    "studyFolder",
+                    "A sidecar must sit in a study folder: "
+                    + os.path.join(folder.path, "<studyId>", "…"),
+                )
+            )
+        elif declared != v.study_id:
+            problems.append(
+                _p(
+                    "study.id.mismatch",
+                    "/studyId",
+                    "studyFolder",
+                    f"The sidecar is in the folder of study '{v.study_id}' but its studyId is "
+                    f"'{declared}'",
+                )
+            )
+    elif isinstance(declared, str) and declared:
+        v.study_id = declared
+    else:
+        problems.append(
+            _p("study.id.missing", "/studyId", "required", "The studyId in the payload is missing")
+        )
+
+    if row is not None and row.analysis_id and row.status in ("registered", "rejected", "pending"):
+        # a changed sidecar of a registered analysis can only update its dynamic data; its files
+        # are already in storage (and may have been archived), so they are not looked for
+        v.files_checked = False
+        v.analysis_id = row.analysis_id
+        if problems:
+            return v.reject(problems[0]["errorId"], _summary(problems), problems)
+        v.kind = "ready"
+        return v
+    v.files = _check_files(v, payload, rules, cache, now)
+    return _classify(v, problems, rules, now)
+
+
+def _check_files(
+    v: Verdict, payload: dict[str, Any], rules: Rules, cache: HashCache, now: float
+) -> list[FileCheck]:
+    out: list[FileCheck] = []
+    files = payload.get("files")
+    if not isinstance(files, list):
+        return out  # the schema reports it
+    for i, f in enumerate(files):
+        if not isinstance(f, dict) or not isinstance(f.get("fileName"), str):
+            continue
+        name, size, md5 = f["fileName"], f.get("fileSize"), f.get("fileMd5sum")
+        target, bad = data_file_path(v.folder, v.path, i, name)
+        if bad is not None:
+            out.append(
+                FileCheck(
+                    i,
+                    name,
+                    "",
+                    0,
+                    "",
+                    "bad",
+                    problem={"errorId": "file.name.outside.folder", **bad},
+                )
+            )
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(md5, str):
+            continue  # the schema reports it; nothing to compare against
+        fc = FileCheck(i, name, target, size, md5.lower(), "ok")
+        out.append(fc)
+        _check_one(v, fc, rules, cache, now)
+    return out
+
+
+def _check_one(v: Verdict, fc: FileCheck, rules: Rules, cache: HashCache, now: float) -> None:
+    pointer = f"/files/{fc.index}"
+    try:
+        lst = os.lstat(fc.path)
+        st = lst
+        if stat.S_ISLNK(lst.st_mode):
+            bad = symlink_problem(v.folder, fc.path, f"{pointer}/fileName", f"'{fc.name}'")
+            if bad is not None:
+                fc.status, fc.problem = "bad", {"errorId": "file.symlink.outside", **bad}
+                return
+            st = os.stat(fc.path)
+    except (FileNotFoundError, NotADirectoryError):
+        fc.status = "missing"
+        fc.problem = _p(
+            "file.not.found",
+            f"{pointer}/fileName",
+            "missing",
+            f"'{fc.name}' is not in the sidecar's folder",
+        )
+        return
+    fc.stat = fingerprint(st)
+    fc.mtime = st.st_mtime_ns / 1e9
+    if not is_regular(st):
+        fc.status = "bad"
+        fc.problem = _p(
+            "file.not.regular",
+            f"{pointer}/fileName",
+            "regularFile",
+            f"'{fc.name}' is not a regular file",
+        )
+        return
+    settling = now - fc.mtime < rules.settle and not v.trigger.final_for(fc.path)
+    if st.st_size < fc.size:
+        fc.status = "incomplete"
+        fc.problem = _p(
+            "file.incomplete",
+            f"{pointer}/fileSize",
+            "incomplete",
+            f"'{fc.name}' has {st.st_size:,} of its declared {fc.size:,} bytes",
+        )
+        return
+    if st.st_size > fc.size:
+        fc.status = "transient" if settling else "bad"
+        fc.problem = _p(
+            "mismatching.file.size",
+            f"{pointer}/fileSize",
+            "fileSize",
+            f"'{fc.name}' has {st.st_size:,} bytes but the sidecar declares {fc.size:,}",
+        )
+        return
+    digest = cache.cached(fc.path, st)
+    if digest is None and fc.size >= rules.stage_min_bytes:
+        fc.status = "stage"
+        return
+    if digest is None:
+        digest = cache.md5(fc.path, st)
+    if digest is None:  # changed while it was read: still being written
+        fc.status = "incomplete"
+        fc.problem = _p(
+            "file.incomplete", f"{pointer}/fileSize", "incomplete", f"'{fc.name}' is still changing"
+        )
+        return
+    if digest != fc.md5:
+        fc.status = "transient" if settling else "bad"
+        fc.problem = _p(
+            "mismatching.file.md5sum",
+            f"{pointer}/fileMd5sum",
+            "fileMd5sum",
+            f"'{fc.name}' has md5 {digest} but the sidecar declares {fc.md5}",
+        )
+
+
+def _classify(v: Verdict, problems: list[dict[str, Any]], rules: Rules, now: float) -> Verdict:
+    by_status: dict[str, list[FileCheck]] = {}
+    for fc in v.files:
+        by_status.setdefault(fc.status, []).append(fc)
+    waiting = by_status.get("missing", []) + by_status.get("incomplete", [])
+    bad = [fc.problem for fc in by_status.get("bad", []) if fc.problem]
+    v.file_dependent = bool(waiting or by_status.get("bad") or by_status.get("transient"))
+    if problems or bad:
+        found = problems + bad + [fc.problem for fc in waiting if fc.problem]
+        return v.reject(found[0]["errorId"], _summary(found), found)
+    if by_status.get("transient"):
+        v.kind = "unsettled"
+        v.recheck_at = max(fc.mtime for fc in by_status["transient"]) + rules.settle
+        return v
+    if waiting:
+        row = v.row
+        same = row is not None and row.status == "pending" and row.sha256 == v.sha256
+        v.since = row.since if same and row is not None and row.since else now
+        v.problems = [fc.problem for fc in waiting if fc.problem]
+        if now - v.since >= rules.pending_timeout:
+            hours = rules.pending_timeout / 3600
+            names = ", ".join(f"'{fc.name}' ({fc.status})" for fc in waiting)
+            return v.reject(
+                v.problems[0]["errorId"],
+                f"Gave up waiting after {hours:g} h for {names}",
+                v.problems,
+            )
+        v.kind = "pending"
+        return v
+    v.kind = "stage" if by_status.get("stage") else "ready"
+    return v
+
+
+def _summary(found: list[dict[str, Any]]) -> str:
+    first = found[0]["message"]
+    return first if len(found) == 1 else f"{first} (and {len(found) - 1} more problems)"

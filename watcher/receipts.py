@@ -1,0 +1,177 @@
+"""The outcome files next to a sidecar, always written atomically (temporary file + rename).
+
+    <name>.song.receipt.json   analysisId, studyId, state, analysis type and version, analysis
+                               version, objectId and upload status per file, times
+    <name>.song.errors.json    every problem: errorId, JSON pointer, rule, plain message, schema
+
+Temporary files go to ``<root>/state/tmp`` when that is on the same file system as the sidecar
+(so the inbox sees a single rename, not three events), else beside the sidecar under a hidden
+name no watcher takes for a sidecar. Outcome files are derived data: the ledger and the catalog are
+the truth, and a restart or ``songlake ingest`` rewrites them, so they are not fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from catalog.errors import SonglakeError, problem
+
+from .layout import TMP_PREFIX, errors_path, receipt_path
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class OutcomeWriter:
+    """Writes receipts and errors files; ``tmp_dir`` is preferred for temporary files."""
+
+    def __init__(self, tmp_dir: str | os.PathLike[str] | None = None) -> None:
+        self.tmp_dir = os.fspath(tmp_dir) if tmp_dir is not None else None
+        if self.tmp_dir is not None:
+            os.makedirs(self.tmp_dir, exist_ok=True)
+        self._same_device: dict[int, bool] = {}
+
+    def _tmp_for(self, target: str) -> str:
+        name = f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        if self.tmp_dir is not None:
+            dev = os.stat(os.path.dirname(target)).st_dev
+            same = self._same_device.get(dev)
+            if same is None:
+                same = self._same_device[dev] = os.stat(self.tmp_dir).st_dev == dev
+            if same:
+                return os.path.join(self.tmp_dir, name)
+        return os.path.join(os.path.dirname(target), name)
+
+    def write_json(self, target: str, doc: dict[str, Any]) -> None:
+        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        tmp = self._tmp_for(target)
+        try:
+            with open(tmp, "xb") as out:
+                out.write(data)
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                os.unlink(tmp)
+                tmp = os.path.join(os.path.dirname(target), os.path.basename(tmp))
+                with open(tmp, "xb") as out:
+                    out.write(data)
+                os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def write_receipt(self, sidecar: str, doc: dict[str, Any]) -> None:
+        """Write the receipt, then remove a stale errors file (success wins)."""
+        self.write_json(receipt_path(sidecar), doc)
+        try:
+            os.unlink(errors_path(sidecar))
+        except FileNotFoundError:
+            pass
+
+    def write_errors(self, sidecar: str, doc: dict[str, Any]) -> None:
+        self.write_json(errors_path(sidecar), doc)
+
+
+def problems_of(err: SonglakeError) -> list[dict[str, Any]]:
+    """Every problem of an error, each tagged with the error id; at least one."""
+    found = err.problems or [problem("", err.error_id, err.message)]
+    return [{"errorId": p.get("errorId", err.error_id), **p} for p in found]
+
+
+def tagged(error_id: str, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"errorId": p.get("errorId", error_id), **p} for p in problems]
+
+
+def errors_doc(
+    *,
+    sidecar: str,
+    sha256: str | None,
+    study_id: str | None,
+    error_id: str,
+    message: str,
+    problems: list[dict[str, Any]],
+    analysis_id: str | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "sidecar": os.path.basename(sidecar),
+        "sidecarSha256": sha256,
+        "status": "rejected",
+        "studyId": study_id,
+        "errorId": error_id,
+        "message": message,
+        "problems": problems,
+        "writtenAt": utc_now(),
+    }
+    if analysis_id is not None:
+        doc["analysisId"] = analysis_id
+        doc["note"] = (
+            f"The sidecar stays registered as analysis {analysis_id} (see the receipt); only "
+            "this change was refused."
+        )
+    return doc
+
+
+def receipt_doc(
+    *,
+    sidecar: str,
+    sha256: str | None,
+    analysis: dict[str, Any],
+    uploads: dict[str, Any],
+) -> dict[str, Any]:
+    """The receipt from an analysis summary (``analysis_summary``) and per-objectId uploads."""
+    files = []
+    for f in analysis["files"]:
+        entry = dict(f)
+        entry["upload"] = uploads.get(f["objectId"], {"status": "pending"})
+        files.append(entry)
+    return {
+        "sidecar": os.path.basename(sidecar),
+        "sidecarSha256": sha256,
+        "analysisId": analysis["analysisId"],
+        "studyId": analysis["studyId"],
+        "state": analysis["state"],
+        "analysisType": analysis["analysisType"],
+        "analysisVersion": analysis["analysisVersion"],
+        "createdAt": analysis["createdAt"],
+        "updatedAt": analysis["updatedAt"],
+        "files": files,
+        "receiptWrittenAt": utc_now(),
+    }
+
+
+def analysis_summary(model: Any, analysis_id: str) -> dict[str, Any]:
+    """What a receipt says about an analysis, from the catalog's read model (no table scan)."""
+    rec = model.analyses[analysis_id]
+    files = []
+    for oid in list(rec.object_ids):
+        f = model.files[oid]
+        files.append({"fileName": f[4], "objectId": f[0], "fileSize": f[5], "fileMd5sum": f[7]})
+    return {
+        "analysisId": rec.analysis_id,
+        "studyId": rec.study_id,
+        "state": rec.state,
+        "analysisType": {"name": rec.type_name, "version": rec.type_version},
+        "analysisVersion": rec.version,
+        "createdAt": iso(rec.created_at),
+        "updatedAt": iso(rec.updated_at),
+        "files": files,
+    }

@@ -1,0 +1,496 @@
+"""The registrar: the watcher's only thread that calls into the catalog.
+
+It takes verified sidecars from its queue and group-commits them: everything that arrives within
+``watch_linger`` seconds of the first, up to ``batch_size``, goes into one ``submit_batch`` (one
+Delta commit per table, limits.md B4/B6). While a batch commits, the next one fills, so batches
+grow with the load and an idle watcher answers a single sidecar at once.
+
+For each sidecar it decides, from the ledger row and the catalog:
+
+    the path has an analysis (registered earlier)  -> an update (same content: nothing to do)
+    the same content is registered at another path -> that analysis (a copied folder)
+    an intent row for this very content            -> retry with the intended analysisId
+    otherwise                                      -> a new analysisId, recorded BEFORE submitting
+
+and then hands registered analyses to the upload pool. Between batches it refreshes the catalog
+and rewrites receipts whose analysis changed state or version (publish, unpublish, suppress,
+updates through the API), and re-triggers sidecars that waited for a study that now exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from catalog.catalog import Catalog, SubmitItem
+from catalog.errors import SonglakeError, problem
+from catalog.model import (
+    FILE_FIELDS,
+    dumps,
+    dynamic_data,
+    new_analysis_id,
+    object_id,
+    split_entity,
+)
+from catalog.settings import Settings
+
+from .layout import receipt_path
+from .ledger import Ledger
+from .readiness import Verdict
+from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
+from .uploader import UploadJob
+
+log = logging.getLogger("songlake.watcher")
+
+ACTOR = "songlake watcher"
+STOP = object()
+Post = Callable[[tuple[Any, ...]], None]
+
+
+class Registrar(threading.Thread):
+    def __init__(
+        self,
+        catalog: Catalog,
+        ledger: Ledger,
+        settings: Settings,
+        writer: OutcomeWriter,
+        *,
+        post: Post,
+        upload: Callable[[UploadJob], None],
+        stage: Callable[[Verdict], None],
+    ) -> None:
+        super().__init__(name="songlake-registrar", daemon=True)
+        self.catalog = catalog
+        self.ledger = ledger
+        self.settings = settings
+        self.writer = writer
+        self.post = post
+        self.upload = upload
+        self.stage = stage
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.batches = 0
+        # sidecar path -> (analysisId, state, version) its receipt shows
+        self._written: dict[str, tuple[str, str | None, int | None]] = {}
+        self._ledger_seen = 0.0
+        self._studies_lock = threading.Lock()
+        self._waiting_for_study: dict[str, set[str]] = {}
+        self._next_refresh = 0.0
+        self._last_refresh = 0.0  # the last receipt refresh pass
+        self._refreshed_at = 0.0  # the last catalog refresh before a batch
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.queue.put(STOP)
+
+    def wait_for_study(self, study_id: str, path: str) -> None:
+        with self._studies_lock:
+            self._waiting_for_study.setdefault(study_id, set()).add(path)
+
+    def run(self) -> None:
+        try:
+            self._recover()
+        except Exception:  # noqa: BLE001 - a broken catalog must not kill the thread silently
+            log.exception("watcher recovery failed")
+        linger = self.settings.watch_linger
+        size = max(1, self.settings.batch_size)
+        while True:
+            timeout = max(0.0, self._next_refresh - time.monotonic())
+            try:
+                first = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                first = None
+            stop = first is STOP
+            if first is not None and not stop:
+                batch = [first]
+                deadline = time.monotonic() + linger
+                while len(batch) < size:
+                    left = deadline - time.monotonic()
+                    try:
+                        item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._guarded(batch)
+            if stop:
+                return
+            now = time.monotonic()
+            # under load registrations come first: refresh receipts at most every few seconds
+            if now >= self._next_refresh and (self.queue.empty() or now >= self._last_refresh + 5):
+                try:
+                    self._refresh_pass()
+                except Exception:  # noqa: BLE001
+                    log.exception("receipt refresh failed")
+                self._last_refresh = time.monotonic()
+                self._next_refresh = self._last_refresh + self.settings.refresh_interval
+
+    def _guarded(self, batch: list[Verdict]) -> None:
+        try:
+            self._process(batch)
+        except Exception as exc:  # noqa: BLE001 - commit conflicts, disk full: retry later
+            log.exception("registration batch of %d failed; retrying", len(batch))
+            for v in batch:
+                self.post(("retry", v.path, 2.0, repr(exc)))
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def _process(self, batch: list[Verdict]) -> None:
+        cat = self.catalog
+        if time.monotonic() - self._refreshed_at > 1.0:
+            # decide with other processes' commits seen; submit_batch refreshes again itself
+            cat.refresh()
+            self._refreshed_at = time.monotonic()
+        analyses = cat.model.analyses
+        submit: list[tuple[Verdict, SubmitItem]] = []
+        settled: list[tuple[Verdict, str]] = []  # registered without a new submission
+        aliases: list[tuple[Verdict, Verdict]] = []  # same content as another of this batch
+        by_sha: dict[tuple[str | None, str | None], Verdict] = {}
+        for v in batch:
+            row = v.row
+            own = row.analysis_id if row and row.analysis_id in analyses else None
+            if v.kind == "stage" and own is None:
+                self._stage(v)
+                continue
+            if own is not None:
+                if v.kind == "unchanged" or (row and row.sha256 == v.sha256):
+                    settled.append((v, own))
+                else:
+                    self._update(v, own)
+                continue
+            alias = self._registered_elsewhere(v)
+            if alias is not None:
+                settled.append((v, alias))
+                continue
+            twin = by_sha.get((v.sha256, v.study_id))
+            if twin is not None:
+                aliases.append((v, twin))
+                continue
+            by_sha[(v.sha256, v.study_id)] = v
+            if v.payload is None or not v.files_checked:
+                # the ledger names an analysis the catalog does not have: look at it afresh
+                self.post(("stale", v.path))
+                continue
+            aid = v.analysis_id
+            if aid is None and row and row.status == "registering" and row.sha256 == v.sha256:
+                aid = row.analysis_id
+            v.analysis_id = aid or new_analysis_id()
+            self._ensure_study(v.study_id)
+            sources = {fc.name: fc.path for fc in v.files if fc.path}
+            submit.append(
+                (
+                    v,
+                    SubmitItem(
+                        v.raw or b"",
+                        v.study_id or "",
+                        analysis_id=v.analysis_id,
+                        source_paths=sources,
+                    ),
+                )
+            )
+        if submit:
+            with self.ledger.transaction() as tx:  # the intent, durable before the commit
+                for v, item in submit:
+                    tx.upsert(
+                        v.path,
+                        folder=v.folder.path,
+                        study_id=v.study_id,
+                        status="registering",
+                        sha256=v.sha256,
+                        analysis_id=item.analysis_id,
+                        **_stat_cols(v),
+                    )
+            t0 = time.perf_counter()
+            results = cat.submit_batch([item for _, item in submit], actor=ACTOR)
+            self.batches += 1
+            ms = (time.perf_counter() - t0) * 1000
+            ok = 0
+            for (v, _item), res in zip(submit, results, strict=True):
+                if res.ok and res.analysis_id:
+                    settled.append((v, res.analysis_id))
+                    ok += 1
+                else:
+                    assert res.error is not None
+                    self._drop_staged(v)
+                    v.analysis_id = None
+                    self._reject(v, res.error)
+            log.info(
+                "committed batch",
+                extra={"event": "batch", "size": len(submit), "registered": ok, "ms": round(ms, 1)},
+            )
+        registered = {v.path: aid for v, aid in settled}
+        for v, twin in aliases:
+            aid = registered.get(twin.path)
+            if aid is not None:
+                settled.append((v, aid))
+            else:
+                self.post(("retry", v.path, 0.0, "twin was refused"))
+        for v, aid in settled:
+            self._registered(v, aid)
+
+    def _registered(self, v: Verdict, aid: str) -> None:
+        summary = analysis_summary(self.catalog.model, aid)
+        self.post(("registered", v, aid))
+        row = v.row
+        uploads = {}
+        if row is not None and row.analysis_id == aid and row.uploads:
+            uploads = json.loads(row.uploads) if isinstance(row.uploads, str) else row.uploads
+        self._written[v.path] = (aid, summary["state"], summary["analysisVersion"])
+        log.info(
+            "registered",
+            extra={
+                "event": "registered",
+                "path": v.path,
+                "analysisId": aid,
+                "studyId": summary["studyId"],
+            },
+        )
+        self.upload(UploadJob(v.path, v.folder, v.sha256, summary, uploads))
+
+    def _reject(self, v: Verdict, err: SonglakeError) -> None:
+        message = err.message
+        if err.error_id == "study.id.does.not.exist" and v.study_id:
+            message += (
+                f". Create it with 'songlake study create {v.study_id}' (or set "
+                "auto_create_studies = true); the watcher then retries this sidecar by itself"
+            )
+            self.wait_for_study(v.study_id, v.path)
+            err = SonglakeError(message, error_id=err.error_id, problems=err.problems)
+        v.reject(err.error_id, message, problems_of(err))
+        self.post(("verdict", v))
+
+    def _ensure_study(self, study_id: str | None) -> None:
+        if not self.settings.auto_create_studies or not study_id:
+            return
+        if study_id in self.catalog.model.studies:
+            return
+        try:
+            self.catalog.create_study({"studyId": study_id}, actor=ACTOR)
+            log.info("created study", extra={"event": "study", "studyId": study_id})
+        except SonglakeError as exc:
+            if exc.error_id != "study.already.exists":
+                log.warning("could not create study %s: %s", study_id, exc.message)
+
+    def _registered_elsewhere(self, v: Verdict) -> str | None:
+        """The analysis this exact content is registered as at another path, if any."""
+        if v.sha256 is None:
+            return None
+        for row in self.ledger.registered_with(v.sha256):
+            rec = self.catalog.model.analyses.get(row.analysis_id or "")
+            if rec is not None and rec.study_id == v.study_id and row.path != v.path:
+                return rec.analysis_id
+        return None
+
+    # -- big files: verified while copied into storage ------------------------------------------
+
+    def _stage(self, v: Verdict) -> None:
+        """Validate the payload (dry run), record the intent, then let the pool copy the big files
+        into storage under their final objectIds while hashing them (one read per byte)."""
+        try:
+            self._ensure_study(v.study_id)
+            self.catalog.check_payload(v.payload or {}, v.study_id or "")
+        except SonglakeError as exc:
+            v.analysis_id = None
+            self._reject(v, exc)
+            return
+        row = v.row
+        aid = None
+        if row and row.status == "registering" and row.sha256 == v.sha256:
+            aid = row.analysis_id
+        v.analysis_id = aid or new_analysis_id()
+        with self.ledger.transaction() as tx:
+            tx.upsert(
+                v.path,
+                folder=v.folder.path,
+                study_id=v.study_id,
+                status="registering",
+                sha256=v.sha256,
+                analysis_id=v.analysis_id,
+                **_stat_cols(v),
+            )
+        self.stage(v)
+
+    def _drop_staged(self, v: Verdict) -> None:
+        """Objects copied in for an analysis that was then refused are removed again."""
+        if not v.staged or v.analysis_id in self.catalog.model.analyses:
+            return
+        for oid in v.staged:
+            try:
+                self.catalog.store.delete(oid)
+            except (OSError, SonglakeError):
+                log.warning("could not remove staged object %s", oid)
+
+    # -- updates --------------------------------------------------------------------------------
+
+    def _update(self, v: Verdict, aid: str) -> None:
+        """A changed sidecar of a registered analysis: a new version of its dynamic data."""
+        cat = self.catalog
+        rec = cat.model.analyses[aid]
+        payload = v.payload or {}
+        changed = self._fixed_parts_changed(payload, aid)
+        if changed:
+            return self._refuse(v, aid, changed[0], changed[1])
+        atype = payload.get("analysisType") or {}
+        same = (
+            dumps(dynamic_data(payload)) == rec.data
+            and atype.get("name") == rec.type_name
+            and atype.get("version") in (None, rec.type_version)
+        )
+        if same:
+            self._registered(v, aid)
+            return
+        if rec.state != "UNPUBLISHED":
+            hint = (
+                f"unpublish it first ('songlake analysis unpublish {aid}'), then touch the sidecar"
+                if rec.state == "PUBLISHED"
+                else "a suppressed analysis never changes"
+            )
+            return self._refuse(
+                v,
+                aid,
+                "",
+                f"Analysis {aid} is {rec.state}: a changed sidecar updates only UNPUBLISHED "
+                f"analyses; {hint}",
+                rule="analysisState",
+            )
+        body = {"analysisType": atype, **dynamic_data(payload)}
+        try:
+            cat.update_analysis(rec.study_id, aid, body, actor=ACTOR)
+        except SonglakeError as exc:
+            v.analysis_id = aid
+            self._reject(v, exc)
+            return
+        log.info("updated", extra={"event": "updated", "path": v.path, "analysisId": aid})
+        self._registered(v, aid)
+
+    def _fixed_parts_changed(self, payload: dict[str, Any], aid: str) -> tuple[str, str] | None:
+        """(pointer, message) when the sidecar changes what an update cannot: files, samples."""
+        doc = self.catalog.find_analysis(aid)
+        have = {f["fileName"]: _file_key(f, f.get("info") or {}) for f in doc["files"]}
+        want: dict[str, tuple] = {}
+        for f in payload.get("files") or []:
+            if isinstance(f, dict) and isinstance(f.get("fileName"), str):
+                cols, info = split_entity(f, "file", FILE_FIELDS)
+                want.setdefault(f["fileName"], _file_key(f, info))
+        if have != want:
+            return "/files", (
+                f"The sidecar changes the files of analysis {aid}; a watcher update changes only "
+                "the dynamic data (everything but studyId, samples and files). Suppress the "
+                "analysis and drop the new sidecar under a new name to register other files"
+            )
+        had = {_sample_key(s) for s in doc["samples"]}
+        wanted = {_sample_key(s) for s in payload.get("samples") or [] if isinstance(s, dict)}
+        if had != wanted:
+            return "/samples", (
+                f"The sidecar changes the samples of analysis {aid}; a watcher update changes only "
+                "the dynamic data (everything but studyId, samples and files)"
+            )
+        return None
+
+    def _refuse(
+        self, v: Verdict, aid: str, pointer: str, message: str, rule: str = "immutable"
+    ) -> None:
+        error_id = "illegal.analysis.update.request"
+        v.analysis_id = aid
+        v.reject(error_id, message, [{"errorId": error_id, **problem(pointer, rule, message)}])
+        log.info("update refused", extra={"event": "refused", "path": v.path, "analysisId": aid})
+        self.post(("verdict", v))
+
+    # -- recovery and receipt refresh -----------------------------------------------------------
+
+    def _recover(self) -> None:
+        self.catalog.refresh()
+        for row in self.ledger.all():
+            self._remember(row)
+
+    def _remember(self, row: Any) -> None:
+        self._ledger_seen = max(self._ledger_seen, row.updated_at)
+        if row.analysis_id and row.status in ("registered", "rejected") and row.receipt_state:
+            self._written.setdefault(
+                row.path, (row.analysis_id, row.receipt_state, row.receipt_version)
+            )
+
+    def _refresh_pass(self) -> None:
+        """Rewrite receipts whose analysis changed; retry sidecars whose study now exists."""
+        self.catalog.refresh()
+        for row in self.ledger.receipts_since(self._ledger_seen):
+            self._remember(row)
+        analyses = self.catalog.model.analyses
+        stale = []
+        for path, (aid, state, version) in self._written.items():
+            rec = analyses.get(aid)
+            if rec is not None and (rec.state != state or rec.version != version):
+                stale.append((path, aid))
+        for path, aid in stale:
+            self._rewrite_receipt(path, aid)
+        with self._studies_lock:
+            ready = [s for s in self._waiting_for_study if s in self.catalog.model.studies]
+            paths = [p for s in ready for p in self._waiting_for_study.pop(s)]
+        if paths:
+            self.post(("trigger", paths, "study"))
+
+    def _rewrite_receipt(self, path: str, aid: str) -> None:
+        summary = analysis_summary(self.catalog.model, aid)
+        self._written[path] = (aid, summary["state"], summary["analysisVersion"])
+        if not os.path.exists(path):
+            del self._written[path]
+            return
+        try:
+            with open(receipt_path(path), "rb") as f:
+                old = json.load(f)
+            uploads = {e["objectId"]: e.get("upload") for e in old.get("files", [])}
+            sha = old.get("sidecarSha256")
+        except (OSError, ValueError, KeyError, TypeError):
+            row = self.ledger.get(path)
+            uploads = row.uploads_doc() if row else {}
+            sha = row.sha256 if row else None
+        doc = receipt_doc(sidecar=path, sha256=sha, analysis=summary, uploads=uploads)
+        self.writer.write_json(receipt_path(path), doc)
+        self.post(("receipt", path, summary["state"], summary["analysisVersion"]))
+        log.info(
+            "receipt refreshed",
+            extra={"event": "receipt", "path": path, "analysisId": aid, "state": summary["state"]},
+        )
+
+
+def _stat_cols(v: Verdict) -> dict[str, Any]:
+    fp = v.fingerprint or (None, None, None)
+    return {"size": fp[0], "mtime_ns": fp[1], "inode": fp[2]}
+
+
+def _file_key(f: dict[str, Any], info: dict[str, Any]) -> tuple:
+    return (
+        f.get("fileSize"),
+        str(f.get("fileMd5sum") or "").lower(),
+        f.get("fileType"),
+        f.get("fileAccess"),
+        f.get("dataType"),
+        dumps(info or {}),
+    )
+
+
+def _sample_key(s: dict[str, Any]) -> tuple:
+    specimen = s.get("specimen") or {}
+    donor = s.get("donor") or {}
+    return (
+        s.get("submitterSampleId"),
+        specimen.get("submitterSpecimenId") if isinstance(specimen, dict) else None,
+        donor.get("submitterDonorId") if isinstance(donor, dict) else None,
+    )
+
+
+def staged_object_ids(v: Verdict) -> list[tuple[str, Any]]:
+    """(objectId, file check) of the files a staging job copies in."""
+    assert v.analysis_id is not None
+    return [(object_id(v.analysis_id, fc.name), fc) for fc in v.files if fc.status == "stage"]
+
+
+__all__ = ["Registrar", "staged_object_ids", "utc_now"]
