@@ -32,7 +32,7 @@ from . import (
 from .errors import register_error_handlers
 from .groupcommit import GroupCommitter
 from .jsonio import FastJSONProvider
-from .params import EXTENSION, check_path_args
+from .params import EXTENSION, SETTINGS, check_path_args
 
 log = logging.getLogger("songlake.api")
 
@@ -76,6 +76,7 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep Song's field order
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions[EXTENSION] = catalog
+    app.extensions[SETTINGS] = settings
     app.before_request(RefreshGate(catalog, settings.refresh_interval))
     app.before_request(check_path_args)
     register_error_handlers(app)

@@ -15,8 +15,10 @@ from flask import current_app, request
 from catalog.catalog import Catalog
 from catalog.errors import BadRequest
 from catalog.model import parse_payload
+from catalog.settings import Settings
 
 EXTENSION = "songlake"
+SETTINGS = "songlake.settings"
 
 _TRUE = {"true", "on", "yes", "1"}
 _FALSE = {"false", "off", "no", "0"}
@@ -25,6 +27,11 @@ _FALSE = {"false", "off", "no", "0"}
 def current_catalog() -> Catalog:
     """The Catalog the current app serves."""
     return current_app.extensions[EXTENSION]
+
+
+def current_settings() -> Settings:
+    """The settings the current app was made with (create_app may override the catalog's)."""
+    return current_app.extensions.get(SETTINGS) or current_catalog().settings
 
 
 def _raw(name: str) -> str | None:
@@ -82,7 +89,7 @@ def csv_list(name: str) -> list[str]:
 
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object, or ``payload.parsing`` saying why not."""
-    settings = current_catalog().settings
+    settings = current_settings()
     return parse_payload(
         request.get_data(cache=False),
         max_bytes=settings.max_payload_bytes,

@@ -10,7 +10,7 @@ from catalog import sql
 from catalog.errors import BadRequest
 
 from .auth import require_system
-from .params import current_catalog, json_body
+from .params import current_catalog, current_settings, json_body
 
 bp = Blueprint("sql", __name__)
 
@@ -21,7 +21,7 @@ def run_sql() -> Response:
     query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""
     require_system()
     catalog = current_catalog()
-    settings = catalog.settings
+    settings = current_settings()
     if request.mimetype == "text/plain":
         body: dict = {"query": request.get_data(as_text=True)}
     else:

@@ -1,14 +1,14 @@
 """Every error songlake raises on purpose, each carrying a Song error id.
 
-    SonglakeError                     error_id, message, context (study, analysis, path, ...)
-    ├── NotFound                      study.id.does.not.exist, analysis.id.not.found, file.not.found, ...
-    ├── Conflict                      study.already.exists, info.already.exists, mismatching.*.data, ...
-    ├── BadRequest                    malformed.parameter, entity.not.related.to.study, ...
-    │   ├── SchemaViolation           schema.violation, with a list of problems
-    │   └── StateTransitionRefused    suppressed.state.transition
-    ├── PayloadParsing                payload.parsing (not JSON, not UTF-8, not an object, too large)
-    ├── StorageCheckFailed            missing.storage.objects, mismatching.storage.object.* (publish)
-    └── Internal                      unknown.error and Song's other 5xx ids
+    SonglakeError               error_id, message, context (study, analysis, path, ...)
+    ├── NotFound                study.id.does.not.exist, analysis.id.not.found, file.not.found, ...
+    ├── Conflict                study.already.exists, info.already.exists, mismatching.*.data, ...
+    ├── BadRequest              malformed.parameter, entity.not.related.to.study, ...
+    │   ├── SchemaViolation     schema.violation, with a list of problems
+    │   └── StateTransitionRefused   suppressed.state.transition
+    ├── PayloadParsing          payload.parsing (not JSON, not UTF-8, not an object, too large)
+    ├── StorageCheckFailed      missing.storage.objects, mismatching.storage.object.* (publish)
+    └── Internal                unknown.error and Song's other 5xx ids
 
 The HTTP status of each error id lives in one table in the API layer; the CLI prints
 ``error [<error_id>]: <message>`` and exits 1; the watcher writes ``problems`` into the errors file.

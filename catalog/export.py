@@ -15,43 +15,65 @@ def _clean(obj: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def payload_from_analysis(doc: dict[str, Any]) -> dict[str, Any]:
     """A payload that resubmits this analysis: no server ids, empty fields dropped."""
-    reserved = {"analysisId", "studyId", "analysisState", "analysisType", "createdAt", "updatedAt",
-                "firstPublishedAt", "publishedAt", "analysisStateHistory", "samples", "files"}
+    reserved = {
+        "analysisId",
+        "studyId",
+        "analysisState",
+        "analysisType",
+        "createdAt",
+        "updatedAt",
+        "firstPublishedAt",
+        "publishedAt",
+        "analysisStateHistory",
+        "samples",
+        "files",
+    }
     out: dict[str, Any] = {"analysisType": dict(doc["analysisType"]), "studyId": doc["studyId"]}
     out.update({k: v for k, v in doc.items() if k not in reserved})
     samples = []
     for s in doc["samples"]:
         spec = s["specimen"]
         donor = s["donor"]
-        samples.append(_clean({
-            "submitterSampleId": s["submitterSampleId"],
-            "sampleType": s["sampleType"],
-            "matchedNormalSubmitterSampleId": s["matchedNormalSubmitterSampleId"],
-            "info": s.get("info"),
-            "specimen": _clean({
-                "submitterSpecimenId": spec["submitterSpecimenId"],
-                "tumourNormalDesignation": spec["tumourNormalDesignation"],
-                "specimenTissueSource": spec["specimenTissueSource"],
-                "specimenType": spec["specimenType"],
-                "info": spec.get("info"),
-            }),
-            "donor": _clean({
-                "submitterDonorId": donor["submitterDonorId"],
-                "gender": donor["gender"],
-                "info": donor.get("info"),
-            }),
-        }, keep=("matchedNormalSubmitterSampleId",)))
+        samples.append(
+            _clean(
+                {
+                    "submitterSampleId": s["submitterSampleId"],
+                    "sampleType": s["sampleType"],
+                    "matchedNormalSubmitterSampleId": s["matchedNormalSubmitterSampleId"],
+                    "info": s.get("info"),
+                    "specimen": _clean(
+                        {
+                            "submitterSpecimenId": spec["submitterSpecimenId"],
+                            "tumourNormalDesignation": spec["tumourNormalDesignation"],
+                            "specimenTissueSource": spec["specimenTissueSource"],
+                            "specimenType": spec["specimenType"],
+                            "info": spec.get("info"),
+                        }
+                    ),
+                    "donor": _clean(
+                        {
+                            "submitterDonorId": donor["submitterDonorId"],
+                            "gender": donor["gender"],
+                            "info": donor.get("info"),
+                        }
+                    ),
+                },
+                keep=("matchedNormalSubmitterSampleId",),
+            )
+        )
     out["samples"] = samples
     out["files"] = [
-        _clean({
-            "fileName": f["fileName"],
-            "dataType": f["dataType"],
-            "fileSize": f["fileSize"],
-            "fileMd5sum": f["fileMd5sum"],
-            "fileAccess": f["fileAccess"],
-            "fileType": f["fileType"],
-            "info": f.get("info"),
-        })
+        _clean(
+            {
+                "fileName": f["fileName"],
+                "dataType": f["dataType"],
+                "fileSize": f["fileSize"],
+                "fileMd5sum": f["fileMd5sum"],
+                "fileAccess": f["fileAccess"],
+                "fileType": f["fileType"],
+                "info": f.get("info"),
+            }
+        )
         for f in doc["files"]
     ]
     return out
@@ -65,7 +87,9 @@ def group_by_study(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"studyId": study, "payloads": payloads} for study, payloads in groups.items()]
 
 
-def write_export(groups: list[dict[str, Any]], docs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def write_export(
+    groups: list[dict[str, Any]], docs: list[dict[str, Any]], out_dir: Path
+) -> list[Path]:
     """Write <out>/<studyId>/<analysisId>.json for each exported analysis, as song-client does."""
     written = []
     ids = {doc["analysisId"]: doc["studyId"] for doc in docs}
@@ -87,5 +111,7 @@ def manifest_text(analysis_id: str, files: list[dict[str, Any]], input_dir: Path
     lines = [f"{analysis_id}\t\t"]
     base = Path(os.path.abspath(input_dir))
     for f in files:
-        lines.append(f"{f['objectId']}\t{os.path.normpath(base / f['fileName'])}\t{f['fileMd5sum']}")
+        lines.append(
+            f"{f['objectId']}\t{os.path.normpath(base / f['fileName'])}\t{f['fileMd5sum']}"
+        )
     return "\n".join(lines) + "\n"

@@ -58,9 +58,7 @@ def check_allowed(analysis_id: str, current: str, action: str) -> str:
     return target
 
 
-def history_row(
-    t: Transition, initial: str, updated: str, at: datetime
-) -> dict[str, Any]:
+def history_row(t: Transition, initial: str, updated: str, at: datetime) -> dict[str, Any]:
     return {
         "event_id": str(uuid.uuid4()),
         "analysis_id": t.analysis_id,

@@ -140,8 +140,11 @@ def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_dept
             raise _too_deep(max_depth) from exc
         except json.JSONDecodeError as exc:
             raise PayloadParsing(
-                f"Unable to read the input payload: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                problems=[problem("", "json", f"{exc.msg} at line {exc.lineno} column {exc.colno}")],
+                "Unable to read the input payload: "
+                f"{exc.msg} at line {exc.lineno} column {exc.colno}",
+                problems=[
+                    problem("", "json", f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+                ],
             ) from exc
         except ValueError as exc:
             # NaN / Infinity are not JSON (Song's parser refuses them) and could not be stored

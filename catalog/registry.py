@@ -1,9 +1,10 @@
 """The schema registry: analysis types as named, versioned JSON Schemas (Song's dynamic schemas).
 
 A type's schema is *rendered* onto the base payload schema (song-api.md §4.3): its ``properties``
-overlay the base properties key by key and its ``required`` list is appended; its ``definitions`` are
-not copied. Validators are compiled once per (name, version) and cached: fastjsonschema answers
-"valid?" in tens of microseconds, and jsonschema lists every problem when the answer is no.
+overlay the base properties key by key and its ``required`` list is appended; its
+``definitions`` are not copied. Validators are compiled once per (name, version) and cached:
+fastjsonschema answers "valid?" in tens of microseconds, and jsonschema lists every problem when
+the answer is no.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def _collect(err: jsonschema.ValidationError, label: str, out: list[dict]) -> No
     elif err.validator == "type":
         message = f"expected type: {_type_name(err.validator_value)}, found: {_kind(err.instance)}"
     elif err.validator == "const":
-        message = f"{json.dumps(err.instance, ensure_ascii=False)} must be {json.dumps(err.validator_value)}"
+        wanted = json.dumps(err.validator_value)
+        message = f"{json.dumps(err.instance, ensure_ascii=False)} must be {wanted}"
     out.append(problem(pointer(path), str(err.validator), message, label))
 
 
@@ -165,7 +167,9 @@ class CompiledType:
     def __init__(self, atype: AnalysisType) -> None:
         self.type = atype
         self.rendered = render(base_schema(), atype.schema)
-        self.validator = Draft7Validator(self.rendered, format_checker=Draft7Validator.FORMAT_CHECKER)
+        self.validator = Draft7Validator(
+            self.rendered, format_checker=Draft7Validator.FORMAT_CHECKER
+        )
         try:
             self._fast = fastjsonschema.compile(self.rendered)
         except Exception:  # a schema fastjsonschema cannot compile still validates slowly
@@ -309,7 +313,9 @@ class Registry:
             )
         name = body.get("name")
         if not isinstance(name, str) or not name:
-            raise BadRequest("The analysisType name field cannot be null", error_id="malformed.parameter")
+            raise BadRequest(
+                "The analysisType name field cannot be null", error_id="malformed.parameter"
+            )
         check_name(name)
         if name in RESERVED_NAMES:
             raise BadRequest(
@@ -335,10 +341,12 @@ class Registry:
             Draft7Validator.check_schema(render(base_schema(), schema))
         except jsonschema.SchemaError as exc:
             raise BadRequest(
-                f"The schema is not a valid JSON schema: #{pointer(exc.absolute_path)}: {exc.message}",
+                "The schema is not a valid JSON schema: "
+                f"#{pointer(exc.absolute_path)}: {exc.message}",
                 error_id="malformed.json.schema",
-                problems=[problem("/schema" + pointer(exc.absolute_path), str(exc.validator),
-                                  exc.message)],
+                problems=[
+                    problem("/schema" + pointer(exc.absolute_path), str(exc.validator), exc.message)
+                ],
             ) from exc
         options = body.get("options")
         if options is not None and not isinstance(options, dict):

@@ -57,7 +57,9 @@ VIEWS = {
 }
 
 
-def connect(tables: TableStore, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    tables: TableStore, versions: dict[str, int] | None = None
+) -> duckdb.DuckDBPyConnection:
     """A locked-down DuckDB connection with one view per table (at `versions` when given)."""
     con = duckdb.connect()
     for name in [*DATA_TABLES, "commits"]:
@@ -77,8 +79,9 @@ def check_query(query: str) -> None:
     except duckdb.Error as exc:
         raise BadRequest(f"SQL does not parse: {exc}", error_id="illegal.query.parameter") from exc
     if len(statements) != 1:
-        raise BadRequest("Exactly one SQL statement is accepted",
-                         error_id="illegal.query.parameter")
+        raise BadRequest(
+            "Exactly one SQL statement is accepted", error_id="illegal.query.parameter"
+        )
     if statements[0].type != duckdb.StatementType.SELECT:
         raise BadRequest(
             f"Only SELECT queries are allowed, not {statements[0].type.name}",
@@ -87,8 +90,12 @@ def check_query(query: str) -> None:
 
 
 def run(
-    tables: TableStore, query: str, *, versions: dict[str, int] | None = None,
-    row_limit: int = 10_000, timeout: float | None = None,
+    tables: TableStore,
+    query: str,
+    *,
+    versions: dict[str, int] | None = None,
+    row_limit: int = 10_000,
+    timeout: float | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one read-only query; returns column names and at most row_limit rows.
 

@@ -29,47 +29,109 @@ S = pa.string()
 
 SCHEMAS: dict[str, pa.Schema] = {
     "studies": pa.schema(
-        [("study_id", S), ("name", S), ("organization", S), ("description", S), ("info", S),
-         ("created_at", TS)]
+        [
+            ("study_id", S),
+            ("name", S),
+            ("organization", S),
+            ("description", S),
+            ("info", S),
+            ("created_at", TS),
+        ]
     ),
     "analysis_types": pa.schema(
         [("name", S), ("version", pa.int32()), ("schema", S), ("options", S), ("created_at", TS)]
     ),
     "donors": pa.schema(
-        [("donor_id", S), ("study_id", S), ("submitter_donor_id", S), ("gender", S), ("info", S),
-         ("analysis_id", S), ("created_at", TS)]
+        [
+            ("donor_id", S),
+            ("study_id", S),
+            ("submitter_donor_id", S),
+            ("gender", S),
+            ("info", S),
+            ("analysis_id", S),
+            ("created_at", TS),
+        ]
     ),
     "specimens": pa.schema(
-        [("specimen_id", S), ("donor_id", S), ("study_id", S), ("submitter_specimen_id", S),
-         ("tumour_normal_designation", S), ("specimen_tissue_source", S), ("specimen_type", S),
-         ("info", S), ("analysis_id", S), ("created_at", TS)]
+        [
+            ("specimen_id", S),
+            ("donor_id", S),
+            ("study_id", S),
+            ("submitter_specimen_id", S),
+            ("tumour_normal_designation", S),
+            ("specimen_tissue_source", S),
+            ("specimen_type", S),
+            ("info", S),
+            ("analysis_id", S),
+            ("created_at", TS),
+        ]
     ),
     "samples": pa.schema(
-        [("sample_id", S), ("specimen_id", S), ("study_id", S), ("submitter_sample_id", S),
-         ("sample_type", S), ("matched_normal_submitter_sample_id", S), ("info", S),
-         ("analysis_id", S), ("created_at", TS)]
+        [
+            ("sample_id", S),
+            ("specimen_id", S),
+            ("study_id", S),
+            ("submitter_sample_id", S),
+            ("sample_type", S),
+            ("matched_normal_submitter_sample_id", S),
+            ("info", S),
+            ("analysis_id", S),
+            ("created_at", TS),
+        ]
     ),
     "analyses": pa.schema(
-        [("analysis_id", S), ("study_id", S), ("version", pa.int32()),
-         ("analysis_type_name", S), ("analysis_type_version", pa.int32()), ("data", S),
-         ("created_at", TS), ("actor", S), ("reason", S)]
+        [
+            ("analysis_id", S),
+            ("study_id", S),
+            ("version", pa.int32()),
+            ("analysis_type_name", S),
+            ("analysis_type_version", pa.int32()),
+            ("data", S),
+            ("created_at", TS),
+            ("actor", S),
+            ("reason", S),
+        ]
     ),
     "analysis_samples": pa.schema(
         [("analysis_id", S), ("sample_id", S), ("study_id", S), ("created_at", TS)]
     ),
     "files": pa.schema(
-        [("object_id", S), ("analysis_id", S), ("study_id", S), ("version", pa.int32()),
-         ("file_name", S), ("file_size", pa.int64()), ("file_type", S), ("file_md5sum", S),
-         ("file_access", S), ("data_type", S), ("info", S), ("source_path", S),
-         ("created_at", TS)]
+        [
+            ("object_id", S),
+            ("analysis_id", S),
+            ("study_id", S),
+            ("version", pa.int32()),
+            ("file_name", S),
+            ("file_size", pa.int64()),
+            ("file_type", S),
+            ("file_md5sum", S),
+            ("file_access", S),
+            ("data_type", S),
+            ("info", S),
+            ("source_path", S),
+            ("created_at", TS),
+        ]
     ),
     "analysis_state_history": pa.schema(
-        [("event_id", S), ("analysis_id", S), ("study_id", S), ("initial_state", S),
-         ("updated_state", S), ("updated_at", TS), ("actor", S), ("reason", S)]
+        [
+            ("event_id", S),
+            ("analysis_id", S),
+            ("study_id", S),
+            ("initial_state", S),
+            ("updated_state", S),
+            ("updated_at", TS),
+            ("actor", S),
+            ("reason", S),
+        ]
     ),
     "commits": pa.schema(
-        [("committed_at", TS), ("operation", S), ("actor", S), ("rows", pa.int64()),
-         ("table_versions", S)]
+        [
+            ("committed_at", TS),
+            ("operation", S),
+            ("actor", S),
+            ("rows", pa.int64()),
+            ("table_versions", S),
+        ]
     ),
 }
 
