@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/readmodel.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/watcher.py
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,6 +25,8 @@ from .errors import BadRequest, NotFound
 from .model import now
 
 TS = pa.timestamp("us", tz="UTC")
+#: files at least this large are left alone by automatic compaction
+COMPACT_TARGET_BYTES = 16 * 1024 * 1024
 S = pa.string()
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -149,11 +151,19 @@ def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 class TableStore:
     """Opens, appends to and compacts the catalog's Delta tables."""
 
-    def __init__(self, tables_dir: Path, *, compact_after_files: int = 64) -> None:
+    def __init__(
+        self,
+        tables_dir: Path,
+        *,
+        compact_after_files: int = 64,
+        compact_target_bytes: int = COMPACT_TARGET_BYTES,
+    ) -> None:
         self.dir = tables_dir
         self.compact_after_files = compact_after_files
+        self.compact_target_bytes = compact_target_bytes
         self._tables: dict[str, DeltaTable] = {}
         self._file_counts: dict[str, int] = {}
+        self._compacted_at: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -205,7 +215,7 @@ class TableStore:
             write_deltalake(dt, data, mode="append")
             self._file_counts[name] = self._file_counts.get(name, 0) + 1
             version = dt.version()
-            if self._file_counts[name] >= self.compact_after_files:
+            if self._needs_compaction(name):
                 self._compact_locked(name)
         return version
 
@@ -251,17 +261,24 @@ class TableStore:
             )
             self._file_counts["commits"] = self._file_counts.get("commits", 0) + 1
             version = dt.version()
-            if self._file_counts["commits"] >= self.compact_after_files:
+            if self._needs_compaction("commits"):
                 self._compact_locked("commits")
         return version
 
     # -- maintenance --------------------------------------------------------------------------
 
     def _compact_locked(self, name: str) -> None:
+        # Only files under compact_target_bytes are rewritten: once a table is large its big
+        # files stay put, so a compaction costs the small files' size, not the table's.
         dt = self.table(name)
-        dt.optimize.compact()
+        dt.optimize.compact(target_size=self.compact_target_bytes)
         dt.update_incremental()
         self._file_counts[name] = len(dt.file_uris())
+        self._compacted_at[name] = self._file_counts[name]
+
+    def _needs_compaction(self, name: str) -> bool:
+        added = self._file_counts.get(name, 0) - self._compacted_at.get(name, 0)
+        return added >= self.compact_after_files
 
     def compact(self, name: str | None = None) -> dict[str, int]:
         """Compact one table or all of them; returns the file count of each afterwards."""
