@@ -32,7 +32,7 @@ from .export import group_by_study, manifest_text
 from .lifecycle import Transition, check_allowed, history_row, message
 from .model import STATES, dumps, new_analysis_id, now, parse_payload
 from .objectstore import LocalObjectStore, ObjectStore, open_store, verify_for_publish
-from .readmodel import ReadModel
+from .readmodel import MODEL_TABLES, ReadModel
 from .registry import AnalysisType, Registry, bundled_types
 from .search import Filters, SearchIndex
 from .settings import Settings
@@ -285,16 +285,7 @@ class Catalog:
             versions[name] = self.tables.append(name, rows)
         catalog_version = self.tables._log_commit(operation, actor, sum(len(r) for _, r in batches))
         applied = dict(batches)
-        for name in [
-            "studies",
-            "analyses",
-            "donors",
-            "specimens",
-            "samples",
-            "files",
-            "analysis_samples",
-            "analysis_state_history",
-        ]:
+        for name in MODEL_TABLES:
             if name in applied:
                 self.model.apply_rows(name, applied[name])
                 self.model.mark_seen(name, versions[name])

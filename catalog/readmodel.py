@@ -35,6 +35,17 @@ from .model import STATES, song_time
 from .tables import TableStore
 
 _intern = sys.intern
+#: the tables the model is built from, in the order they are read (analyses before children)
+MODEL_TABLES = (
+    "studies",
+    "analyses",
+    "donors",
+    "specimens",
+    "samples",
+    "files",
+    "analysis_samples",
+    "analysis_state_history",
+)
 _LITERAL = re.compile(r"[A-Za-z0-9_\-: ]*")  # no regex syntax at all
 
 # Row tuples held per entity (positions used below).
@@ -199,16 +210,7 @@ class ReadModel:
 
         with self.lock:
             tables = {}
-            for name in [
-                "studies",
-                "analyses",
-                "donors",
-                "specimens",
-                "samples",
-                "files",
-                "analysis_samples",
-                "analysis_state_history",
-            ]:
+            for name in MODEL_TABLES:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 version = dt.version()
@@ -223,16 +225,7 @@ class ReadModel:
         """Apply what other processes committed since the last version seen; True if anything."""
         changed = False
         with self.lock:
-            for name in [
-                "studies",
-                "analyses",
-                "donors",
-                "specimens",
-                "samples",
-                "files",
-                "analysis_samples",
-                "analysis_state_history",
-            ]:
+            for name in MODEL_TABLES:
                 dt = self.tables.table(name)
                 dt.update_incremental()
                 current = dt.version()
