@@ -306,7 +306,6 @@ class ObjectStore(abc.ABC):
 
     part_size: int = DEFAULT_PART_SIZE
 
-    @abc.abstractmethod
     def put_file(
         self,
         object_id: str,
@@ -314,7 +313,42 @@ class ObjectStore(abc.ABC):
         *,
         expected_md5: str | None = None,
         expected_size: int | None = None,
-    ) -> ObjectSpec: ...
+    ) -> ObjectSpec:
+        """Store a file under object_id, verified against the expected size and md5; a no-op
+        when the object is already stored with that content."""
+        oid = check_object_id(object_id)
+        want_md5 = expected_md5.lower() if expected_md5 else None
+        ctx = {"object_id": oid, "path": str(path)}
+        with open(path, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
+            if expected_size is not None and size != expected_size:
+                raise StorageCheckFailed(
+                    f"The file '{path}' has {size} bytes but {expected_size} were expected "
+                    f"for objectId '{oid}'",
+                    error_id="mismatching.storage.object.sizes",
+                    **ctx,
+                )
+            current = self._complete_spec(oid)
+            if current is not None and current.object_size == size:
+                # Already stored? With an expected md5 the stored object is what the caller wants
+                # (the source is not re-read); without one, hash the source to compare.
+                have = want_md5
+                if have is None:
+                    have, _ = _hash_stream(src)
+                    src.seek(0)
+                if current.object_md5 == have:
+                    return current
+            return self._store(oid, src, size, want_md5, ctx)
+
+    @abc.abstractmethod
+    def _complete_spec(self, object_id: str) -> ObjectSpec | None:
+        """The stored spec when the object is fully present (bytes and .meta agree), else None."""
+
+    @abc.abstractmethod
+    def _store(
+        self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
+    ) -> ObjectSpec:
+        """Copy src into storage (hashing while copying), verify it, write the .meta last."""
 
     @abc.abstractmethod
     def exists(self, object_id: str) -> bool: ...
@@ -485,39 +519,7 @@ class LocalObjectStore(ObjectStore):
             pass
         return None
 
-    def put_file(
-        self,
-        object_id: str,
-        path: str | os.PathLike[str],
-        *,
-        expected_md5: str | None = None,
-        expected_size: int | None = None,
-    ) -> ObjectSpec:
-        oid = check_object_id(object_id)
-        want_md5 = expected_md5.lower() if expected_md5 else None
-        ctx = {"object_id": oid, "path": str(path)}
-        with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            if expected_size is not None and size != expected_size:
-                raise StorageCheckFailed(
-                    f"The file '{path}' has {size} bytes but {expected_size} were expected "
-                    f"for objectId '{oid}'",
-                    error_id="mismatching.storage.object.sizes",
-                    **ctx,
-                )
-            current = self._complete_spec(oid)
-            if current is not None and current.object_size == size:
-                # Already stored? With an expected md5 the stored object is what the caller wants
-                # (the source is not re-read); without one, hash the source to compare.
-                have = want_md5
-                if have is None:
-                    have, _ = _hash_stream(src)
-                    src.seek(0)
-                if current.object_md5 == have:
-                    return current
-            return self._copy_in(oid, src, size, want_md5, ctx)
-
-    def _copy_in(
+    def _store(
         self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
     ) -> ObjectSpec:
         tmp, blob, meta = self._tmp(), self._blob(oid), self._meta(oid)

@@ -30,7 +30,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -430,46 +429,21 @@ class S3ObjectStore(ObjectStore):
             return None
         return current
 
-    def put_file(
-        self,
-        object_id: str,
-        path: str | os.PathLike[str],
-        *,
-        expected_md5: str | None = None,
-        expected_size: int | None = None,
+    def _store(
+        self, oid: str, src: BinaryIO, size: int, want: str | None, ctx: dict[str, str]
     ) -> ObjectSpec:
-        oid = check_object_id(object_id)
-        want = expected_md5.lower() if expected_md5 else None
-        ctx = {"object_id": oid, "path": str(path)}
-        with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            if expected_size is not None and size != expected_size:
-                raise StorageCheckFailed(
-                    f"The file '{path}' has {size} bytes but {expected_size} were expected "
-                    f"for objectId '{oid}'",
-                    error_id="mismatching.storage.object.sizes",
-                    **ctx,
-                )
-            current = self._complete_spec(oid)
-            if current is not None and current.object_size == size:
-                have = want
-                if have is None:
-                    have, _ = _hash_stream(src)
+        self.ensure_sentinel()
+        try:
+            if size <= self.multipart_threshold:
+                spec = self._put_single(oid, src, size, want)
+            else:
+                if want is None:  # the blob's md5chksum is set when the upload starts
+                    want, _ = _hash_stream(src)
                     src.seek(0)
-                if current.object_md5 == have:
-                    return current  # already stored: nothing is sent
-            self.ensure_sentinel()
-            try:
-                if size <= self.multipart_threshold:
-                    spec = self._put_single(oid, src, size, want)
-                else:
-                    if want is None:  # the blob's md5chksum is set when the upload starts
-                        want, _ = _hash_stream(src)
-                        src.seek(0)
-                    spec = self._put_multipart(oid, src, size, want)
-            except StorageCheckFailed as exc:
-                exc.context.update(ctx)
-                raise
+                spec = self._put_multipart(oid, src, size, want)
+        except StorageCheckFailed as exc:
+            exc.context.update(ctx)
+            raise
         self._put_meta(spec)  # last: from now on the object exists
         return spec
 
