@@ -202,7 +202,7 @@ def copy_with_hashes(
     if write is not None:
         stages.append(write)
     if size <= COPY_BUFFER_SIZE:  # small: one thread, no pipeline to set up
-        buf = bytearray(COPY_BUFFER_SIZE)
+        buf = bytearray(max(size + 1, 64 * 1024))  # not 4 MiB of zeroes for a 1 KiB file
         view = memoryview(buf)
         total = 0
         while n := src.readinto(buf):
