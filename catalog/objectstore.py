@@ -444,6 +444,26 @@ def open_store(settings: Any) -> ObjectStore:
     )
 
 
+def range_end(object_id: str, spec: ObjectSpec | None, offset: int, length: int) -> int:
+    """Where a ranged read of a stored object ends (length -1 = to the end), or Score's errors."""
+    if spec is None:
+        raise NotFound(
+            f"The object with objectId '{object_id}' does not exist in the storage server",
+            error_id="storage.object.not.found",
+            object_id=object_id,
+        )
+    size = spec.object_size
+    end = size if length == -1 else offset + length
+    if offset < 0 or length < -1 or offset > size or end > size:
+        raise BadRequest(
+            f"The range offset={offset} length={length} is outside objectId '{object_id}' "
+            f"({size} bytes)",
+            error_id="malformed.parameter",
+            object_id=object_id,
+        )
+    return end
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return
@@ -560,22 +580,7 @@ class LocalObjectStore(ObjectStore):
             raise
 
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
-        current = self.spec(object_id)
-        if current is None:
-            raise NotFound(
-                f"The object with objectId '{object_id}' does not exist in the storage server",
-                error_id="storage.object.not.found",
-                object_id=object_id,
-            )
-        size = current.object_size
-        end = size if length == -1 else offset + length
-        if offset < 0 or length < -1 or offset > size or end > size:
-            raise BadRequest(
-                f"The range offset={offset} length={length} is outside objectId '{object_id}' "
-                f"({size} bytes)",
-                error_id="malformed.parameter",
-                object_id=object_id,
-            )
+        end = range_end(object_id, self.spec(object_id), offset, length)
         try:
             f = open(self._blob(object_id), "rb", buffering=0)  # closed by the reader
         except FileNotFoundError:

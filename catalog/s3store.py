@@ -57,6 +57,7 @@ from .objectstore import (
     copy_with_hashes,
     is_object_id,
     part_plan,
+    range_end,
 )
 from .settings import Settings
 
@@ -346,23 +347,8 @@ class S3ObjectStore(ObjectStore):
             raise
 
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
-        located = self._located_spec(object_id)
-        if located is None:
-            raise NotFound(
-                f"The object with objectId '{object_id}' does not exist in the storage server",
-                error_id="storage.object.not.found",
-                object_id=object_id,
-            )
-        current, bucket = located
-        size = current.object_size
-        end = size if length == -1 else offset + length
-        if offset < 0 or length < -1 or offset > size or end > size:
-            raise BadRequest(
-                f"The range offset={offset} length={length} is outside objectId '{object_id}' "
-                f"({size} bytes)",
-                error_id="malformed.parameter",
-                object_id=object_id,
-            )
+        current, bucket = self._located_spec(object_id) or (None, "")
+        end = range_end(object_id, current, offset, length)  # raises when current is None
         if end == offset:
             return io.BytesIO(b"")  # type: ignore[return-value]
         try:
