@@ -383,8 +383,7 @@ class Catalog:
     ) -> dict[str, Any]:
         """Song's paginated listing: sorted by analysisId, with totals."""
         states = check_states(states)
-        if limit < 0 or offset < 0:
-            raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
+        check_page(limit, offset)
         self.get_study(study_id)
         ids = self.model.page_ids(study_id, states, offset, limit)
         with self.model.lock:
@@ -920,8 +919,7 @@ class Catalog:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Analyses matching `filters`, one page of full documents, with the total."""
-        if limit < 0 or offset < 0:
-            raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
+        check_page(limit, offset)
         page = self.search_index().analyses(
             filters, sort=sort, descending=descending, limit=limit, offset=offset
         )
@@ -949,8 +947,7 @@ class Catalog:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Files matching `filters` (analysis filters apply to each file's analysis), paged."""
-        if limit < 0 or offset < 0:
-            raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
+        check_page(limit, offset)
         page = self.search_index().files(
             filters, sort=sort, descending=descending, limit=limit, offset=offset
         )
@@ -988,6 +985,11 @@ class Catalog:
             self.get_study(study_id)
             return self.list_analyses(study_id, STATES)
         return [self.find_analysis(a) for a in analysis_ids]
+
+
+def check_page(limit: int, offset: int) -> None:
+    if limit < 0 or offset < 0:
+        raise BadRequest("limit and offset must be >= 0", error_id="malformed.parameter")
 
 
 def check_states(states: Iterable[str]) -> list[str]:
