@@ -444,6 +444,21 @@ def open_store(settings: Any) -> ObjectStore:
     )
 
 
+def parse_meta(object_id: str, raw: bytes | str) -> dict[str, Any]:
+    """A stored .meta as a JSON object; Internal (invalid.storage.download.response) otherwise."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise Internal(
+            f"The object specification of objectId '{object_id}' is not a JSON object",
+            error_id="invalid.storage.download.response",
+            object_id=object_id,
+        )
+    return obj
+
+
 def range_end(object_id: str, spec: ObjectSpec | None, offset: int, length: int) -> int:
     """Where a ranged read of a stored object ends (length -1 = to the end), or Score's errors."""
     if spec is None:
@@ -517,17 +532,7 @@ class LocalObjectStore(ObjectStore):
             text = self._meta(object_id).read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            obj = exc
-        if not isinstance(obj, dict):
-            raise Internal(
-                f"The object specification of objectId '{object_id}' is not a JSON object",
-                error_id="invalid.storage.download.response",
-                object_id=object_id,
-            )
-        return obj
+        return parse_meta(object_id, text)
 
     def _complete_spec(self, object_id: str) -> ObjectSpec | None:
         """The current spec if its blob is present with the recorded size, else None."""

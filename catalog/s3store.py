@@ -56,6 +56,7 @@ from .objectstore import (
     check_object_id,
     copy_with_hashes,
     is_object_id,
+    parse_meta,
     part_plan,
     range_end,
 )
@@ -309,17 +310,7 @@ class S3ObjectStore(ObjectStore):
         found = self._meta_location(object_id)
         if found is None:
             return None
-        try:
-            obj = json.loads(found[1])
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise Internal(
-                f"The object specification of objectId '{object_id}' is not a JSON object",
-                error_id="invalid.storage.download.response",
-                object_id=object_id,
-            )
-        return obj
+        return parse_meta(object_id, found[1])
 
     def _located_spec(self, object_id: str) -> tuple[ObjectSpec, str] | None:
         """The parsed .meta and the bucket of its blob (the base bucket when relocated)."""
