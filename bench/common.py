@@ -63,16 +63,26 @@ def donor_obj(d: int) -> dict[str, Any]:
 
 def specimen_obj(d: int, tumour: bool) -> dict[str, Any]:
     if tumour:
-        return {"submitterSpecimenId": specimen_submitter(d, True),
-                "specimenType": "Primary tumour", "specimenTissueSource": "Solid tissue",
-                "tumourNormalDesignation": "Tumour"}
-    return {"submitterSpecimenId": specimen_submitter(d, False), "specimenType": "Normal",
-            "specimenTissueSource": "Blood derived", "tumourNormalDesignation": "Normal"}
+        return {
+            "submitterSpecimenId": specimen_submitter(d, True),
+            "specimenType": "Primary tumour",
+            "specimenTissueSource": "Solid tissue",
+            "tumourNormalDesignation": "Tumour",
+        }
+    return {
+        "submitterSpecimenId": specimen_submitter(d, False),
+        "specimenType": "Normal",
+        "specimenTissueSource": "Blood derived",
+        "tumourNormalDesignation": "Normal",
+    }
 
 
 def sample_obj(d: int, tumour: bool) -> dict[str, Any]:
-    return {"submitterSampleId": sample_submitter(d, tumour), "sampleType": "Total DNA",
-            "matchedNormalSubmitterSampleId": sample_submitter(d, False) if tumour else None}
+    return {
+        "submitterSampleId": sample_submitter(d, tumour),
+        "sampleType": "Total DNA",
+        "matchedNormalSubmitterSampleId": sample_submitter(d, False) if tumour else None,
+    }
 
 
 def md5_of(study_id: str, k: int, j: int, salt: str = "") -> str:
@@ -83,12 +93,24 @@ def file_objs(study_id: str, k: int, salt: str = "") -> list[dict[str, Any]]:
     base = f"{study_id}.run{k:07d}.wgs.snv"
     size = 40_000_000 + (k * 2_654_435_761) % 900_000_000
     return [
-        {"dataType": "Raw SNV Calls", "fileName": f"{base}.vcf.gz", "fileSize": size,
-         "fileMd5sum": md5_of(study_id, k, 0, salt), "fileAccess": "controlled",
-         "fileType": "VCF", "info": {"dataCategory": "Simple Nucleotide Variation"}},
-        {"dataType": "VCF Index", "fileName": f"{base}.vcf.gz.tbi", "fileSize": size // 1000 + 17,
-         "fileMd5sum": md5_of(study_id, k, 1, salt), "fileAccess": "controlled",
-         "fileType": "TBI", "info": {"dataCategory": "Simple Nucleotide Variation"}},
+        {
+            "dataType": "Raw SNV Calls",
+            "fileName": f"{base}.vcf.gz",
+            "fileSize": size,
+            "fileMd5sum": md5_of(study_id, k, 0, salt),
+            "fileAccess": "controlled",
+            "fileType": "VCF",
+            "info": {"dataCategory": "Simple Nucleotide Variation"},
+        },
+        {
+            "dataType": "VCF Index",
+            "fileName": f"{base}.vcf.gz.tbi",
+            "fileSize": size // 1000 + 17,
+            "fileMd5sum": md5_of(study_id, k, 1, salt),
+            "fileAccess": "controlled",
+            "fileType": "TBI",
+            "info": {"dataCategory": "Simple Nucleotide Variation"},
+        },
     ]
 
 
@@ -120,9 +142,13 @@ def payload(study_id: str, k: int, salt: str = "") -> dict[str, Any]:
         s["specimen"] = specimen_obj(d, tumour)
         s["donor"] = donor_obj(d)
         samples.append(s)
-    return {"studyId": study_id, "analysisType": {"name": TYPE_NAME},
-            **dynamic_part(study_id, k), "samples": samples,
-            "files": file_objs(study_id, k, salt)}
+    return {
+        "studyId": study_id,
+        "analysisType": {"name": TYPE_NAME},
+        **dynamic_part(study_id, k),
+        "samples": samples,
+        "files": file_objs(study_id, k, salt),
+    }
 
 
 def payload_bytes(study_id: str, k: int, salt: str = "") -> bytes:
@@ -147,9 +173,15 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize_ms(seconds: list[float]) -> dict[str, float]:
     ms = [s * 1000.0 for s in seconds]
-    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
-            "p99_ms": percentile(ms, 99), "mean_ms": statistics.fmean(ms),
-            "min_ms": min(ms), "max_ms": max(ms)}
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+    }
 
 
 def time_calls(fn: Callable[[int], Any], reps: int, warmup: int = 1) -> tuple[list[float], Any]:
@@ -220,8 +252,9 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "affinity_cores": (len(os.sched_getaffinity(0))
-                           if hasattr(os, "sched_getaffinity") else None),
+        "affinity_cores": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        ),
         "mem_gib": mem,
         "python": platform.python_version(),
         "platform": platform.platform(),

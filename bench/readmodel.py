@@ -128,14 +128,30 @@ def _warn_once(text: str) -> None:
         print(f"WARNING: {text}; run --verify", file=sys.stderr)
 
 
-def study_rows(study_id: str, ks: range, aids: list[str], created_us: list[int],
-               kinds: bytearray, rng: random.Random, actor: str | None) -> dict[str, Columns]:
+def study_rows(
+    study_id: str,
+    ks: range,
+    aids: list[str],
+    created_us: list[int],
+    kinds: bytearray,
+    rng: random.Random,
+    actor: str | None,
+) -> dict[str, Columns]:
     """The rows analyses ks of a study add, shaped as validation.Planner.plan shapes them."""
     from catalog.model import FILE_FIELDS, dumps, split_entity
 
-    t = {name: Columns(name) for name in
-         ("donors", "specimens", "samples", "files", "analysis_samples", "analyses",
-          "analysis_state_history")}
+    t = {
+        name: Columns(name)
+        for name in (
+            "donors",
+            "specimens",
+            "samples",
+            "files",
+            "analysis_samples",
+            "analyses",
+            "analysis_state_history",
+        )
+    }
     dn, sp, sa, fi, asm, an, hi = (t[n].cols for n in t)
     file_info_cache: dict[str, str | None] = {}
     for i, k in enumerate(ks):
@@ -147,10 +163,15 @@ def study_rows(study_id: str, ks: range, aids: list[str], created_us: list[int],
         donor_id = uuid5_fast(f"{study_id}:{donor['submitterDonorId']}")
         first_use = k % ANALYSES_PER_DONOR == 0  # the analysis that creates the donor
         if first_use:
-            for col, v in (("donor_id", donor_id), ("study_id", study_id),
-                           ("submitter_donor_id", donor["submitterDonorId"]),
-                           ("gender", donor["gender"]), ("info", None), ("analysis_id", aid),
-                           ("created_at", created)):
+            for col, v in (
+                ("donor_id", donor_id),
+                ("study_id", study_id),
+                ("submitter_donor_id", donor["submitterDonorId"]),
+                ("gender", donor["gender"]),
+                ("info", None),
+                ("analysis_id", aid),
+                ("created_at", created),
+            ):
                 dn[col].append(v)
         for tumour in (True, False):
             spec = specimen_obj(d, tumour)
@@ -159,21 +180,30 @@ def study_rows(study_id: str, ks: range, aids: list[str], created_us: list[int],
             samp_id = uuid5_fast(f"{study_id}:{samp['submitterSampleId']}")
             sample_ids.append(samp_id)
             if first_use:
-                for col, v in (("specimen_id", spec_id), ("donor_id", donor_id),
-                               ("study_id", study_id),
-                               ("submitter_specimen_id", spec["submitterSpecimenId"]),
-                               ("tumour_normal_designation", spec["tumourNormalDesignation"]),
-                               ("specimen_tissue_source", spec["specimenTissueSource"]),
-                               ("specimen_type", spec["specimenType"]), ("info", None),
-                               ("analysis_id", aid), ("created_at", created)):
+                for col, v in (
+                    ("specimen_id", spec_id),
+                    ("donor_id", donor_id),
+                    ("study_id", study_id),
+                    ("submitter_specimen_id", spec["submitterSpecimenId"]),
+                    ("tumour_normal_designation", spec["tumourNormalDesignation"]),
+                    ("specimen_tissue_source", spec["specimenTissueSource"]),
+                    ("specimen_type", spec["specimenType"]),
+                    ("info", None),
+                    ("analysis_id", aid),
+                    ("created_at", created),
+                ):
                     sp[col].append(v)
-                for col, v in (("sample_id", samp_id), ("specimen_id", spec_id),
-                               ("study_id", study_id),
-                               ("submitter_sample_id", samp["submitterSampleId"]),
-                               ("sample_type", samp["sampleType"]),
-                               ("matched_normal_submitter_sample_id",
-                                samp["matchedNormalSubmitterSampleId"]),
-                               ("info", None), ("analysis_id", aid), ("created_at", created)):
+                for col, v in (
+                    ("sample_id", samp_id),
+                    ("specimen_id", spec_id),
+                    ("study_id", study_id),
+                    ("submitter_sample_id", samp["submitterSampleId"]),
+                    ("sample_type", samp["sampleType"]),
+                    ("matched_normal_submitter_sample_id", samp["matchedNormalSubmitterSampleId"]),
+                    ("info", None),
+                    ("analysis_id", aid),
+                    ("created_at", created),
+                ):
                     sa[col].append(v)
         for sid in sample_ids:
             asm["analysis_id"].append(aid)
@@ -185,28 +215,49 @@ def study_rows(study_id: str, ks: range, aids: list[str], created_us: list[int],
             key = repr(sorted(info.items()))
             if key not in file_info_cache:
                 file_info_cache[key] = dumps(info) if info else None
-            row = {"object_id": uuid5_fast(f"{aid}:{cols['file_name']}"), "analysis_id": aid,
-                   "study_id": study_id, "version": 1, **cols, "info": file_info_cache[key],
-                   "source_path": None, "created_at": created}
+            row = {
+                "object_id": uuid5_fast(f"{aid}:{cols['file_name']}"),
+                "analysis_id": aid,
+                "study_id": study_id,
+                "version": 1,
+                **cols,
+                "info": file_info_cache[key],
+                "source_path": None,
+                "created_at": created,
+            }
             for col, v in row.items():
                 fi[col].append(v)
-        for col, v in (("analysis_id", aid), ("study_id", study_id), ("version", 1),
-                       ("analysis_type_name", TYPE_NAME), ("analysis_type_version", 1),
-                       ("data", dumps(dynamic_part(study_id, k))), ("created_at", created),
-                       ("actor", actor), ("reason", "submit")):
+        for col, v in (
+            ("analysis_id", aid),
+            ("study_id", study_id),
+            ("version", 1),
+            ("analysis_type_name", TYPE_NAME),
+            ("analysis_type_version", 1),
+            ("data", dumps(dynamic_part(study_id, k))),
+            ("created_at", created),
+            ("actor", actor),
+            ("reason", "submit"),
+        ):
             an[col].append(v)
         kind = int(kinds[i])
         if kind:
-            events = {1: [("UNPUBLISHED", "PUBLISHED")],
-                      2: [("UNPUBLISHED", "PUBLISHED"), ("PUBLISHED", "UNPUBLISHED")],
-                      3: [("UNPUBLISHED", "PUBLISHED"), ("PUBLISHED", "SUPPRESSED")],
-                      4: [("UNPUBLISHED", "SUPPRESSED")]}[kind]
+            events = {
+                1: [("UNPUBLISHED", "PUBLISHED")],
+                2: [("UNPUBLISHED", "PUBLISHED"), ("PUBLISHED", "UNPUBLISHED")],
+                3: [("UNPUBLISHED", "PUBLISHED"), ("PUBLISHED", "SUPPRESSED")],
+                4: [("UNPUBLISHED", "SUPPRESSED")],
+            }[kind]
             for j, (before, after) in enumerate(events):
-                for col, v in (("event_id", str(uuid.UUID(int=rng.getrandbits(128), version=4))),
-                               ("analysis_id", aid), ("study_id", study_id),
-                               ("initial_state", before), ("updated_state", after),
-                               ("updated_at", created + (j + 1) * DAY_US),
-                               ("actor", "bench-loader"), ("reason", None)):
+                for col, v in (
+                    ("event_id", str(uuid.UUID(int=rng.getrandbits(128), version=4))),
+                    ("analysis_id", aid),
+                    ("study_id", study_id),
+                    ("initial_state", before),
+                    ("updated_state", after),
+                    ("updated_at", created + (j + 1) * DAY_US),
+                    ("actor", "bench-loader"),
+                    ("reason", None),
+                ):
                     hi[col].append(v)
     return t
 
@@ -237,7 +288,7 @@ def build(root: Path, n: int, seed: int = 42) -> dict[str, Any]:
     pos = 0
     for kind, share in KIND_SHARES.items():
         m = int(round(n * share))
-        for j in perm[pos:pos + m]:
+        for j in perm[pos : pos + m]:
             kinds_all[j] = kind
         pos += m
     del perm
@@ -251,33 +302,60 @@ def build(root: Path, n: int, seed: int = 42) -> dict[str, Any]:
             aids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in ks]
             created = [BASE_US + (g + i) * 1000 for i in range(len(ks))]
             t0 = time.perf_counter()
-            cols = study_rows(sid, ks, aids, created, kinds_all[g:g + len(ks)], rng, None)
+            cols = study_rows(sid, ks, aids, created, kinds_all[g : g + len(ks)], rng, None)
             t1 = time.perf_counter()
             gen_s += t1 - t0
-            for name in ("donors", "specimens", "samples", "files", "analysis_samples",
-                         "analyses", "analysis_state_history"):
+            for name in (
+                "donors",
+                "specimens",
+                "samples",
+                "files",
+                "analysis_samples",
+                "analyses",
+                "analysis_state_history",
+            ):
                 table = cols[name].table()
                 if table.num_rows:
                     write_deltalake(str(tables_dir / name), table, mode="append")
                     counts[name] = counts.get(name, 0) + table.num_rows
             write_s += time.perf_counter() - t1
             g += len(ks)
-            print(f"  {sid}: analyses {ks.start:,}-{ks.stop:,} ({g:,}/{n:,}) "
-                  f"gen {gen_s:.0f} s, write {write_s:.0f} s", flush=True)
+            print(
+                f"  {sid}: analyses {ks.start:,}-{ks.stop:,} ({g:,}/{n:,}) "
+                f"gen {gen_s:.0f} s, write {write_s:.0f} s",
+                flush=True,
+            )
 
     # one commits row recording the bulk load, exactly as TableStore._log_commit does
     from deltalake import DeltaTable
 
     current = {name: DeltaTable(str(tables_dir / name)).version() for name in DATA_TABLES}
-    record = {"committed_at": now(), "operation": "bench_bulk_load", "actor": "bench-loader",
-              "rows": sum(counts.values()), "table_versions": json.dumps(current, sort_keys=True)}
-    write_deltalake(str(tables_dir / "commits"), to_arrow("commits", [record]), mode="append",
-                    commit_properties=CommitProperties(
-                        custom_metadata={"songlake.table_versions": record["table_versions"]}))
-    meta = {"generator_version": GENERATOR_VERSION, "analyses": n, "seed": seed,
-            "layout": layout(n), "rows": counts, "generate_s": gen_s, "write_s": write_s,
-            "build_s": time.perf_counter() - t_start,
-            "disk_mb": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6}
+    record = {
+        "committed_at": now(),
+        "operation": "bench_bulk_load",
+        "actor": "bench-loader",
+        "rows": sum(counts.values()),
+        "table_versions": json.dumps(current, sort_keys=True),
+    }
+    write_deltalake(
+        str(tables_dir / "commits"),
+        to_arrow("commits", [record]),
+        mode="append",
+        commit_properties=CommitProperties(
+            custom_metadata={"songlake.table_versions": record["table_versions"]}
+        ),
+    )
+    meta = {
+        "generator_version": GENERATOR_VERSION,
+        "analyses": n,
+        "seed": seed,
+        "layout": layout(n),
+        "rows": counts,
+        "generate_s": gen_s,
+        "write_s": write_s,
+        "build_s": time.perf_counter() - t_start,
+        "disk_mb": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6,
+    }
     (root / "bench_meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -296,9 +374,17 @@ def verify(n: int = 60) -> None:
         bulk_cat = Catalog(load_settings(bulk))
         for sid, count in layout(n):
             api.create_study({"studyId": sid, "name": f"benchmark study {sid}"})
-            aids = [r[0] for r in sorted(
-                ((a, rec.created_at) for a, rec in bulk_cat.model.analyses.items()
-                 if rec.study_id == sid), key=lambda x: x[1])]
+            aids = [
+                r[0]
+                for r in sorted(
+                    (
+                        (a, rec.created_at)
+                        for a, rec in bulk_cat.model.analyses.items()
+                        if rec.study_id == sid
+                    ),
+                    key=lambda x: x[1],
+                )
+            ]
             items = [SubmitItem(payload(sid, k), sid, analysis_id=aids[k]) for k in range(count)]
             res = api.submit_batch(items)
             bad = [r.error for r in res if not r.ok]
@@ -310,16 +396,26 @@ def verify(n: int = 60) -> None:
             b = sorted(tuple(r[c] for c in cols) for r in bulk_cat.tables.read(name).to_pylist())
             assert a == b, f"table {name} differs: {set(a) ^ set(b)}"
             print(f"  verify: {name}: {len(a)} rows identical (ignoring created_at)")
-        volatile = {"createdAt", "updatedAt", "firstPublishedAt", "publishedAt",
-                    "analysisStateHistory", "analysisState"}
+        volatile = {
+            "createdAt",
+            "updatedAt",
+            "firstPublishedAt",
+            "publishedAt",
+            "analysisStateHistory",
+            "analysisState",
+        }
         for aid, rec in bulk_cat.model.analyses.items():
-            da = {k: v for k, v in api.get_analysis(rec.study_id, aid).items()
-                  if k not in volatile}
-            db = {k: v for k, v in bulk_cat.get_analysis(rec.study_id, aid).items()
-                  if k not in volatile}
+            da = {k: v for k, v in api.get_analysis(rec.study_id, aid).items() if k not in volatile}
+            db = {
+                k: v
+                for k, v in bulk_cat.get_analysis(rec.study_id, aid).items()
+                if k not in volatile
+            }
             assert da == db, (aid, da, db)
-        print(f"  verify: {len(bulk_cat.model.analyses)} documents identical (ignoring times, "
-              "state and history)")
+        print(
+            f"  verify: {len(bulk_cat.model.analyses)} documents identical (ignoring times, "
+            "state and history)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -345,17 +441,28 @@ def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict
         "open_s": t_open.seconds,
         "open_cpu_s": time.process_time() - cpu0,
         "loadavg_after_open": os.getloadavg(),
-        "rss_mb": {"start": rss_start, "after_imports": rss_imports,
-                   "after_open": current_rss_mb(), "peak_after_open": peak_rss_mb()},
+        "rss_mb": {
+            "start": rss_start,
+            "after_imports": rss_imports,
+            "after_open": current_rss_mb(),
+            "peak_after_open": peak_rss_mb(),
+        },
     }
     m = cat.model
     rng = random.Random(seed)
-    out["counts"] = {"analyses": len(m.analyses), "donors": len(m.donors),
-                     "specimens": len(m.specimens), "samples": len(m.samples),
-                     "files": len(m.files), "pending_rows": m.pending_rows,
-                     "by_state": {s: cat.count_analyses(BIG, [s]) for s in ALL_STATES}}
-    print(f"opened in {t_open.seconds:.1f} s (CPU {out['open_cpu_s']:.1f} s): {out['counts']}",
-          flush=True)
+    out["counts"] = {
+        "analyses": len(m.analyses),
+        "donors": len(m.donors),
+        "specimens": len(m.specimens),
+        "samples": len(m.samples),
+        "files": len(m.files),
+        "pending_rows": m.pending_rows,
+        "by_state": {s: cat.count_analyses(BIG, [s]) for s in ALL_STATES},
+    }
+    print(
+        f"opened in {t_open.seconds:.1f} s (CPU {out['open_cpu_s']:.1f} s): {out['counts']}",
+        flush=True,
+    )
     results: dict[str, Any] = {}
 
     def timed(label: str, calls: list, **extra: Any) -> Any:
@@ -370,16 +477,22 @@ def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict
             cpu.append(time.thread_time() - c0)
         stats = summarize_ms(wall)
         cpu_stats = summarize_ms(cpu)
-        results[label] = {**stats, "cpu_p50_ms": cpu_stats["p50_ms"],
-                          "cpu_p99_ms": cpu_stats["p99_ms"], **extra}
+        results[label] = {
+            **stats,
+            "cpu_p50_ms": cpu_stats["p50_ms"],
+            "cpu_p99_ms": cpu_stats["p99_ms"],
+            **extra,
+        }
         return result
 
     # GET one analysis by id (random ids over all studies)
     ids = rng.sample(list(m.analyses), min(reps_point, len(m.analyses)))
     doc = cat.get_analysis(m.analyses[ids[0]].study_id, ids[0])
     out["doc_bytes"] = len(json.dumps(doc, separators=(",", ":")))
-    timed("get_analysis", [
-        (lambda a=a, s=m.analyses[a].study_id: cat.get_analysis(s, a)) for a in ids])
+    timed(
+        "get_analysis",
+        [(lambda a=a, s=m.analyses[a].study_id: cat.get_analysis(s, a)) for a in ids],
+    )
 
     # id search by submitterDonorId: a 5-digit prefix 'Dnnnnn' = 100 donors = 500 analyses
     big_donors = sum(1 for d in m.donors.values() if d[1] == BIG)
@@ -389,33 +502,50 @@ def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict
     results["search_first_call_ms"] = t_first.seconds * 1000
     patterns = [f"D{rng.randrange(groups):05d}" for _ in range(reps_other)]
     hits: list[int] = []
-    timed("search_ids", [
-        (lambda p=p: hits.append(len(cat.search_ids(BIG, submitterDonorId=p))))
-        for p in patterns])
+    timed(
+        "search_ids",
+        [(lambda p=p: hits.append(len(cat.search_ids(BIG, submitterDonorId=p)))) for p in patterns],
+    )
     results["search_ids"].update(hits_mean=sum(hits) / len(hits), first_hits=len(first))
-    timed("search_ids_plus_docs", [
-        (lambda p=p: [cat.get_analysis(BIG, a) for a in cat.search_ids(BIG, submitterDonorId=p)])
-        for p in patterns])
+    timed(
+        "search_ids_plus_docs",
+        [
+            (
+                lambda p=p: [
+                    cat.get_analysis(BIG, a) for a in cat.search_ids(BIG, submitterDonorId=p)
+                ]
+            )
+            for p in patterns
+        ],
+    )
 
     # counts
     reps_count = max(reps_other, 200)
-    value = timed("count_published",
-                  [lambda: cat.count_analyses(BIG, ["PUBLISHED"])] * reps_count)
+    value = timed("count_published", [lambda: cat.count_analyses(BIG, ["PUBLISHED"])] * reps_count)
     results["count_published"]["value"] = value
     value = timed("count_all_states", [lambda: cat.count_analyses(BIG, ALL_STATES)] * reps_count)
     results["count_all_states"]["value"] = value
 
     # deep pages (offset 500,000, or the last page when fewer analyses are in those states)
-    for label, states in (("page_3_states", ALL_STATES), ("page_1_state", ["PUBLISHED"]),
-                          ("page_2_states", ["PUBLISHED", "UNPUBLISHED"])):
+    for label, states in (
+        ("page_3_states", ALL_STATES),
+        ("page_1_state", ["PUBLISHED"]),
+        ("page_2_states", ["PUBLISHED", "UNPUBLISHED"]),
+    ):
         total = cat.count_analyses(BIG, states)
         offset = min(500_000, max(0, total - 100))
-        page = timed(label, [
-            (lambda st=states, o=offset: cat.page_analyses(BIG, st, limit=100, offset=o))
-        ] * reps_other, offset=offset, total=total)
+        page = timed(
+            label,
+            [(lambda st=states, o=offset: cat.page_analyses(BIG, st, limit=100, offset=o))]
+            * reps_other,
+            offset=offset,
+            total=total,
+        )
         results[label]["returned"] = page["currentTotalAnalyses"]
-        timed(label + "_ids_only", [
-            (lambda st=states, o=offset: m.page_ids(BIG, st, o, 100))] * reps_other)
+        timed(
+            label + "_ids_only",
+            [(lambda st=states, o=offset: m.page_ids(BIG, st, o, 100))] * reps_other,
+        )
         results[label]["ids_only_p50_ms"] = results.pop(label + "_ids_only")["p50_ms"]
 
     out["results"] = results
@@ -434,34 +564,63 @@ def report(meta: dict[str, Any], res: dict[str, Any]) -> str:
     def row(label: str, key: str, target: float | None, extra: str = "") -> list[str]:
         p50, p99 = r[key]["p50_ms"], r[key]["p99_ms"]
         ok = "" if target is None else ("yes" if p50 <= target else "NO")
-        return [label, f"{p50:.3f}", f"{p99:.3f}", f"{r[key]['cpu_p50_ms']:.3f}",
-                f"<= {target:g}" if target else "", ok, f"n={r[key]['n']} {extra}".strip()]
+        return [
+            label,
+            f"{p50:.3f}",
+            f"{p99:.3f}",
+            f"{r[key]['cpu_p50_ms']:.3f}",
+            f"<= {target:g}" if target else "",
+            ok,
+            f"n={r[key]['n']} {extra}".strip(),
+        ]
 
     rows = [
-        row("GET analysis by id", "get_analysis", TARGETS_MS["get_analysis"],
-            f"doc {res['doc_bytes']} B"),
-        row("search submitterDonorId (ids)", "search_ids", TARGETS_MS["search_ids"],
+        row(
+            "GET analysis by id",
+            "get_analysis",
+            TARGETS_MS["get_analysis"],
+            f"doc {res['doc_bytes']} B",
+        ),
+        row(
+            "search submitterDonorId (ids)",
+            "search_ids",
+            TARGETS_MS["search_ids"],
             f"{r['search_ids']['hits_mean']:.0f} hits; first call "
-            f"{r['search_first_call_ms']:.0f} ms"),
+            f"{r['search_first_call_ms']:.0f} ms",
+        ),
         row("search + build the documents", "search_ids_plus_docs", None),
-        row("count PUBLISHED in big study", "count_published", TARGETS_MS["count"],
-            f"= {r['count_published']['value']:,}"),
+        row(
+            "count PUBLISHED in big study",
+            "count_published",
+            TARGETS_MS["count"],
+            f"= {r['count_published']['value']:,}",
+        ),
         row("count all states in big study", "count_all_states", TARGETS_MS["count"]),
     ]
-    for key, label in (("page_3_states", "page 100, 3 states"),
-                       ("page_1_state", "page 100, PUBLISHED"),
-                       ("page_2_states", "page 100, PUBL+UNPUBL")):
-        rows.append(row(f"{label} @ {r[key]['offset']:,}", key, TARGETS_MS["page"],
-                        f"of {r[key]['total']:,}; ids only {r[key]['ids_only_p50_ms']:.3f} ms"))
+    for key, label in (
+        ("page_3_states", "page 100, 3 states"),
+        ("page_1_state", "page 100, PUBLISHED"),
+        ("page_2_states", "page 100, PUBL+UNPUBL"),
+    ):
+        rows.append(
+            row(
+                f"{label} @ {r[key]['offset']:,}",
+                key,
+                TARGETS_MS["page"],
+                f"of {r[key]['total']:,}; ids only {r[key]['ids_only_p50_ms']:.3f} ms",
+            )
+        )
     table = fmt_table(rows, ["figure", "p50 ms", "p99 ms", "cpu p50", "target", "ok", "notes"])
     rss = res["rss_mb"]
-    return (f"{table}\n\nopen (read-model load): {res['open_s']:.1f} s (CPU "
-            f"{res['open_cpu_s']:.1f} s); RSS after open "
-            f"{rss['after_open']:,.0f} MB (imports alone {rss['after_imports']:,.0f} MB); peak RSS "
-            f"{rss['peak_end']:,.0f} MB\ncatalog: {meta['analyses']:,} analyses, rows "
-            f"{meta['rows']}, {meta['disk_mb']:,.0f} MB on disk\nload average (1 min) after "
-            f"open {res['loadavg_after_open'][0]:.2f}, at the end {res['loadavg_end'][0]:.2f} "
-            f"on {os.cpu_count()} cores")
+    return (
+        f"{table}\n\nopen (read-model load): {res['open_s']:.1f} s (CPU "
+        f"{res['open_cpu_s']:.1f} s); RSS after open "
+        f"{rss['after_open']:,.0f} MB (imports alone {rss['after_imports']:,.0f} MB); peak RSS "
+        f"{rss['peak_end']:,.0f} MB\ncatalog: {meta['analyses']:,} analyses, rows "
+        f"{meta['rows']}, {meta['disk_mb']:,.0f} MB on disk\nload average (1 min) after "
+        f"open {res['loadavg_after_open'][0]:.2f}, at the end {res['loadavg_end'][0]:.2f} "
+        f"on {os.cpu_count()} cores"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,8 +630,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="rebuild even if --reuse DIR matches")
     ap.add_argument("--reps-point", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=50, help="repetitions of search/count/page")
-    ap.add_argument("--verify", action="store_true",
-                    help="check the bulk rows against Catalog.submit_batch on a small catalog")
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the bulk rows against Catalog.submit_batch on a small catalog",
+    )
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--measure-only", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--name", help="results file name (default readmodel-<N>)")
@@ -489,19 +651,33 @@ def main(argv: list[str] | None = None) -> int:
     root = args.reuse or DATA_DIR / f"readmodel-{args.analyses}"
     meta_path = root / "bench_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    if (args.rebuild or meta is None or meta.get("analyses") != args.analyses
-            or meta.get("generator_version") != GENERATOR_VERSION):
+    if (
+        args.rebuild
+        or meta is None
+        or meta.get("analyses") != args.analyses
+        or meta.get("generator_version") != GENERATOR_VERSION
+    ):
         print(f"building a catalog of {args.analyses:,} analyses in {root}", flush=True)
         meta = build(root, args.analyses)
-        print(f"built in {meta['build_s']:.0f} s (rows {meta['rows']}), "
-              f"{meta['disk_mb']:,.0f} MB", flush=True)
+        print(
+            f"built in {meta['build_s']:.0f} s (rows {meta['rows']}), {meta['disk_mb']:,.0f} MB",
+            flush=True,
+        )
     else:
         print(f"reusing {root} ({meta['analyses']:,} analyses)", flush=True)
     if args.build_only:
         return 0
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-only", str(root),
-           "--reps-point", str(args.reps_point), "--reps", str(args.reps)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure-only",
+        str(root),
+        "--reps-point",
+        str(args.reps_point),
+        "--reps",
+        str(args.reps),
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     lines = proc.stdout.splitlines()
     for line in lines:
@@ -511,13 +687,20 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode != 0 or not found:
         print(f"measurement subprocess failed (exit {proc.returncode})", file=sys.stderr)
         return 1
-    res = json.loads(found[-1][len("RESULT "):])
+    res = json.loads(found[-1][len("RESULT ") :])
     text = report(meta, res)
     print()
     print(text)
-    path = write_result(args.name or f"readmodel-{args.analyses}",
-                        {"benchmark": "readmodel", "machine": machine(), "catalog": meta,
-                         "targets_ms": TARGETS_MS, **res})
+    path = write_result(
+        args.name or f"readmodel-{args.analyses}",
+        {
+            "benchmark": "readmodel",
+            "machine": machine(),
+            "catalog": meta,
+            "targets_ms": TARGETS_MS,
+            **res,
+        },
+    )
     print(f"results: {path}")
     return 0
 

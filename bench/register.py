@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="payloads per submit_batch call")
     ap.add_argument("--root", type=Path, help="catalog root (default: a fresh temp dir)")
     ap.add_argument("--study", default="BENCH1")
-    ap.add_argument("--dicts", action="store_true",
-                    help="pass payloads as dicts instead of JSON bytes (skips json parsing)")
+    ap.add_argument(
+        "--dicts",
+        action="store_true",
+        help="pass payloads as dicts instead of JSON bytes (skips json parsing)",
+    )
     ap.add_argument("--profile", type=Path, help="write a cProfile of the submit calls here")
     ap.add_argument("--name", default="register", help="results file name (bench/results/)")
     args = ap.parse_args(argv)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_total = 0.0
         t_all = time.perf_counter()
         for start in range(0, args.n, args.batch):
-            items = [SubmitItem(p, args.study) for p in payloads[start:start + args.batch]]
+            items = [SubmitItem(p, args.study) for p in payloads[start : start + args.batch]]
             t0 = time.perf_counter()
             c0 = time.process_time()
             if prof:
@@ -93,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
             failures += len(bad)
             if bad and first_error is None:
                 first_error = f"{bad[0].error.error_id}: {bad[0].error}"
-            batches.append({"index": len(batches), "size": len(items), "seconds": dt,
-                            "cpu_seconds": cpu, "per_s": len(items) / dt})
-            print(f"  batch {len(batches):4d}: {len(items):5d} in {dt * 1000:7.1f} ms "
-                  f"= {len(items) / dt:7.0f}/s  cpu {cpu * 1000:7.1f} ms  (failed {len(bad)})",
-                  flush=True)
+            batches.append(
+                {
+                    "index": len(batches),
+                    "size": len(items),
+                    "seconds": dt,
+                    "cpu_seconds": cpu,
+                    "per_s": len(items) / dt,
+                }
+            )
+            print(
+                f"  batch {len(batches):4d}: {len(items):5d} in {dt * 1000:7.1f} ms "
+                f"= {len(items) / dt:7.0f}/s  cpu {cpu * 1000:7.1f} ms  (failed {len(bad)})",
+                flush=True,
+            )
         total = time.perf_counter() - t_all
         if prof:
             prof.dump_stats(str(args.profile))
@@ -107,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         res = {
             "benchmark": "register",
             "machine": machine(),
-            "params": {"n": args.n, "batch": args.batch, "payload": "variantCall, 2 samples, "
-                       "2 files", "as": "dict" if args.dicts else "json bytes",
-                       "mean_payload_bytes": sum(sizes) / len(sizes)},
+            "params": {
+                "n": args.n,
+                "batch": args.batch,
+                "payload": "variantCall, 2 samples, 2 files",
+                "as": "dict" if args.dicts else "json bytes",
+                "mean_payload_bytes": sum(sizes) / len(sizes),
+            },
             "registered": args.n - failures,
             "failures": failures,
             "first_error": first_error,
@@ -129,18 +145,29 @@ def main(argv: list[str] | None = None) -> int:
         }
         path = write_result(args.name, res)
         print()
-        print(fmt_table([
-            ["overall", f"{overall:,.0f}/s", f">= {TARGET:,.0f}/s",
-             "yes" if overall >= TARGET else "NO"],
-            ["per CPU-second", f"{(args.n - failures) / cpu_total:,.0f}/s", "", ""],
-            ["first batch", f"{rates[0]:,.0f}/s", "", ""],
-            ["last batch", f"{rates[-1]:,.0f}/s", "", ""],
-            ["median batch", f"{percentile(rates, 50):,.0f}/s", "", ""],
-            ["slowest batch", f"{min(rates):,.0f}/s", "", ""],
-        ], ["figure", "measured", "target", "ok"]))
-        print(f"\n{args.n - failures:,} registered ({failures} failed) in {total:.1f} s; "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB; CPU {cpu_total:.1f} s (process, all "
-              f"threads); load average now {os.getloadavg()[0]:.2f}")
+        print(
+            fmt_table(
+                [
+                    [
+                        "overall",
+                        f"{overall:,.0f}/s",
+                        f">= {TARGET:,.0f}/s",
+                        "yes" if overall >= TARGET else "NO",
+                    ],
+                    ["per CPU-second", f"{(args.n - failures) / cpu_total:,.0f}/s", "", ""],
+                    ["first batch", f"{rates[0]:,.0f}/s", "", ""],
+                    ["last batch", f"{rates[-1]:,.0f}/s", "", ""],
+                    ["median batch", f"{percentile(rates, 50):,.0f}/s", "", ""],
+                    ["slowest batch", f"{min(rates):,.0f}/s", "", ""],
+                ],
+                ["figure", "measured", "target", "ok"],
+            )
+        )
+        print(
+            f"\n{args.n - failures:,} registered ({failures} failed) in {total:.1f} s; "
+            f"peak RSS {res['peak_rss_mb']:.0f} MB; CPU {cpu_total:.1f} s (process, all "
+            f"threads); load average now {os.getloadavg()[0]:.2f}"
+        )
         if first_error:
             print(f"first error: {first_error}")
         print(f"results: {path}")

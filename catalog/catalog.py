@@ -430,12 +430,10 @@ class Catalog:
         with m.lock:
             if donor_sets:
                 donors = set.intersection(*donor_sets)
-                specimen_sets.append(
-                    {p for d in donors for p in m.donor_specimens.get(d, ())})
+                specimen_sets.append({p for d in donors for p in m.donor_specimens.get(d, ())})
             if specimen_sets:
                 specimens = set.intersection(*specimen_sets)
-                sample_sets.append(
-                    {s for p in specimens for s in m.specimen_samples.get(p, ())})
+                sample_sets.append({s for p in specimens for s in m.specimen_samples.get(p, ())})
             if sample_sets:
                 samples = set.intersection(*sample_sets)
                 analyses = {a for s in samples for a in m.sample_analyses.get(s, ())}

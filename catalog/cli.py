@@ -300,9 +300,7 @@ def status(c: Context, as_json: bool, limit: int) -> None:
         echo_table(["at", "errorId", "sidecar", "message"], rows)
     if r.pending:
         click.echo("\nwaiting for files:")
-        rows = [
-            (p["since"], short(p["path"], 50), "; ".join(p["waitingFor"])) for p in r.pending
-        ]
+        rows = [(p["since"], short(p["path"], 50), "; ".join(p["waitingFor"])) for p in r.pending]
         echo_table(["since", "sidecar", "waiting for"], rows)
 
 
@@ -820,8 +818,9 @@ def _bars(quiet: bool, total: int) -> tuple[Any, Any]:
 
 def _print_findings(findings: list[Any], limit: int) -> None:
     for f in findings[:limit]:
-        click.echo(f"  {f.kind}: {f.object_id} ({f.study_id}/{f.analysis_id}, {f.state}): "
-                   f"{f.message}")
+        click.echo(
+            f"  {f.kind}: {f.object_id} ({f.study_id}/{f.analysis_id}, {f.state}): {f.message}"
+        )
     if len(findings) > limit:
         click.echo(f"  ... and {len(findings) - limit} more (--json lists them all)")
 
@@ -851,15 +850,18 @@ def storage_verify(
         echo_json(report.to_dict())
     else:
         summary = report.to_dict()
-        click.echo(f"{report.store}: {report.checked} registered file(s) checked, "
-                   f"{summary['ok']} ok" + (f", {report.rehashed_bytes} bytes rehashed"
-                                            if rehash else ""))
+        click.echo(
+            f"{report.store}: {report.checked} registered file(s) checked, "
+            f"{summary['ok']} ok" + (f", {report.rehashed_bytes} bytes rehashed" if rehash else "")
+        )
         for kind, n in report.counts().items():
             click.echo(f"  {n} {kind}")
         _print_findings(report.findings, 20)
         if report.unregistered:
-            click.echo(f"note: {len(report.unregistered)} object(s) in storage are not registered "
-                       f"(e.g. {report.unregistered[0]})")
+            click.echo(
+                f"note: {len(report.unregistered)} object(s) in storage are not registered "
+                f"(e.g. {report.unregistered[0]})"
+            )
     if not report.ok:
         raise click.exceptions.Exit(1)
 
@@ -892,8 +894,10 @@ def storage_sync(c: Context, study_id: str | None, as_json: bool, quiet: bool) -
     if as_json:
         echo_json(report.to_dict())
     else:
-        click.echo(f"{report.store}: {report.checked} registered file(s) checked, "
-                   f"{len(report.uploaded)} uploaded, {len(report.failed)} failed")
+        click.echo(
+            f"{report.store}: {report.checked} registered file(s) checked, "
+            f"{len(report.uploaded)} uploaded, {len(report.failed)} failed"
+        )
         _print_findings(report.failed, 20)
     if not report.ok:
         raise click.exceptions.Exit(1)

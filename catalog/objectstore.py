@@ -8,7 +8,8 @@
       spec(id) -> ObjectSpec | None     the parsed .meta
       open_range(id, offset, length)    binary file-like over a byte range of the blob
       delete(id), ping(), describe(), list_object_ids()
-    LocalObjectStore(root)              <root>/data/<id>, <root>/data/<id>.meta, data/heliograph
+    LocalObjectStore(root, part_md5=False)
+                                        <root>/data/<id>, <root>/data/<id>.meta, data/heliograph
     verify_for_publish(store, analysis_id, files, *, ignore_undefined_md5)
                                         Song's publish-time storage checks, in Song's order
     ObjectSpec / Part                   Score's ObjectSpecification JSON (to_json / from_json)
@@ -44,6 +45,7 @@ MAX_PARTS = 10_000
 BUFFER_SIZE = MIB
 COPY_BUFFER_SIZE = 4 * MIB
 COPY_RING = 4  # buffers in flight through the copy pipeline
+WRITEBACK_EVERY = 32 * MIB  # a large copy asks the kernel to start writing back this often
 DATA_DIR = "data"
 SENTINEL = "heliograph"
 SENTINEL_CONTENT = b"songlake sentinel\n"
@@ -187,15 +189,18 @@ def copy_with_hashes(
     write: Callable[[memoryview], object] | None = None,
     *,
     part_size: int = DEFAULT_PART_SIZE,
+    part_md5: bool = True,
 ) -> tuple[str, list[Part]]:
     """Read ``src`` once: pass each chunk to ``write`` and hash it (whole md5 + per-part sourceMd5).
 
     ``size`` (from stat) fixes the part plan; a source that turns out longer or shorter raises
     StorageCheckFailed (mismatching.storage.object.sizes). Returns (md5 hex, parts with sourceMd5).
+    Without ``part_md5`` the parts of a multi-part plan carry no sourceMd5 (one md5 per byte, not
+    two; Score's clients skip the per-part check then, score-storage.md §1.3 and §3.3).
     """
     plan = part_plan(size, part_size)
     whole = _md5()
-    parts = PartHasher(plan) if len(plan) > 1 else None
+    parts = PartHasher(plan) if len(plan) > 1 and part_md5 else None
     stages: list[Callable[[memoryview], object]] = [whole.update]
     if parts is not None:
         stages.append(parts.update)
@@ -217,9 +222,9 @@ def copy_with_hashes(
             error_id="mismatching.storage.object.sizes",
         )
     digest = whole.hexdigest()
-    if parts is None:  # zero or one part: the part's md5 is the file's
+    if len(plan) <= 1:  # zero or one part: the part's md5 is the file's
         return digest, [replace(p, source_md5=digest) for p in plan]
-    return digest, parts.done
+    return digest, parts.done if parts is not None else plan
 
 
 def _pipeline(src: BinaryIO, stages: list[Callable[[memoryview], object]]) -> int:
@@ -433,7 +438,7 @@ def open_store(settings: Any) -> ObjectStore:
     """The object store the settings name: ``local`` (<root>/objects) or ``s3`` (boto3)."""
     kind = settings.object_store
     if kind == "local":
-        return LocalObjectStore(settings.objects_dir)
+        return LocalObjectStore(settings.objects_dir, part_md5=settings.local_part_md5)
     if kind == "s3":
         from .s3store import S3ObjectStore  # boto3 is imported only when S3 is configured
 
@@ -479,6 +484,32 @@ def range_end(object_id: str, spec: ObjectSpec | None, offset: int, length: int)
     return end
 
 
+class _WritebackWriter:
+    """Writes a large copy and asks the kernel to write it back as it goes.
+
+    Left alone, the kernel keeps gigabytes dirty in the page cache and the final fsync then writes
+    them all while nothing else happens; starting writeback every ``WRITEBACK_EVERY`` bytes
+    overlaps the disk with the hashing, so the fsync finds little left to do. (On Linux,
+    POSIX_FADV_DONTNEED starts writeback of the dirty range and drops the stored copy's clean
+    pages, which nobody reads back soon.) A hint only: the fsync after the copy is what counts.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._fd = out.fileno()
+        self._written = self._hinted = 0
+
+    def __call__(self, chunk: memoryview) -> None:
+        self._out.write(chunk)
+        self._written += len(chunk)
+        if self._written - self._hinted >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            self._out.flush()
+            os.posix_fadvise(
+                self._fd, self._hinted, self._written - self._hinted, os.POSIX_FADV_DONTNEED
+            )
+            self._hinted = self._written
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return
@@ -492,9 +523,16 @@ def _fsync_dir(path: Path) -> None:
 class LocalObjectStore(ObjectStore):
     """Score's layout on a local file system: ``<root>/data/<id>`` and ``<root>/data/<id>.meta``."""
 
-    def __init__(self, root: str | os.PathLike[str], *, part_size: int = DEFAULT_PART_SIZE) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        part_md5: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.part_size = part_size
+        self.part_md5 = part_md5
         self._data = self.root / DATA_DIR
         self._data.mkdir(parents=True, exist_ok=True)
         sentinel = self._data / SENTINEL
@@ -551,8 +589,11 @@ class LocalObjectStore(ObjectStore):
         placed = False
         try:
             with open(tmp, "xb") as out:
+                write = _WritebackWriter(out) if size > WRITEBACK_EVERY else out.write
                 try:
-                    md5, parts = copy_with_hashes(src, size, out.write, part_size=self.part_size)
+                    md5, parts = copy_with_hashes(
+                        src, size, write, part_size=self.part_size, part_md5=self.part_md5
+                    )
                 except StorageCheckFailed as exc:
                     exc.context.update(ctx)
                     raise

@@ -140,8 +140,15 @@ class AnalysisRecord:
         self.object_ids: list[str] = []
 
     @classmethod
-    def from_values(cls, analysis_id: str, study_id: str, type_name: str, type_version: int,
-                    data: str, created_at: datetime) -> AnalysisRecord:
+    def from_values(
+        cls,
+        analysis_id: str,
+        study_id: str,
+        type_name: str,
+        type_version: int,
+        data: str,
+        created_at: datetime,
+    ) -> AnalysisRecord:
         rec = cls.__new__(cls)
         rec.analysis_id = analysis_id
         rec.study_id = study_id
@@ -431,8 +438,9 @@ class ReadModel:
 
     def _add_search_table(self, name: str, table: pa.Table) -> None:
         cols = self._SEARCH_COLUMNS[name]
-        self._search_chunks[name].append(table.select(list(cols)).cast(
-            pa.schema([(c, pa.string()) for c in cols])))
+        self._search_chunks[name].append(
+            table.select(list(cols)).cast(pa.schema([(c, pa.string()) for c in cols]))
+        )
 
     def _add_search_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
         cols = self._SEARCH_COLUMNS[name]

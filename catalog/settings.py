@@ -41,6 +41,13 @@ class Settings:
     )
     song_server_id: str = field(default="song.overture", metadata={"help": "Song server id"})
     object_store: str = field(default="local", metadata={"help": "object store: local or s3"})
+    local_part_md5: bool = field(
+        default=False,
+        metadata={
+            "help": "local store: record each part's sourceMd5 in .meta (a second md5 of every "
+            "byte; Score and score-client skip the per-part check when it is absent)"
+        },
+    )
     # -- S3 object store (object_store = "s3"; catalog/s3store.py). Credentials come from the
     # standard AWS chain: AWS_* variables, the shared config/credentials files (s3_profile), roles.
     s3_endpoint_url: str = field(
@@ -159,8 +166,16 @@ class Settings:
     watch_hash_threads: int = field(
         default=2, metadata={"help": "threads hashing data files (md5 releases the GIL)"}
     )
+    watch_upload_processes: int = field(
+        default=2,
+        metadata={
+            "help": "worker processes copying files into object storage (0: threads of the "
+            "watcher process; see watcher/uploadpool.py)"
+        },
+    )
     watch_upload_threads: int = field(
-        default=8, metadata={"help": "threads copying files into object storage"}
+        default=4,
+        metadata={"help": "upload threads per upload process (fsyncs and S3 calls overlap)"},
     )
     watch_stage_min_bytes: int = field(
         default=64 * 1024 * 1024,

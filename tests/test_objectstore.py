@@ -158,7 +158,8 @@ def test_part_plan_huge_file_stays_within_10000_parts() -> None:
         offset += part.part_size
 
 
-def test_multi_part_file_source_md5_per_range(store: LocalObjectStore, tmp_path: Path) -> None:
+def test_multi_part_file_source_md5_per_range(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "objects", part_md5=True)
     data = b"".join(os.urandom(MIB) for _ in range(45)) + b"tail"
     src = make_file(tmp_path, data)
     object_id = oid()
@@ -174,6 +175,28 @@ def test_multi_part_file_source_md5_per_range(store: LocalObjectStore, tmp_path:
     for part in spec.parts:
         assert part.source_md5 == md5(data[part.offset : part.offset + part.part_size])
     assert md5_file(data_dir(store) / object_id) == (md5(data), len(data))
+
+
+def test_multi_part_file_without_part_md5_by_default(
+    store: LocalObjectStore, tmp_path: Path
+) -> None:
+    """One md5 per byte: the parts carry no sourceMd5 (omitted from the .meta, as Score omits a
+    null one) and the whole-object md5 is still checked and recorded."""
+    data = os.urandom(45 * MIB) + b"tail"
+    src = make_file(tmp_path, data)
+    object_id = oid()
+    spec = store.put_file(object_id, src, expected_md5=md5(data), expected_size=len(data))
+
+    assert [p.source_md5 for p in spec.parts] == [None, None, None]
+    meta = json.loads((data_dir(store) / f"{object_id}.meta").read_text())
+    assert meta["objectMd5"] == md5(data)
+    assert [sorted(p) for p in meta["parts"]] == [
+        ["md5", "offset", "partNumber", "partSize", "url"]
+    ] * 3
+    assert md5_file(data_dir(store) / object_id) == (md5(data), len(data))
+    with pytest.raises(StorageCheckFailed) as err:
+        store.put_file(oid(), src, expected_md5="0" * 32, expected_size=len(data))
+    assert err.value.error_id == "mismatching.storage.object.checksums"
 
 
 def test_md5_file(tmp_path: Path) -> None:

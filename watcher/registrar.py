@@ -62,7 +62,7 @@ class Registrar(threading.Thread):
         writer: OutcomeWriter,
         *,
         post: Post,
-        upload: Callable[[UploadJob], None],
+        upload: Callable[[list[UploadJob]], None],
         stage: Callable[[Verdict], None],
     ) -> None:
         super().__init__(name="songlake-registrar", daemon=True)
@@ -71,7 +71,8 @@ class Registrar(threading.Thread):
         self.settings = settings
         self.writer = writer
         self.post = post
-        self.upload = upload
+        self.upload = upload  # called once per batch with the batch's upload jobs
+        self._jobs: list[UploadJob] = []
         self.stage = stage
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.batches = 0
@@ -79,6 +80,7 @@ class Registrar(threading.Thread):
         self._written: dict[str, tuple[str, str | None, int | None]] = {}
         self._ledger_seen = 0.0
         self._studies_lock = threading.Lock()
+        self._stale: set[str] = set()  # receipts written with a state that is no longer current
         self._waiting_for_study: dict[str, set[str]] = {}
         self._next_refresh = 0.0
         self._last_refresh = 0.0  # the last receipt refresh pass
@@ -138,8 +140,14 @@ class Registrar(threading.Thread):
             self._process(batch)
         except Exception as exc:  # noqa: BLE001 - commit conflicts, disk full: retry later
             log.exception("registration batch of %d failed; retrying", len(batch))
+            queued = {job.path for job in self._jobs}
             for v in batch:
-                self.post(("retry", v.path, 2.0, repr(exc)))
+                if v.path not in queued:
+                    self.post(("retry", v.path, 2.0, repr(exc)))
+        finally:
+            jobs, self._jobs = self._jobs, []
+            if jobs:
+                self.upload(jobs)
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -253,7 +261,7 @@ class Registrar(threading.Thread):
                 "studyId": summary["studyId"],
             },
         )
-        self.upload(UploadJob(v.path, v.folder, v.sha256, summary, uploads))
+        self._jobs.append(UploadJob(v.path, v.folder, v.sha256, summary, uploads))
 
     def _reject(self, v: Verdict, err: SonglakeError) -> None:
         message = err.message
@@ -418,17 +426,25 @@ class Registrar(threading.Thread):
                 row.path, (row.analysis_id, row.receipt_state, row.receipt_version)
             )
 
+    def receipt_stale(self, path: str) -> None:
+        """An upload wrote this receipt with an older state (any thread): rewrite it soon."""
+        with self._studies_lock:
+            self._stale.add(path)
+
     def _refresh_pass(self) -> None:
         """Rewrite receipts whose analysis changed; retry sidecars whose study now exists."""
         self.catalog.refresh()
         for row in self.ledger.receipts_since(self._ledger_seen):
             self._remember(row)
         analyses = self.catalog.model.analyses
-        stale = []
+        with self._studies_lock:
+            marked, self._stale = self._stale, set()
+        stale = [(path, self._written[path][0]) for path in marked if path in self._written]
         for path, (aid, state, version) in self._written.items():
             rec = analyses.get(aid)
             if rec is not None and (rec.state != state or rec.version != version):
-                stale.append((path, aid))
+                if path not in marked:
+                    stale.append((path, aid))
         for path, aid in stale:
             self._rewrite_receipt(path, aid)
         with self._studies_lock:

@@ -43,7 +43,8 @@ from .readiness import Rules, Verdict
 from .receipts import OutcomeWriter
 from .registrar import Registrar, staged_object_ids
 from .scanner import sidecars
-from .uploader import Uploader, UploadJob
+from .uploader import UploadJob, UploadResult
+from .uploadpool import UploadPool, make_uploader
 
 log = logging.getLogger("songlake.watcher")
 
@@ -110,15 +111,8 @@ class Watcher:
         self.rules = Rules.from_settings(s)
         self.writer = OutcomeWriter(s.state_dir / "tmp")
         self.cache = HashCache()
-        archive = s.watch_archive_dir or str(s.root / "archive")
-        self.uploader = Uploader(  # first: it checks the settings
-            catalog.store,
-            self.writer,
-            self.cache,
-            after_upload=s.watch_after_upload,
-            archive_dir=os.path.realpath(archive),
-            current=self._current,
-        )
+        # first: it checks the settings
+        self.uploader = make_uploader(s, catalog.store, self.writer, self.cache, self._current)
         self.ledger = Ledger(s.state_dir / "watcher.sqlite3")
         self.cache.load(self.ledger.hashes())
         self.q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -127,7 +121,7 @@ class Watcher:
         self._handler: Any = None
         self._thread: threading.Thread | None = None
         self._hash_pool: ThreadPoolExecutor | None = None
-        self._upload_pool: ThreadPoolExecutor | None = None
+        self._upload_pool: UploadPool | None = None
         self.registrar: Registrar | None = None
         self._lock_fd: int | None = None
         self.coordinator = Coordinator(
@@ -173,9 +167,18 @@ class Watcher:
         self._hash_pool = ThreadPoolExecutor(
             s.watch_hash_threads, thread_name_prefix="songlake-hash"
         )
-        self._upload_pool = ThreadPoolExecutor(
-            s.watch_upload_threads, thread_name_prefix="songlake-upload"
-        )
+        try:
+            self._upload_pool = UploadPool(
+                s,
+                on_result=self._upload_done,
+                on_error=self._upload_failed,
+                uploader=self.uploader,
+            )
+        except BaseException:
+            self._hash_pool.shutdown(wait=False)
+            self._release_lock()
+            self.ledger.close()
+            raise
         self.registrar = Registrar(
             self.catalog,
             self.ledger,
@@ -229,9 +232,10 @@ class Watcher:
             self.q.put(STOP)
             self._thread.join()
             self._thread = None
-        for pool in (self._hash_pool, self._upload_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._hash_pool is not None:
+            self._hash_pool.shutdown(wait=True, cancel_futures=True)
+        if self._upload_pool is not None:
+            self._upload_pool.shutdown()
         self._hash_pool = self._upload_pool = None
         # record uploads that finished while stopping
         while True:
@@ -243,11 +247,14 @@ class Watcher:
                 self.coordinator.handle(msg)
         self.coordinator.flush()
         self.ledger.close()
+        self._release_lock()
+        log.info("watcher stopped", extra={"event": "stopped"})
+
+    def _release_lock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
-        log.info("watcher stopped", extra={"event": "stopped"})
 
     def __enter__(self) -> Watcher:
         return self
@@ -314,18 +321,18 @@ class Watcher:
 
     # -- pools ----------------------------------------------------------------------------------
 
-    def _submit_upload(self, job: UploadJob) -> None:
+    def _submit_upload(self, jobs: list[UploadJob]) -> None:
         assert self._upload_pool is not None
-        self._upload_pool.submit(self._upload_job, job)
+        self._upload_pool.submit(jobs)
 
-    def _upload_job(self, job: UploadJob) -> None:
-        try:
-            result = self.uploader.run(job)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("upload job for %s failed", job.path)
-            self.q.put(("retry", job.path, 5.0, repr(exc)))
-            return
+    def _upload_done(self, result: UploadResult) -> None:
+        now = self._current(result.analysis_id)
+        if now is not None and now != (result.state, result.version) and self.registrar:
+            self.registrar.receipt_stale(result.path)  # changed while the receipt was written
         self.q.put(("uploaded", result))
+
+    def _upload_failed(self, job: UploadJob, why: str) -> None:
+        self.q.put(("retry", job.path, 5.0, why))
 
     def _submit_stage(self, v: Verdict) -> None:
         assert self._hash_pool is not None
