@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 from watcher_kit import (
+    alive,
     drop,
     errors_of,
     read_json,
@@ -317,3 +319,66 @@ def test_one_watcher_per_root(catalog, start_watcher) -> None:
     start_watcher()
     with pytest.raises(WatcherBusy):
         start_watcher()
+
+
+# -- where uploads run (watcher/uploadpool.py) ----------------------------------------------------
+
+
+def test_uploads_run_in_worker_processes_by_default(
+    catalog, start_watcher, inbox, payloads
+) -> None:
+    w = start_watcher()
+    workers = w._upload_pool.pids()
+    assert len(workers) == catalog.settings.watch_upload_processes == 2
+    assert os.getpid() not in workers
+    sidecars = [
+        drop(
+            inbox,
+            f"w{i}",
+            payloads.variant_call(
+                samples=[payloads.sample(f"S{i}", f"P{i}", f"D{i}")],
+                files=[payloads.file(f"w{i}.vcf.gz")],
+            ),
+            payloads.contents,
+        )
+        for i in range(6)
+    ]
+    for sidecar in sidecars:
+        receipt = wait_receipt(sidecar)
+        spec = catalog.store.spec(receipt["files"][0]["objectId"])
+        assert spec is not None and spec.object_md5 == receipt["files"][0]["fileMd5sum"]
+
+
+def test_uploads_in_threads_when_asked(catalog, start_watcher, inbox, payloads) -> None:
+    w = start_watcher(watch_upload_processes=0)
+    assert w._upload_pool.pids() == []
+    sidecar = drop(inbox, "t", payloads.variant_call(), payloads.contents)
+    assert wait_receipt(sidecar)["files"][0]["upload"]["status"] == "uploaded"
+
+
+def test_a_killed_upload_worker_is_replaced(catalog, start_watcher, inbox, payloads) -> None:
+    w = start_watcher()
+    first = w._upload_pool.pids()
+    os.kill(first[0], signal.SIGKILL)
+    wait_for(lambda: not alive(first[0]), 10, "the worker to die")
+    sidecar = drop(inbox, "k", payloads.variant_call(), payloads.contents)
+    receipt = wait_receipt(sidecar, timeout=30)  # a failed chunk is retried after 5 s
+    assert receipt["files"][0]["upload"]["status"] == "uploaded"
+    now = w._upload_pool.pids()
+    assert len(now) == 2 and first[0] not in now
+
+
+def test_a_receipt_written_with_an_older_state_is_rewritten(
+    catalog, start_watcher, inbox, payloads
+) -> None:
+    """An upload worker writes the receipt with the state of registration time; when the state
+    changed meanwhile (a publish between registration and receipt), the receipt is rewritten."""
+    w = start_watcher()
+    sidecar = drop(inbox, "s", payloads.variant_call(), payloads.contents)
+    receipt = wait_receipt(sidecar)
+    catalog.publish("ABC123", receipt["analysisId"])
+    wait_receipt(sidecar, state="PUBLISHED")
+    stale = {**receipt, "state": "UNPUBLISHED"}  # as a slow upload worker would leave it
+    receipt_of(sidecar).write_text(json.dumps(stale))
+    w.registrar.receipt_stale(str(sidecar))
+    assert wait_receipt(sidecar, state="PUBLISHED")["analysisId"] == receipt["analysisId"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from watcher_kit import errors_of, read_json, receipt_of, wait_for
+from watcher_kit import alive, errors_of, read_json, receipt_of, wait_for
 
 from catalog import sql
 from catalog.catalog import Catalog
@@ -98,8 +98,12 @@ def test_kill_9_during_a_burst_then_restart(catalog, payloads, tmp_path, kill_at
         wait_for(lambda: b"registering" in _rows(ledger), 30, "an intent row")
     else:
         wait_for(lambda: receipts(inbox) >= int(kill_at.split(">=")[1]), 60, kill_at)
+    workers = children(proc.pid)
+    assert len(workers) >= 2  # the upload worker processes
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # the workers notice and exit at once, rather than go on uploading for a dead watcher
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the upload workers to exit")
     killed_with = outcomes(inbox)
 
     proc = start(root, log)
@@ -152,4 +156,11 @@ def _rows(path: Path) -> bytes:
             out += p.read_bytes()
         except FileNotFoundError:
             pass
+    return out
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
     return out

@@ -69,3 +69,12 @@ def drop(folder: Path, name: str, payload: dict, contents: dict[str, bytes]) -> 
     sidecar = folder / f"{name}.song.json"
     sidecar.write_text(json.dumps(payload))
     return sidecar
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

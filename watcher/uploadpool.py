@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .hashcache import HashCache
@@ -142,32 +143,59 @@ class UploadPool:
         self._procs: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._uploader = uploader
+        self._lock = threading.Lock()
+        self._initargs = (
+            settings,
+            threads,
+            logging.getLogger("songlake").getEffectiveLevel(),
+            os.getpid(),
+        )
         if self.processes:
-            self._procs = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
-                initializer=_init_worker,
-                initargs=(
-                    settings,
-                    threads,
-                    logging.getLogger("songlake").getEffectiveLevel(),
-                    os.getpid(),
-                ),
-            )
-            # start every worker now, from this thread, and fail here if one cannot start
-            ready = [self._procs.submit(_ready) for _ in range(self.processes)]
-            for fut in ready:
-                fut.result(timeout=120)
+            self._procs = self._start_processes()
         else:
             if uploader is None:
                 raise ValueError("UploadPool without processes needs an uploader")
             self._threads = ThreadPoolExecutor(threads, thread_name_prefix="songlake-upload")
             self._chunk_threads = ThreadPoolExecutor(1, thread_name_prefix="songlake-uploads")
 
+    def _start_processes(self) -> ProcessPoolExecutor:
+        procs = ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
+            initializer=_init_worker,
+            initargs=self._initargs,
+        )
+        # start every worker now and fail here if one cannot start
+        ready = [procs.submit(_ready) for _ in range(self.processes)]
+        for fut in ready:
+            fut.result(timeout=120)
+        return procs
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none when uploads run in threads)."""
+        with self._lock:
+            procs = self._procs
+            return sorted(procs._processes) if procs is not None else []  # noqa: SLF001
+
+    def _submit_chunk(self, chunk: list[UploadJob]) -> Future[list[Outcome]] | None:
+        with self._lock:
+            if self._procs is None:
+                return None  # shut down: the next start uploads these
+            try:
+                return self._procs.submit(_run_chunk, chunk)
+            except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh
+                log.warning("an upload worker process died; starting new ones")
+                self._procs.shutdown(wait=False, cancel_futures=True)
+                self._procs = self._start_processes()
+                return self._procs.submit(_run_chunk, chunk)
+
     def submit(self, jobs: Sequence[UploadJob]) -> None:
         for chunk in chunks(jobs, self.processes or 1):
-            if self._procs is not None:
-                fut: Future[list[Outcome]] = self._procs.submit(_run_chunk, chunk)
+            fut: Future[list[Outcome]] | None
+            if self.processes:
+                fut = self._submit_chunk(chunk)
+                if fut is None:
+                    return
             else:
                 assert self._threads is not None and self._uploader is not None
                 fut = self._chunk_threads.submit(run_jobs, self._uploader, self._threads, chunk)
@@ -189,8 +217,10 @@ class UploadPool:
                 self.on_error(job, why or "unknown error")
 
     def shutdown(self) -> None:
-        if self._procs is not None:
-            self._procs.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            procs, self._procs = self._procs, None
+        if procs is not None:
+            procs.shutdown(wait=True, cancel_futures=True)
         if self._threads is not None:
             self._chunk_threads.shutdown(wait=True, cancel_futures=True)
             self._threads.shutdown(wait=True)
