@@ -57,13 +57,21 @@ class OutcomeWriter:
         return os.path.join(os.path.dirname(target), name)
 
     def write_json(self, target: str, doc: dict[str, Any]) -> None:
+        """Write ``target`` whole or not at all. A new file is hard-linked into place, so the
+        inbox sees one create event; a rename would be a move event, and watchdog matches every
+        move against its whole queue of pending events (quadratic in a burst of receipts)."""
         data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
         tmp = self._tmp_for(target)
         try:
             with open(tmp, "xb") as out:
                 out.write(data)
             try:
-                os.replace(tmp, target)
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    os.replace(tmp, target)
+                else:
+                    os.unlink(tmp)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
