@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions as bex
+import botocore.session
 from botocore.config import Config
 
 from .errors import BadRequest, Internal, NotFound, StorageCheckFailed
@@ -70,7 +71,17 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 # Keys asked for per listing page: AWS and MinIO answer at most 1,000 whatever is asked; servers
 # that give more (moto, which also visits the whole bucket for every page) save round trips.
 LIST_MAX_KEYS = 1_000_000
-_HEX = "0123456789abcdef"  # first characters of (lowercase) objectIds, one listing each
+_HEX = "0123456789abcdef"
+# the first two characters of (lowercase) objectIds: one listing each, so that a large store's
+# pages come from many small listings in parallel (the server prepares the next pages while the
+# client parses earlier ones) rather than from 16 long ones
+_PREFIXES = [a + b for a in _HEX for b in _HEX]
+
+
+def _raw_timestamp(value: str) -> str:
+    return value
+
+
 _RETRYABLE_CODES = {
     "RequestTimeout",
     "RequestTimeTooSkewed",
@@ -138,6 +149,8 @@ class _BodyReader(io.RawIOBase):
 class S3ObjectStore(ObjectStore):
     """Score's layout in S3 buckets (see the module docstring)."""
 
+    first_page = 1000  # keys asked for before an inventory splits a bucket's listing by prefix
+
     def __init__(
         self,
         *,
@@ -190,7 +203,14 @@ class S3ObjectStore(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = boto3.session.Session(profile_name=profile or None)
+        core = botocore.session.get_session()
+        # timestamps stay the strings S3 sent: parsing one per listed key with dateutil was half
+        # of the client's time in a large listing, and nothing here reads them as dates (ISO
+        # strings of one format sort as their dates do)
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_raw_timestamp
+        )
+        session = boto3.session.Session(profile_name=profile or None, botocore_session=core)
         self.s3 = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         self._sentinel_checked = False
 
@@ -682,8 +702,9 @@ class S3ObjectStore(ObjectStore):
     def inventory(self, progress: Callable[[int], object] | None = None) -> dict[str, StoredObject]:
         """Every object id under the data directory, from listings only (no per-object call).
 
-        A bucket of at most 1,000 keys takes one request; a larger one is listed by the first hex
-        digit of objectIds, 16 listings in parallel (one listing is sequential, page by page).
+        A bucket of at most 1,000 keys takes one request; a larger one is listed by the first two
+        hex digits of objectIds, 256 listings, 8 at a time (one listing is sequential, page by
+        page).
         Partition buckets and, for pre-partitioning data, the base buckets are all listed.
         """
         prefix = f"{self.data_dir}/" if self.data_dir else ""
@@ -698,13 +719,16 @@ class S3ObjectStore(ObjectStore):
         with ThreadPoolExecutor(8, thread_name_prefix="s3-list") as pool:
             # one page per bucket first: a small store is listed with one request
             firsts = list(
-                pool.map(lambda b: self._list(b, prefix, None, max_pages=1, page=1000), buckets)
+                pool.map(
+                    lambda b: self._list(b, prefix, None, max_pages=1, page=self.first_page),
+                    buckets,
+                )
             )
             jobs = [
                 (b, prefix + h)
                 for b, (_, truncated) in zip(buckets, firsts, strict=True)
                 if truncated
-                for h in _HEX
+                for h in _PREFIXES
             ]
             small = [
                 (b, keys)

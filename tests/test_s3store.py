@@ -178,6 +178,21 @@ def test_data_dir_and_bucket_partitioning(moto, s3, bucket, tmp_path) -> None:
     assert set(store.inventory()) == {oid, legacy}
 
 
+def test_inventory_of_a_large_store_is_listed_by_prefix(s3, bucket, tmp_path, moto) -> None:
+    """Past the first page, a bucket is listed by the objectIds' first two hex digits: every
+    object is still found, with its size, and a missing .meta still shows."""
+    store = make_store(moto.url, bucket)
+    store.first_page = 3  # as if the bucket held more than 1,000 keys
+    ids = [f"{a}{b}000000-0000-4000-8000-00000000000{a}" for a, b in ("00", "0f", "a1", "ff")]
+    for n, oid in enumerate(ids):
+        store.put_file(oid, write(tmp_path, b"x" * (n + 1)))
+    s3.delete_object(Bucket=bucket, Key=f"data/{ids[2]}.meta")
+    found = store.inventory()
+    assert set(found) == set(ids)
+    assert [found[oid].blob_size for oid in ids] == [1, 2, 3, 4]
+    assert [found[oid].has_meta for oid in ids] == [True, True, False, True]
+
+
 # -- faults ----------------------------------------------------------------------------------------
 
 
