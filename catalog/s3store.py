@@ -71,11 +71,7 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 # Keys asked for per listing page: AWS and MinIO answer at most 1,000 whatever is asked; servers
 # that give more (moto, which also visits the whole bucket for every page) save round trips.
 LIST_MAX_KEYS = 1_000_000
-_HEX = "0123456789abcdef"
-# the first two characters of (lowercase) objectIds: one listing each, so that a large store's
-# pages come from many small listings in parallel (the server prepares the next pages while the
-# client parses earlier ones) rather than from 16 long ones
-_PREFIXES = [a + b for a in _HEX for b in _HEX]
+_HEX = "0123456789abcdef"  # first characters of (lowercase) objectIds, one listing each
 
 
 def _raw_timestamp(value: str) -> str:
@@ -702,9 +698,10 @@ class S3ObjectStore(ObjectStore):
     def inventory(self, progress: Callable[[int], object] | None = None) -> dict[str, StoredObject]:
         """Every object id under the data directory, from listings only (no per-object call).
 
-        A bucket of at most 1,000 keys takes one request; a larger one is listed by the first two
-        hex digits of objectIds, 256 listings, 8 at a time (one listing is sequential, page by
-        page).
+        A bucket of at most 1,000 keys takes one request; a larger one is listed by the first hex
+        digit of objectIds, 16 listings in parallel (one listing is sequential, page by page).
+        (256 listings by two digits were slower against moto, which walks every key of the
+        bucket for each listing request: 191 s instead of 104 s for 100,000 objects.)
         Partition buckets and, for pre-partitioning data, the base buckets are all listed.
         """
         prefix = f"{self.data_dir}/" if self.data_dir else ""
@@ -728,7 +725,7 @@ class S3ObjectStore(ObjectStore):
                 (b, prefix + h)
                 for b, (_, truncated) in zip(buckets, firsts, strict=True)
                 if truncated
-                for h in _PREFIXES
+                for h in _HEX
             ]
             small = [
                 (b, keys)
