@@ -4,6 +4,8 @@ never stops the API from answering, Score's callbacks included."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 import waitress
 from flask import Flask
@@ -58,5 +60,14 @@ class ApiServer:
 
 
 def serve(app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8) -> None:
-    """Serve `app` until interrupted."""
-    ApiServer(app, host, port, threads).run()
+    """Serve `app` until interrupted (Ctrl-C, or SIGTERM: the caller's cleanup then runs, such as
+    stopping the watcher and its upload processes)."""
+    server = ApiServer(app, host, port, threads)
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

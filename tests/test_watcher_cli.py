@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from watcher_kit import errors_of, read_json, receipt_of, wait_for, wait_receipt
+from watcher_kit import alive, errors_of, read_json, receipt_of, wait_for, wait_receipt
 
 from catalog.catalog import Catalog
 from catalog.cli import main
@@ -103,16 +103,25 @@ def test_watch_polling_runs_until_told_to_stop(root: Path, tmp_path: Path) -> No
     assert json.loads(run(root, "status", "--json").stdout)["watcherPid"] is None
 
 
-def test_serve_runs_the_watcher(root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_serve_runs_the_watcher(root: Path, tmp_path: Path, stop_with: signal.Signals) -> None:
     log = tmp_path / "serve.log"
     proc = start(root, log, "serve", "--port", "0")
     try:
         wait_for(lambda: b"watcher started" in log.read_bytes() or proc.poll() is not None, 30)
         assert proc.poll() is None, log.read_text()
+        workers = [
+            int(pid)
+            for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
         shutil.copytree(EXAMPLE, root / "inbox" / "DEMO")
         receipt = wait_receipt(root / "inbox" / "DEMO" / "variant-call.song.json")
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_with)
         proc.wait(timeout=30)
+    # a SIGTERM (systemd, docker stop) stops the watcher as cleanly as Ctrl-C does
     assert b"watcher stopped" in log.read_bytes()
+    assert b"leaked" not in log.read_bytes(), log.read_text()[-2000:]
+    assert workers  # the upload processes (and multiprocessing's resource tracker) end too
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the serve's children to end")
     assert Catalog(load_settings(root)).find_analysis(receipt["analysisId"])["studyId"] == "DEMO"
