@@ -432,3 +432,37 @@ def test_presigned_download_urls_with_ranges(s3_catalog, payloads) -> None:
     ping = client.get("/download/ping").get_data(as_text=True)
     with urllib.request.urlopen(ping, timeout=10) as response:
         assert response.read().startswith(b"songlake sentinel")
+
+
+def test_a_file_dropped_into_the_inbox_lands_in_s3(s3_catalog, s3, bucket, payloads) -> None:
+    """The issue's 'done when': a catalog configured for S3, a sidecar dropped into its inbox; the
+    watcher's upload processes (which open the S3 store from the settings and the environment's
+    credentials) put each file at data/<objectId> with a correct .meta, and publish passes."""
+    from dataclasses import replace
+
+    from watcher_kit import drop, wait_receipt
+
+    from watcher import Watcher
+
+    settings = replace(s3_catalog.settings, watch_linger=0.01, refresh_interval=0.1)
+    w = Watcher(s3_catalog, settings).start()
+    try:
+        assert len(w._upload_pool.pids()) == settings.watch_upload_processes > 0
+        payload = payloads.variant_call()
+        sidecar = drop(settings.inbox_dir / STUDY, "s3", payload, payloads.contents)
+        receipt = wait_receipt(sidecar, timeout=30)
+    finally:
+        w.stop()
+    stored = keys(s3, bucket)
+    for f in receipt["files"]:
+        oid = f["objectId"]
+        assert f["upload"]["status"] == "uploaded"
+        assert {f"data/{oid}", f"data/{oid}.meta"} <= set(stored)
+        meta = json.loads(s3.get_object(Bucket=bucket, Key=f"data/{oid}.meta")["Body"].read())
+        assert meta["objectId"] == oid and meta["objectKey"] == f"data/{oid}"
+        assert meta["objectMd5"] == f["fileMd5sum"] and meta["objectSize"] == f["fileSize"]
+        head = s3.head_object(Bucket=bucket, Key=f"data/{oid}")
+        digest = base64.b64decode(head["Metadata"]["md5chksum"]).hex()
+        assert digest == f["fileMd5sum"] and head["ContentLength"] == f["fileSize"]
+    s3_catalog.publish(STUDY, receipt["analysisId"])
+    assert s3_catalog.get_analysis(STUDY, receipt["analysisId"])["analysisState"] == "PUBLISHED"
