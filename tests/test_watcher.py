@@ -189,6 +189,36 @@ def test_sidecar_first_and_slowly_written_files(catalog, start_watcher, inbox, p
     assert catalog.store.spec(receipt["files"][0]["objectId"]).object_size == 300_000
 
 
+def test_a_data_file_change_that_raced_the_check_is_not_masked_by_the_sidecar_event(
+    catalog, inbox, payloads
+) -> None:
+    # The sidecar's own "created" event arrived while it was being checked; the data file was
+    # completed meanwhile, its close event lost (nothing waited on it yet). The retry for the
+    # data file must win: the sidecar's event is dropped on release as "unchanged", and the
+    # sidecar would otherwise stay pending until the next rescan (seen with ``cp -p``).
+    from watcher import Watcher
+    from watcher.readiness import Trigger
+    from watcher.scanner import stat_key
+
+    data = inbox / "raced.bam"
+    data.write_bytes(b"partial")
+    seen = stat_key(str(data))
+    data.write_bytes(b"partial, now complete")
+    sidecar = str(inbox / "raced.song.json")
+    w = Watcher(catalog)
+    try:
+        c = w.coordinator
+        c.dirty[sidecar] = Trigger("created", sidecar)
+        c._watch_files(sidecar, {str(data): seen})
+        assert c.dirty[sidecar] == Trigger("retry", str(data))
+        assert c.rdeps[str(data)] == {sidecar}
+        c.dirty[sidecar] = Trigger("ingest", sidecar)  # an explicit ingest is never replaced
+        c._watch_files(sidecar, {str(data): seen})
+        assert c.dirty[sidecar] == Trigger("ingest", sidecar)
+    finally:
+        w.stop()
+
+
 def test_write_then_rename(catalog, start_watcher, inbox, payloads) -> None:
     start_watcher()
     payload = payloads.variant_call()

@@ -75,6 +75,6 @@ def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (Linux /proc)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
         return False
     return state != "Z"

@@ -432,11 +432,18 @@ class Coordinator:
                 self.rdeps.setdefault(path, set()).add(sidecar)
 
     def _watch_files(self, sidecar: str, waits: dict[str, tuple[int, int, int] | None]) -> None:
-        """Wait for these files to change; a change that raced the check triggers at once."""
+        """Wait for these files to change; a change that raced the check triggers at once.
+
+        The retry replaces a pending trigger about the sidecar itself: that one is dropped on
+        release when the sidecar is unchanged, and the data file's change (an mtime set by
+        ``cp -p`` after the close, say, of which inotify sends no event we ask for) would then
+        wait for the next rescan."""
         self._set_deps(sidecar, waits)
         for path, seen in waits.items():
             if stat_key(path) != seen:
-                self.dirty.setdefault(sidecar, Trigger("retry", path))
+                previous = self.dirty.get(sidecar)
+                if previous is None or previous.reason != "ingest":
+                    self.dirty[sidecar] = Trigger("retry", path)
                 break
 
     def _timer(self, due: float, path: str, reason: str) -> None:
