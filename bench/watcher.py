@@ -61,6 +61,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def workers_cpu_seconds(pid: int) -> float:
+    """CPU of the watcher's child processes (the upload workers) that are alive now."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for child in children:
+        try:
+            total += cpu_seconds(int(child))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine (every process and kernel thread), from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def receipt(sidecar: Path) -> Path:
     return sidecar.with_name(sidecar.name.replace(".song.json", ".song.receipt.json"))
 
@@ -103,6 +121,7 @@ def bench_burst(root: Path, proc: subprocess.Popen, log: Path, n: int) -> dict[s
     expected = [target / s.relative_to(staging) for s in sidecars]
     log_offset = log.stat().st_size
     cpu0 = cpu_seconds(proc.pid)
+    workers0, machine0 = workers_cpu_seconds(proc.pid), machine_cpu_seconds()
     wall0 = time.time()
     t0 = time.perf_counter()
     os.rename(staging, target)  # every sidecar and file appears at once
@@ -125,6 +144,8 @@ def bench_burst(root: Path, proc: subprocess.Popen, log: Path, n: int) -> dict[s
             time.sleep(0.1)
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds(proc.pid) - cpu0
+    workers = workers_cpu_seconds(proc.pid) - workers0
+    machine_cpu = machine_cpu_seconds() - machine0
     batches = batches_from_log(log, log_offset)
     registered_after = None
     if batches:  # when the last group commit of the burst ended, from the watcher's log
@@ -146,6 +167,10 @@ def bench_burst(root: Path, proc: subprocess.Popen, log: Path, n: int) -> dict[s
         "receipts_with_uploads_verified": ok,
         "watcher_cpu_seconds": round(cpu, 1),
         "watcher_cpu_cores_used": round(cpu / seconds, 2),
+        "watcher_cpu_ms_per_sidecar": round(1000 * cpu / n, 2),
+        "upload_workers_cpu_ms_per_sidecar": round(1000 * workers / n, 2),
+        "machine_cpu_ms_per_sidecar": round(1000 * machine_cpu / n, 2),
+        "machine_cpu_cores_used": round(machine_cpu / seconds, 2),
         "batches": [{"size": b["size"], "ms": b["ms"]} for b in batches],
         "every_sidecar_registered_after_s": registered_after,
         "registered_per_s": round(n / registered_after, 1) if registered_after else None,
@@ -277,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             b = result[f"burst_{n}"] = bench_burst(root, proc, log, n)
             print(
                 f"burst: {b['sidecars']} sidecars in {b['seconds_to_every_receipt']} s = "
-                f"{b['sidecars_per_s']}/s (target 500/s); watcher used "
-                f"{b['watcher_cpu_cores_used']} cores",
+                f"{b['sidecars_per_s']}/s (target 500/s); CPU per sidecar: watcher "
+                f"{b['watcher_cpu_ms_per_sidecar']} ms, upload workers "
+                f"{b['upload_workers_cpu_ms_per_sidecar']} ms, whole machine "
+                f"{b['machine_cpu_ms_per_sidecar']} ms ({b['machine_cpu_cores_used']} cores busy)",
                 flush=True,
             )
         if "latency" not in args.skip:

@@ -3,6 +3,8 @@
     ObjectStore (abc)                   one interface; backends: local (here), S3 (own module)
       put_file(id, path, *, expected_md5, expected_size) -> ObjectSpec
                                         hash while streaming, verify, idempotent, .meta last
+      put_files([PutRequest]) -> [ObjectSpec | error]
+                                        many at once (the local store syncs small ones together)
       exists(id) -> bool                Score's rule: data/<id>.meta is present (blob not looked at)
       read_meta(id) -> dict | None      raw .meta JSON (what Score's download endpoint answers)
       spec(id) -> ObjectSpec | None     the parsed .meta
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from catalog.errors import BadRequest, Internal, NotFound, StorageCheckFailed
+from catalog.errors import BadRequest, Internal, NotFound, SonglakeError, StorageCheckFailed
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 20 * MIB  # Score's floor (20,971,520 bytes)
@@ -46,6 +48,7 @@ BUFFER_SIZE = MIB
 COPY_BUFFER_SIZE = 4 * MIB
 COPY_RING = 4  # buffers in flight through the copy pipeline
 WRITEBACK_EVERY = 32 * MIB  # a large copy asks the kernel to start writing back this often
+GROUP_MAX_BYTES = MIB  # the local store's put_files syncs files up to this size together
 DATA_DIR = "data"
 SENTINEL = "heliograph"
 SENTINEL_CONTENT = b"songlake sentinel\n"
@@ -306,6 +309,24 @@ class _RangeReader(io.RawIOBase):
             super().close()
 
 
+@dataclass(frozen=True)
+class PutRequest:
+    """One file for ``put_files``: what ``put_file`` takes."""
+
+    object_id: str
+    path: str
+    expected_md5: str | None = None
+    expected_size: int | None = None
+
+
+def _request(
+    object_id: str, path: str | os.PathLike[str], expected_md5: str | None
+) -> tuple[str, str | None, dict[str, str]]:
+    oid = check_object_id(object_id)
+    want_md5 = expected_md5.lower() if expected_md5 else None
+    return oid, want_md5, {"object_id": oid, "path": str(path)}
+
+
 class ObjectStore(abc.ABC):
     """Score-layout object storage. Object ids are UUID strings (BadRequest otherwise)."""
 
@@ -321,29 +342,62 @@ class ObjectStore(abc.ABC):
     ) -> ObjectSpec:
         """Store a file under object_id, verified against the expected size and md5; a no-op
         when the object is already stored with that content."""
-        oid = check_object_id(object_id)
-        want_md5 = expected_md5.lower() if expected_md5 else None
-        ctx = {"object_id": oid, "path": str(path)}
+        oid, want_md5, ctx = _request(object_id, path, expected_md5)
         with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            if expected_size is not None and size != expected_size:
-                raise StorageCheckFailed(
-                    f"The file '{path}' has {size} bytes but {expected_size} were expected "
-                    f"for objectId '{oid}'",
-                    error_id="mismatching.storage.object.sizes",
-                    **ctx,
-                )
-            current = self._complete_spec(oid)
-            if current is not None and current.object_size == size:
-                # Already stored? With an expected md5 the stored object is what the caller wants
-                # (the source is not re-read); without one, hash the source to compare.
-                have = want_md5
-                if have is None:
-                    have, _ = _hash_stream(src)
-                    src.seek(0)
-                if current.object_md5 == have:
-                    return current
+            size, current = self._present(oid, src, want_md5, expected_size, ctx)
+            if current is not None:
+                return current
             return self._store(oid, src, size, want_md5, ctx)
+
+    def put_files(self, requests: Sequence[PutRequest]) -> list[ObjectSpec | Exception]:
+        """``put_file`` for each request, in order; each gets its spec or the error it raised
+        (a SonglakeError, or an OSError reading the source)."""
+        out: list[ObjectSpec | Exception] = []
+        for r in requests:
+            try:
+                out.append(
+                    self.put_file(
+                        r.object_id,
+                        r.path,
+                        expected_md5=r.expected_md5,
+                        expected_size=r.expected_size,
+                    )
+                )
+            except (SonglakeError, OSError) as exc:
+                out.append(exc)
+        return out
+
+    groups_puts = False  # True when put_files costs less than one put_file per file
+
+    def _present(
+        self,
+        oid: str,
+        src: BinaryIO,
+        want_md5: str | None,
+        expected_size: int | None,
+        ctx: dict[str, str],
+    ) -> tuple[int, ObjectSpec | None]:
+        """The source's size, checked against the expected one, and the stored spec when the
+        object is already stored with this content (then nothing needs copying)."""
+        size = os.fstat(src.fileno()).st_size
+        if expected_size is not None and size != expected_size:
+            raise StorageCheckFailed(
+                f"The file '{ctx['path']}' has {size} bytes but {expected_size} were expected "
+                f"for objectId '{oid}'",
+                error_id="mismatching.storage.object.sizes",
+                **ctx,
+            )
+        current = self._complete_spec(oid)
+        if current is not None and current.object_size == size:
+            # Already stored? With an expected md5 the stored object is what the caller wants
+            # (the source is not re-read); without one, hash the source to compare.
+            have = want_md5
+            if have is None:
+                have, _ = _hash_stream(src)
+                src.seek(0)
+            if current.object_md5 == have:
+                return size, current
+        return size, None
 
     @abc.abstractmethod
     def _complete_spec(self, object_id: str) -> ObjectSpec | None:
@@ -520,6 +574,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class _Staged:
+    """A small object of ``LocalObjectStore.put_files`` between its copy and its placement."""
+
+    index: int
+    blob_path: Path
+    meta_path: Path
+    blob: BinaryIO | None = None
+    meta: BinaryIO | None = None
+    spec: ObjectSpec = field(default=None)  # type: ignore[assignment]
+
+    def sync(self) -> None:
+        for f in (self.blob, self.meta):
+            assert f is not None
+            os.fsync(f.fileno())
+            f.close()
+        self.blob = self.meta = None
+
+    def discard(self) -> None:
+        for f in (self.blob, self.meta):
+            if f is not None:
+                f.close()
+        self.blob = self.meta = None
+        self.blob_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+
+
 class LocalObjectStore(ObjectStore):
     """Score's layout on a local file system: ``<root>/data/<id>`` and ``<root>/data/<id>.meta``."""
 
@@ -582,48 +663,128 @@ class LocalObjectStore(ObjectStore):
             pass
         return None
 
+    def _copy_in(
+        self,
+        oid: str,
+        src: BinaryIO,
+        size: int,
+        want_md5: str | None,
+        ctx: dict[str, str],
+        out: BinaryIO,
+    ) -> ObjectSpec:
+        """Copy ``src`` into the new file ``out`` while hashing it; verify size and md5."""
+        write = _WritebackWriter(out) if size > WRITEBACK_EVERY else out.write
+        try:
+            md5, parts = copy_with_hashes(
+                src, size, write, part_size=self.part_size, part_md5=self.part_md5
+            )
+        except StorageCheckFailed as exc:
+            exc.context.update(ctx)
+            raise
+        out.flush()
+        written = os.fstat(out.fileno()).st_size
+        if written != size:
+            raise StorageCheckFailed(
+                f"Wrote {written} bytes for objectId '{oid}' but the file has {size}",
+                error_id="mismatching.storage.object.sizes",
+                **ctx,
+            )
+        if want_md5 is not None and md5 != want_md5:
+            raise StorageCheckFailed(
+                f"The file '{ctx['path']}' has md5 {md5} but {want_md5} was expected "
+                f"for objectId '{oid}'",
+                error_id="mismatching.storage.object.checksums",
+                **ctx,
+            )
+        return ObjectSpec(oid, size, md5, tuple(parts))
+
+    def _place(self, oid: str, tmp_blob: Path, tmp_meta: Path) -> None:
+        """Rename a durable blob and then its durable .meta into place (the caller syncs the
+        directory). An older object turns absent before its bytes change; a .meta that cannot
+        be placed takes its new blob away again."""
+        blob, meta = self._blob(oid), self._meta(oid)
+        meta.unlink(missing_ok=True)
+        os.replace(tmp_blob, blob)
+        try:
+            os.replace(tmp_meta, meta)
+        except BaseException:
+            blob.unlink(missing_ok=True)
+            raise
+
     def _store(
         self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
     ) -> ObjectSpec:
-        tmp, blob, meta = self._tmp(), self._blob(oid), self._meta(oid)
-        placed = False
+        tmp_blob, tmp_meta = self._tmp(), self._tmp()
         try:
-            with open(tmp, "xb") as out:
-                write = _WritebackWriter(out) if size > WRITEBACK_EVERY else out.write
-                try:
-                    md5, parts = copy_with_hashes(
-                        src, size, write, part_size=self.part_size, part_md5=self.part_md5
-                    )
-                except StorageCheckFailed as exc:
-                    exc.context.update(ctx)
-                    raise
+            with open(tmp_blob, "xb") as out:
+                spec = self._copy_in(oid, src, size, want_md5, ctx, out)
+                os.fsync(out.fileno())
+            with open(tmp_meta, "xb") as out:
+                out.write(spec.to_json().encode())
                 out.flush()
                 os.fsync(out.fileno())
-                written = os.fstat(out.fileno()).st_size
-            if written != size:
-                raise StorageCheckFailed(
-                    f"Wrote {written} bytes for objectId '{oid}' but the file has {size}",
-                    error_id="mismatching.storage.object.sizes",
-                    **ctx,
-                )
-            if want_md5 is not None and md5 != want_md5:
-                raise StorageCheckFailed(
-                    f"The file '{ctx['path']}' has md5 {md5} but {want_md5} was expected "
-                    f"for objectId '{oid}'",
-                    error_id="mismatching.storage.object.checksums",
-                    **ctx,
-                )
-            spec = ObjectSpec(oid, size, md5, tuple(parts))
-            meta.unlink(missing_ok=True)  # an older object turns absent before its bytes change
-            os.replace(tmp, blob)
-            placed = True
-            self._write_atomic(meta, spec.to_json().encode())
+            self._place(oid, tmp_blob, tmp_meta)
+            _fsync_dir(self._data)
             return spec
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            if placed and not meta.exists():
-                blob.unlink(missing_ok=True)
-            raise
+        finally:
+            tmp_blob.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+
+    groups_puts = True
+
+    def put_files(self, requests: Sequence[PutRequest]) -> list[ObjectSpec | Exception]:
+        """Store many files with one pass of syncs: small files (up to ``GROUP_MAX_BYTES``) are
+        each copied and hashed into a new blob and .meta, then all of those are fsynced, renamed
+        into place (each blob before its .meta) and the directory synced once. Half the CPU and
+        disk work of one ``put_file`` per small file; the same guarantees (a .meta is placed only
+        once its blob is complete and durable). Larger files go through ``put_file``."""
+        out: list[ObjectSpec | Exception | None] = [None] * len(requests)
+        staged: list[_Staged] = []
+        try:
+            for i, r in enumerate(requests):
+                if r.expected_size is None or r.expected_size > GROUP_MAX_BYTES:
+                    out[i] = super().put_files([r])[0]
+                    continue
+                try:
+                    out[i] = self._stage(i, r, staged)
+                except (SonglakeError, OSError) as exc:
+                    out[i] = exc
+                    if staged and staged[-1].index == i:
+                        staged.pop().discard()
+            for item in staged:  # one pass: the disk sees every small write at once
+                item.sync()
+            placed = False
+            for item in staged:
+                try:
+                    self._place(item.spec.object_id, item.blob_path, item.meta_path)
+                    placed = True
+                    out[item.index] = item.spec
+                except OSError as exc:
+                    out[item.index] = exc
+            if placed:
+                _fsync_dir(self._data)
+        finally:
+            for item in staged:
+                item.discard()
+        assert all(x is not None for x in out)
+        return out  # type: ignore[return-value]
+
+    def _stage(self, index: int, r: PutRequest, staged: list[_Staged]) -> ObjectSpec | None:
+        """Copy one small file into a new blob and .meta (not yet synced, not yet in place);
+        the stored spec when the object is already there."""
+        oid, want_md5, ctx = _request(r.object_id, r.path, r.expected_md5)
+        with open(r.path, "rb", buffering=0) as src:
+            size, current = self._present(oid, src, want_md5, r.expected_size, ctx)
+            if current is not None:
+                return current
+            item = _Staged(index, self._tmp(), self._tmp())
+            staged.append(item)
+            item.blob = open(item.blob_path, "xb")  # noqa: SIM115 - closed by sync or discard
+            item.spec = self._copy_in(oid, src, size, want_md5, ctx, item.blob)
+            item.meta = open(item.meta_path, "xb")  # noqa: SIM115
+            item.meta.write(item.spec.to_json().encode())
+            item.meta.flush()
+        return None
 
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
         end = range_end(object_id, self.spec(object_id), offset, length)

@@ -12,10 +12,12 @@ import pytest
 
 from catalog.errors import BadRequest, Internal, NotFound, StorageCheckFailed
 from catalog.objectstore import (
+    GROUP_MAX_BYTES,
     MIN_PART_SIZE,
     LocalObjectStore,
     ObjectSpec,
     Part,
+    PutRequest,
     md5_file,
     part_plan,
     verify_for_publish,
@@ -265,6 +267,64 @@ def test_failed_overwrite_keeps_the_old_object(store: LocalObjectStore, tmp_path
     assert sorted(p.name for p in data_dir(store).iterdir()) == sorted(
         ["heliograph", object_id, f"{object_id}.meta"]
     )
+
+
+# -- put_files: many at once ----------------------------------------------------------------------
+
+
+def test_put_files_stores_each_small_file_or_reports_its_error(
+    store: LocalObjectStore, tmp_path: Path
+) -> None:
+    good = [os.urandom(1024 + i) for i in range(3)]
+    paths = [make_file(tmp_path, data) for data in good]
+    ids = [oid() for _ in range(6)]
+    before = make_file(tmp_path, b"stored before")
+    already = store.put_file(ids[5], before)
+    stored_before = (data_dir(store) / ids[5]).stat().st_ino
+    big = os.urandom(GROUP_MAX_BYTES + 1)  # over the group limit: stored on its own
+    results = store.put_files(
+        [
+            PutRequest(ids[0], str(paths[0]), md5(good[0]), len(good[0])),
+            PutRequest(ids[1], str(paths[1]), "0" * 32, len(good[1])),  # wrong md5
+            PutRequest(ids[2], str(tmp_path / "gone.bam"), md5(b"x"), 1),  # no source
+            PutRequest(ids[3], str(paths[2]), md5(good[2]).upper(), len(good[2])),
+            PutRequest(ids[4], str(make_file(tmp_path, big)), md5(big), len(big)),
+            PutRequest(ids[5], str(before), md5(b"stored before"), 13),
+        ]
+    )
+    assert isinstance(results[1], StorageCheckFailed)
+    assert results[1].error_id == "mismatching.storage.object.checksums"
+    assert results[1].context == {"object_id": ids[1], "path": str(paths[1])}
+    assert isinstance(results[2], FileNotFoundError)
+    assert results[5] == already  # not copied again
+    assert (data_dir(store) / ids[5]).stat().st_ino == stored_before
+    for i, data in ((0, good[0]), (3, good[2]), (4, big)):
+        assert results[i] == store.spec(ids[i])
+        assert store.spec(ids[i]).object_md5 == md5(data)
+        assert (data_dir(store) / ids[i]).read_bytes() == data
+    assert not store.exists(ids[1]) and not store.exists(ids[2])
+    assert sorted(p.name for p in data_dir(store).iterdir()) == sorted(
+        ["heliograph"] + [n for i in (0, 3, 4, 5) for n in (ids[i], f"{ids[i]}.meta")]
+    )  # no temporary file left behind
+
+
+def test_put_files_replaces_an_older_object_and_keeps_it_when_the_new_one_is_wrong(
+    store: LocalObjectStore, tmp_path: Path
+) -> None:
+    kept, replaced = oid(), oid()
+    old = store.put_file(kept, make_file(tmp_path, b"old one"))
+    store.put_file(replaced, make_file(tmp_path, b"old two"))
+    results = store.put_files(
+        [
+            PutRequest(kept, str(make_file(tmp_path, b"new one")), "f" * 32, 7),
+            PutRequest(replaced, str(make_file(tmp_path, b"new two")), md5(b"new two"), 7),
+        ]
+    )
+    assert isinstance(results[0], StorageCheckFailed)
+    assert store.spec(kept) == old and (data_dir(store) / kept).read_bytes() == b"old one"
+    assert results[1] == store.spec(replaced)
+    assert (data_dir(store) / replaced).read_bytes() == b"new two"
+    assert len(list(data_dir(store).iterdir())) == 5
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from catalog.objectstore import GROUP_MAX_BYTES
+
 from .hashcache import HashCache
 from .logs import configure
 from .receipts import OutcomeWriter
@@ -77,16 +79,42 @@ def chunks(jobs: Sequence[UploadJob], workers: int) -> list[list[UploadJob]]:
 def run_jobs(
     uploader: Uploader, threads: ThreadPoolExecutor, jobs: list[UploadJob]
 ) -> list[Outcome]:
-    """Run a chunk's jobs on ``threads``; every job gets a result or the reason it failed."""
-    futures = [threads.submit(uploader.run, job) for job in jobs]
-    out: list[Outcome] = []
-    for job, fut in zip(jobs, futures, strict=True):
+    """Run a chunk's jobs on ``threads``; every job gets a result or the reason it failed.
+
+    Where the store syncs small files together (the local store), the jobs whose files are all
+    small run as one group, on one thread; the others each on a thread of their own."""
+    grouped: list[int] = []
+    if uploader.store.groups_puts:
+        grouped = [i for i, job in enumerate(jobs) if all_small(job)]
+    group = threads.submit(uploader.run_many, [jobs[i] for i in grouped]) if grouped else None
+    alone = {i: threads.submit(uploader.run, job) for i, job in enumerate(jobs) if i not in grouped}
+    results: dict[int, UploadResult | BaseException] = {}
+    if group is not None:
         try:
-            out.append((fut.result(), None))
+            results.update(zip(grouped, group.result(), strict=True))
+        except Exception as exc:  # noqa: BLE001 - the whole group failed (a failed sync)
+            results.update((i, exc) for i in grouped)
+    for i, fut in alone.items():
+        try:
+            results[i] = fut.result()
         except Exception as exc:  # noqa: BLE001 - reported to the watcher, which retries
-            log.exception("upload job for %s failed", job.path)
-            out.append((None, repr(exc)))
+            results[i] = exc
+    out: list[Outcome] = []
+    for i, job in enumerate(jobs):
+        result = results[i]
+        if isinstance(result, BaseException):
+            log.error("upload job for %s failed: %r", job.path, result, exc_info=result)
+            out.append((None, repr(result)))
+        else:
+            out.append((result, None))
     return out
+
+
+def all_small(job: UploadJob) -> bool:
+    return all(
+        isinstance(f.get("fileSize"), int) and f["fileSize"] <= GROUP_MAX_BYTES
+        for f in job.analysis["files"]
+    )
 
 
 # -- the worker process ---------------------------------------------------------------------------
