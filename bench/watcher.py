@@ -147,10 +147,12 @@ def bench_burst(root: Path, proc: subprocess.Popen, log: Path, n: int) -> dict[s
     workers = workers_cpu_seconds(proc.pid) - workers0
     machine_cpu = machine_cpu_seconds() - machine0
     batches = batches_from_log(log, log_offset)
-    registered_after = None
-    if batches:  # when the last group commit of the burst ended, from the watcher's log
+    registered_after = first_batch = None
+    if batches:  # when the first group commit began and the last ended, from the watcher's log
         last = datetime.fromisoformat(batches[-1]["ts"]).timestamp()
         registered_after = round(last - wall0, 2)
+        began = datetime.fromisoformat(batches[0]["ts"]).timestamp() - batches[0]["ms"] / 1000
+        first_batch = round(began - wall0, 2)
     ok = sum(
         1
         for s in expected
@@ -172,6 +174,8 @@ def bench_burst(root: Path, proc: subprocess.Popen, log: Path, n: int) -> dict[s
         "machine_cpu_ms_per_sidecar": round(1000 * machine_cpu / n, 2),
         "machine_cpu_cores_used": round(machine_cpu / seconds, 2),
         "batches": [{"size": b["size"], "ms": b["ms"]} for b in batches],
+        "first_commit_began_after_s": first_batch,
+        "registrar_committing_s": round(sum(b["ms"] for b in batches) / 1000, 2),
         "every_sidecar_registered_after_s": registered_after,
         "registered_per_s": round(n / registered_after, 1) if registered_after else None,
         "progress": progress[:: max(1, len(progress) // 40)],

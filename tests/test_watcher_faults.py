@@ -235,3 +235,25 @@ def test_a_thousand_sidecars_at_once_with_a_few_bad_ones(
         assert errors is not None and error_id in {p["errorId"] for p in errors["problems"]}
     assert len(Catalog(catalog.settings).model.analyses) == 995
     assert len(list(catalog.store.list_object_ids())) == 995
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "study"),
+    [
+        ("{f}/S1/a.song.json", "S1"),
+        ("{f}/S1/run/deep/a.song.json", "S1"),
+        ("{f}/S1/.hidden/a.song.json", "S1"),
+        ("{f}//S1//a.song.json", "S1"),
+        ("{f}/./S1/a.song.json", "S1"),
+        ("{f}/a.song.json", None),  # not in a study folder
+        ("{f}/../S1/a.song.json", None),  # outside the watched folder
+        ("{f}-other/S1/a.song.json", None),  # a sibling folder that shares the prefix
+    ],
+)
+def test_the_study_is_the_first_folder_under_the_watched_one(
+    tmp_path, sidecar: str, study: str | None
+) -> None:
+    from watcher.layout import Folder
+
+    folder = Folder.at(tmp_path / "inbox")
+    assert folder.study_of(sidecar.format(f=folder.path)) == study

@@ -69,7 +69,11 @@ class Folder:
 
     def study_of(self, sidecar: str) -> str | None:
         """The study folder a sidecar sits in: ``<folder>/<studyId>/.../x.song.json``."""
-        rel = os.path.relpath(sidecar, self.path)
+        prefix = self.path.rstrip(os.sep) + os.sep
+        if sidecar.startswith(prefix) and os.sep + "." not in sidecar and os.sep * 2 not in sidecar:
+            rel = sidecar[len(prefix) :]  # the common case, without relpath's normalisation
+        else:
+            rel = os.path.relpath(sidecar, self.path)
         parts = rel.split(os.sep)
         if len(parts) < 2 or parts[0] in ("", ".", ".."):
             return None

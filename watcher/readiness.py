@@ -170,8 +170,10 @@ def check(
             f"{rules.max_bytes:,} bytes"
         )
         return v.reject("payload.parsing", msg, [_p("payload.parsing", "", "maxBytes", msg)])
-    with open(path, "rb") as f:
-        raw = f.read(rules.max_bytes + 1)
+    with open(path, "rb") as f:  # as large as stat said (not a max_bytes buffer), then the rest
+        raw = f.read(st.st_size + 1)
+        if len(raw) > st.st_size:  # it grew since
+            raw += f.read(rules.max_bytes + 1 - len(raw))
     v.raw = raw
     v.sha256 = hashlib.sha256(raw).hexdigest()
     young = now - st.st_mtime_ns / 1e9 < rules.settle

@@ -197,7 +197,7 @@ class Registrar(threading.Thread):
                 (
                     v,
                     SubmitItem(
-                        v.raw or b"",
+                        v.payload,  # parsed by the readiness check: not parsed again
                         v.study_id or "",
                         analysis_id=v.analysis_id,
                         source_paths=sources,

@@ -42,6 +42,7 @@ from .uploader import Uploader, UploadJob, UploadResult
 log = logging.getLogger("songlake.watcher")
 
 MAX_CHUNK = 32  # jobs per round trip: small enough that both processes get work at once
+GROUP_JOBS = 16  # small-file jobs whose objects the local store syncs together
 PARENT_CHECK = 0.25  # seconds between a worker's looks at its parent
 
 OnResult = Callable[[UploadResult], None]
@@ -86,14 +87,17 @@ def run_jobs(
     grouped: list[int] = []
     if uploader.store.groups_puts:
         grouped = [i for i, job in enumerate(jobs) if all_small(job)]
-    group = threads.submit(uploader.run_many, [jobs[i] for i in grouped]) if grouped else None
+    # two groups or more, so that one group's copying overlaps another's wait for the disk
+    size = max(1, min(GROUP_JOBS, -(-len(grouped) // 2)))
+    groups = [grouped[k : k + size] for k in range(0, len(grouped), size)]
+    futures = [threads.submit(uploader.run_many, [jobs[i] for i in g]) for g in groups]
     alone = {i: threads.submit(uploader.run, job) for i, job in enumerate(jobs) if i not in grouped}
     results: dict[int, UploadResult | BaseException] = {}
-    if group is not None:
+    for g, fut in zip(groups, futures, strict=True):
         try:
-            results.update(zip(grouped, group.result(), strict=True))
+            results.update(zip(g, fut.result(), strict=True))
         except Exception as exc:  # noqa: BLE001 - the whole group failed (a failed sync)
-            results.update((i, exc) for i in grouped)
+            results.update((i, exc) for i in g)
     for i, fut in alone.items():
         try:
             results[i] = fut.result()
