@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from catalog.errors import BadRequest, Internal, NotFound, SonglakeError, StorageCheckFailed
+from catalog.newfiles import Folder, NewFile
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 20 * MIB  # Score's floor (20,971,520 bytes)
@@ -579,26 +580,35 @@ class _Staged:
     """A small object of ``LocalObjectStore.put_files`` between its copy and its placement."""
 
     index: int
-    blob_path: Path
-    meta_path: Path
-    blob: BinaryIO | None = None
-    meta: BinaryIO | None = None
+    blob: NewFile
+    meta: NewFile | None = None
     spec: ObjectSpec = field(default=None)  # type: ignore[assignment]
 
     def sync(self) -> None:
-        for f in (self.blob, self.meta):
-            assert f is not None
-            os.fsync(f.fileno())
-            f.close()
-        self.blob = self.meta = None
+        assert self.meta is not None
+        self.blob.sync()
+        self.meta.sync()
+
+    def place(self, folder: Folder) -> None:
+        """Name the blob, then its .meta (an older object turns absent before its bytes change;
+        a .meta that cannot be named takes its new blob away again)."""
+        assert self.meta is not None
+        oid = self.spec.object_id
+        try:
+            os.unlink(f"{oid}.meta", dir_fd=folder.fd)
+        except FileNotFoundError:
+            pass
+        self.blob.name_as(oid, replace=True)
+        try:
+            self.meta.name_as(f"{oid}.meta", replace=True)
+        except BaseException:
+            os.unlink(oid, dir_fd=folder.fd)
+            raise
 
     def discard(self) -> None:
-        for f in (self.blob, self.meta):
-            if f is not None:
-                f.close()
-        self.blob = self.meta = None
-        self.blob_path.unlink(missing_ok=True)
-        self.meta_path.unlink(missing_ok=True)
+        self.blob.close()
+        if self.meta is not None:
+            self.meta.close()
 
 
 class LocalObjectStore(ObjectStore):
@@ -734,56 +744,57 @@ class LocalObjectStore(ObjectStore):
 
     def put_files(self, requests: Sequence[PutRequest]) -> list[ObjectSpec | Exception]:
         """Store many files with one pass of syncs: small files (up to ``GROUP_MAX_BYTES``) are
-        each copied and hashed into a new blob and .meta, then all of those are fsynced, renamed
-        into place (each blob before its .meta) and the directory synced once. Half the CPU and
-        disk work of one ``put_file`` per small file; the same guarantees (a .meta is placed only
-        once its blob is complete and durable). Larger files go through ``put_file``."""
+        each copied and hashed into a new, nameless blob and .meta (newfiles), then all of those
+        are fsynced, named (each blob before its .meta) and the directory synced once: half the
+        CPU and disk work of one ``put_file`` per small file, with the same guarantee (a .meta is
+        named only once its blob is complete and durable). Larger files go through ``put_file``."""
         out: list[ObjectSpec | Exception | None] = [None] * len(requests)
         staged: list[_Staged] = []
-        try:
-            for i, r in enumerate(requests):
-                if r.expected_size is None or r.expected_size > GROUP_MAX_BYTES:
-                    out[i] = super().put_files([r])[0]
-                    continue
-                try:
-                    out[i] = self._stage(i, r, staged)
-                except (SonglakeError, OSError) as exc:
-                    out[i] = exc
-                    if staged and staged[-1].index == i:
-                        staged.pop().discard()
-            for item in staged:  # one pass: the disk sees every small write at once
-                item.sync()
-            placed = False
-            for item in staged:
-                try:
-                    self._place(item.spec.object_id, item.blob_path, item.meta_path)
-                    placed = True
-                    out[item.index] = item.spec
-                except OSError as exc:
-                    out[item.index] = exc
-            if placed:
-                _fsync_dir(self._data)
-        finally:
-            for item in staged:
-                item.discard()
+        with Folder(self._data) as folder:
+            try:
+                for i, r in enumerate(requests):
+                    if r.expected_size is None or r.expected_size > GROUP_MAX_BYTES:
+                        out[i] = super().put_files([r])[0]
+                        continue
+                    try:
+                        out[i] = self._stage(i, r, staged, folder)
+                    except (SonglakeError, OSError) as exc:
+                        out[i] = exc
+                        if staged and staged[-1].index == i:
+                            staged.pop().discard()
+                for item in staged:  # one pass: the disk sees every small write at once
+                    item.sync()
+                placed = False
+                for item in staged:
+                    try:
+                        item.place(folder)
+                        placed = True
+                        out[item.index] = item.spec
+                    except OSError as exc:
+                        out[item.index] = exc
+                if placed:
+                    folder.sync()
+            finally:
+                for item in staged:
+                    item.discard()
         assert all(x is not None for x in out)
         return out  # type: ignore[return-value]
 
-    def _stage(self, index: int, r: PutRequest, staged: list[_Staged]) -> ObjectSpec | None:
-        """Copy one small file into a new blob and .meta (not yet synced, not yet in place);
+    def _stage(
+        self, index: int, r: PutRequest, staged: list[_Staged], folder: Folder
+    ) -> ObjectSpec | None:
+        """Copy one small file into a new blob and .meta (not yet synced, not yet named);
         the stored spec when the object is already there."""
         oid, want_md5, ctx = _request(r.object_id, r.path, r.expected_md5)
         with open(r.path, "rb", buffering=0) as src:
             size, current = self._present(oid, src, want_md5, r.expected_size, ctx)
             if current is not None:
                 return current
-            item = _Staged(index, self._tmp(), self._tmp())
+            item = _Staged(index, folder.new())
             staged.append(item)
-            item.blob = open(item.blob_path, "xb")  # noqa: SIM115 - closed by sync or discard
-            item.spec = self._copy_in(oid, src, size, want_md5, ctx, item.blob)
-            item.meta = open(item.meta_path, "xb")  # noqa: SIM115
-            item.meta.write(item.spec.to_json().encode())
-            item.meta.flush()
+            item.spec = self._copy_in(oid, src, size, want_md5, ctx, item.blob.file)
+            item.meta = folder.new()
+            item.meta.file.write(item.spec.to_json().encode())
         return None
 
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catalog.errors import SonglakeError, problem
+from catalog.newfiles import Folder
 
 from .layout import TMP_PREFIX, errors_path, receipt_path
 
@@ -61,6 +62,8 @@ class OutcomeWriter:
         inbox sees one create event; a rename would be a move event, and watchdog matches every
         move against its whole queue of pending events (quadratic in a burst of receipts)."""
         data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        if self._write_new(target, data):
+            return
         tmp = self._tmp_for(target)
         try:
             with open(tmp, "xb") as out:
@@ -86,6 +89,23 @@ class OutcomeWriter:
             except FileNotFoundError:
                 pass
             raise
+
+    @staticmethod
+    def _write_new(target: str, data: bytes) -> bool:
+        """Write a file that does not exist yet as a nameless file linked into place (no
+        temporary name anywhere); False when it exists or the file system cannot do that."""
+        with Folder(os.path.dirname(target)) as folder:
+            new = folder.new_anonymous()
+            if new is None:
+                return False
+            try:
+                new.file.write(data)
+                new.name_as(os.path.basename(target))
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                new.close()
 
     def write_receipt(self, sidecar: str, doc: dict[str, Any]) -> None:
         """Write the receipt, then remove a stale errors file (success wins)."""
