@@ -112,8 +112,16 @@ def song_time(value: datetime | None) -> str | None:
 # --- payload parsing -------------------------------------------------------------------------
 
 
+class Payload(dict):  # type: ignore[type-arg]
+    """A payload dict that ``parse_payload`` has already checked (it is not checked again)."""
+
+    __slots__ = ("max_depth",)
+
+
 def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_depth: int) -> dict:
     """Turn raw bytes into a payload dict, refusing what Song refuses and what would hurt us."""
+    if isinstance(raw, Payload) and raw.max_depth <= max_depth:
+        return raw
     if isinstance(raw, dict):
         doc: Any = raw
     else:
@@ -158,7 +166,9 @@ def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_dept
             problems=[problem("", "type", f"expected an object, got {_json_kind(doc)}")],
         )
     check_depth(doc, max_depth)
-    return doc
+    checked = Payload(doc)
+    checked.max_depth = max_depth
+    return checked
 
 
 def _not_a_number(token: str) -> float:
@@ -186,16 +196,17 @@ def _too_deep(max_depth: int) -> PayloadParsing:
 
 
 def check_depth(doc: Any, max_depth: int) -> None:
-    """Refuse documents nested deeper than max_depth (iterative: no recursion to blow up)."""
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """Refuse documents nested deeper than max_depth (the walk stops there: no deep recursion)."""
+
+    def walk(node: Any, depth: int) -> None:
         if depth > max_depth:
             raise _too_deep(max_depth)
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+        for value in node.values() if isinstance(node, dict) else node:
+            if isinstance(value, (dict, list)):
+                walk(value, depth + 1)
+
+    if isinstance(doc, (dict, list)):
+        walk(doc, 1)
 
 
 # --- entity normalisation ----------------------------------------------------------------------

@@ -444,3 +444,25 @@ def test_sql_select_still_works(catalog, submitted):
     cols, rows = sql.run(catalog.tables, "SELECT analysis_id, analysis_state FROM analyses")
     assert cols == ["analysis_id", "analysis_state"]
     assert rows == [(aid, "UNPUBLISHED")]
+
+
+@pytest.mark.parametrize("container", ["object", "array"])
+def test_nesting_is_counted_to_the_limit_exactly(container):
+    from catalog.errors import PayloadParsing
+    from catalog.model import parse_payload
+
+    def nested(levels: int) -> bytes:  # the payload object itself is level 1
+        inner = b"1"
+        for _ in range(levels - 1):
+            inner = b'{"a":' + inner + b"}" if container == "object" else b"[" + inner + b"]"
+        return b'{"studyId":"S","x":' + inner + b"}"
+
+    assert parse_payload(nested(8), max_bytes=10_000, max_depth=8)["studyId"] == "S"
+    with pytest.raises(PayloadParsing) as err:
+        parse_payload(nested(9), max_bytes=10_000, max_depth=8)
+    assert err.value.problems[0]["rule"] == "maxDepth"
+    # a payload parsed once is not walked again, unless a stricter limit asks for it
+    parsed = parse_payload(nested(8), max_bytes=10_000, max_depth=8)
+    assert parse_payload(parsed, max_bytes=10_000, max_depth=8) is parsed
+    with pytest.raises(PayloadParsing):
+        parse_payload(parsed, max_bytes=10_000, max_depth=7)

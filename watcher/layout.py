@@ -93,6 +93,8 @@ def data_file_path(folder: Folder, sidecar: str, index: int, name: str) -> tuple
     here = os.path.dirname(sidecar)
     if not name or "\x00" in name or os.path.isabs(name) or name in (".", ".."):
         return "", problem(pointer, "fileName", f"'{name}' is not a file name in this folder")
+    if os.sep not in name and (os.altsep is None or os.altsep not in name):
+        return f"{here}{os.sep}{name}", None  # a plain name in the sidecar's own folder
     target = os.path.normpath(os.path.join(here, name))
     if not is_within(target, here) or target == here:
         return "", problem(
