@@ -82,15 +82,10 @@ class Uploader:
         self.current = current  # analysisId -> (state, version) now, from the read model
 
     def run(self, job: UploadJob) -> UploadResult:
-        here = os.path.dirname(job.path)
-        uploads: dict[str, dict[str, Any]] = {}
-        for f in job.analysis["files"]:
-            src = os.path.join(here, f["fileName"])
-            record = self._settled(f, job)
-            if record is None:
-                record = self._put(f, src)
-            uploads[f["objectId"]] = record
-        return self._finish(job, uploads)
+        result = self.run_many([job])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def run_many(self, jobs: list[UploadJob]) -> list[UploadResult | Exception]:
         """Run several jobs, their files stored with one ``put_files`` (the local store syncs
@@ -180,19 +175,6 @@ class Uploader:
                 "at": utc_now(),
             }
         return None
-
-    def _put(self, f: dict[str, Any], src: str) -> dict[str, Any]:
-        try:
-            st = os.stat(src)
-        except OSError as exc:
-            return self._failed(src, exc)
-        try:
-            stored: ObjectSpec | Exception = self.store.put_file(
-                f["objectId"], src, expected_md5=f["fileMd5sum"], expected_size=f["fileSize"]
-            )
-        except (SonglakeError, OSError) as exc:
-            stored = exc
-        return self._outcome(f, src, st, stored)
 
     def _outcome(
         self, f: dict[str, Any], src: str, st: os.stat_result, stored: ObjectSpec | Exception
