@@ -5,7 +5,8 @@ the receipt). In threads of the watcher process every call gives the GIL up and 
 it back from the registrar's validation and the coordinator, so eight upload threads did less
 than one (a 3,000-sidecar burst on tmpfs: 204/s with 8 threads, 285/s with 1). In worker
 processes the same calls run beside the registrar, on the other core. Jobs travel in chunks: one
-pickle and pipe round trip per chunk, not per job.
+pickle and pipe round trip per chunk, not per job. Within a chunk, jobs with small files only run
+in groups whose objects the local store syncs together (``put_files``).
 
     UploadPool(settings, on_result, on_error)
       submit(jobs)      split into chunks, returns at once; later on_result(UploadResult) or
@@ -83,7 +84,8 @@ def run_jobs(
     """Run a chunk's jobs on ``threads``; every job gets a result or the reason it failed.
 
     Where the store syncs small files together (the local store), the jobs whose files are all
-    small run as one group, on one thread; the others each on a thread of their own."""
+    small run in groups of up to GROUP_JOBS, each group on one thread; the others each on a thread
+    of their own."""
     grouped: list[int] = []
     if uploader.store.groups_puts:
         grouped = [i for i, job in enumerate(jobs) if all_small(job)]
@@ -91,7 +93,8 @@ def run_jobs(
     size = max(1, min(GROUP_JOBS, -(-len(grouped) // 2)))
     groups = [grouped[k : k + size] for k in range(0, len(grouped), size)]
     futures = [threads.submit(uploader.run_many, [jobs[i] for i in g]) for g in groups]
-    alone = {i: threads.submit(uploader.run, job) for i, job in enumerate(jobs) if i not in grouped}
+    in_group = set(grouped)
+    alone = {i: threads.submit(uploader.run, j) for i, j in enumerate(jobs) if i not in in_group}
     results: dict[int, UploadResult | BaseException] = {}
     for g, fut in zip(groups, futures, strict=True):
         try:
