@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import re
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -577,7 +576,7 @@ def _fsync_dir(path: Path) -> None:
 
 @dataclass
 class _Staged:
-    """A small object of ``LocalObjectStore.put_files`` between its copy and its placement."""
+    """A local-store object between its copy and its naming (``put_file`` and ``put_files``)."""
 
     index: int
     blob: NewFile
@@ -626,9 +625,8 @@ class LocalObjectStore(ObjectStore):
         self.part_md5 = part_md5
         self._data = self.root / DATA_DIR
         self._data.mkdir(parents=True, exist_ok=True)
-        sentinel = self._data / SENTINEL
-        if not sentinel.exists():
-            self._write_atomic(sentinel, SENTINEL_CONTENT)
+        if not (self._data / SENTINEL).exists():
+            self._write_sentinel()
 
     # -- paths -----------------------------------------------------------------------------------
     def _blob(self, object_id: str) -> Path:
@@ -637,20 +635,16 @@ class LocalObjectStore(ObjectStore):
     def _meta(self, object_id: str) -> Path:
         return self._data / f"{check_object_id(object_id)}.meta"
 
-    def _tmp(self) -> Path:
-        return self._data / f".tmp-{uuid.uuid4().hex}"
-
-    def _write_atomic(self, target: Path, content: bytes) -> None:
-        tmp = self._tmp()
-        try:
-            with open(tmp, "xb") as out:
-                out.write(content)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self._data)
+    def _write_sentinel(self) -> None:
+        with Folder(self._data) as folder:
+            new = folder.new()
+            try:
+                new.file.write(SENTINEL_CONTENT)
+                new.sync()
+                new.name_as(SENTINEL, replace=True)
+                folder.sync()
+            finally:
+                new.close()
 
     # -- interface -------------------------------------------------------------------------------
     def exists(self, object_id: str) -> bool:
@@ -708,37 +702,33 @@ class LocalObjectStore(ObjectStore):
             )
         return ObjectSpec(oid, size, md5, tuple(parts))
 
-    def _place(self, oid: str, tmp_blob: Path, tmp_meta: Path) -> None:
-        """Rename a durable blob and then its durable .meta into place (the caller syncs the
-        directory). An older object turns absent before its bytes change; a .meta that cannot
-        be placed takes its new blob away again."""
-        blob, meta = self._blob(oid), self._meta(oid)
-        meta.unlink(missing_ok=True)
-        os.replace(tmp_blob, blob)
-        try:
-            os.replace(tmp_meta, meta)
-        except BaseException:
-            blob.unlink(missing_ok=True)
-            raise
+    def _fill(
+        self,
+        item: _Staged,
+        folder: Folder,
+        src: BinaryIO,
+        size: int,
+        want_md5: str | None,
+        ctx: dict[str, str],
+    ) -> None:
+        """Copy and verify ``src`` into the item's nameless blob, then write its .meta."""
+        item.spec = self._copy_in(ctx["object_id"], src, size, want_md5, ctx, item.blob.file)
+        item.meta = folder.new()
+        item.meta.file.write(item.spec.to_json().encode())
 
     def _store(
         self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
     ) -> ObjectSpec:
-        tmp_blob, tmp_meta = self._tmp(), self._tmp()
-        try:
-            with open(tmp_blob, "xb") as out:
-                spec = self._copy_in(oid, src, size, want_md5, ctx, out)
-                os.fsync(out.fileno())
-            with open(tmp_meta, "xb") as out:
-                out.write(spec.to_json().encode())
-                out.flush()
-                os.fsync(out.fileno())
-            self._place(oid, tmp_blob, tmp_meta)
-            _fsync_dir(self._data)
-            return spec
-        finally:
-            tmp_blob.unlink(missing_ok=True)
-            tmp_meta.unlink(missing_ok=True)
+        with Folder(self._data) as folder:
+            item = _Staged(0, folder.new())
+            try:
+                self._fill(item, folder, src, size, want_md5, ctx)
+                item.sync()
+                item.place(folder)
+                folder.sync()
+                return item.spec
+            finally:
+                item.discard()
 
     groups_puts = True
 
@@ -792,9 +782,7 @@ class LocalObjectStore(ObjectStore):
                 return current
             item = _Staged(index, folder.new())
             staged.append(item)
-            item.spec = self._copy_in(oid, src, size, want_md5, ctx, item.blob.file)
-            item.meta = folder.new()
-            item.meta.file.write(item.spec.to_json().encode())
+            self._fill(item, folder, src, size, want_md5, ctx)
         return None
 
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
