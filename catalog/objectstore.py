@@ -583,6 +583,11 @@ class _Staged:
     meta: NewFile | None = None
     spec: ObjectSpec = field(default=None)  # type: ignore[assignment]
 
+    def start_writeback(self) -> None:
+        assert self.meta is not None
+        self.blob.start_writeback()
+        self.meta.start_writeback()
+
     def sync(self) -> None:
         assert self.meta is not None
         self.blob.sync()
@@ -723,6 +728,7 @@ class LocalObjectStore(ObjectStore):
             item = _Staged(0, folder.new())
             try:
                 self._fill(item, folder, src, size, want_md5, ctx)
+                item.start_writeback()
                 item.sync()
                 item.place(folder)
                 folder.sync()
@@ -753,6 +759,8 @@ class LocalObjectStore(ObjectStore):
                         if staged and staged[-1].index == i:
                             staged.pop().discard()
                 for item in staged:  # one pass: the disk sees every small write at once
+                    item.start_writeback()
+                for item in staged:
                     item.sync()
                 placed = False
                 for item in staged:

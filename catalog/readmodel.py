@@ -218,9 +218,7 @@ class ReadModel:
         with self.lock:
             tables = {}
             for name in MODEL_TABLES:
-                dt = self.tables.table(name)
-                dt.update_incremental()
-                version = dt.version()
+                version = self.tables.latest(name).version()
                 tables[name] = self.tables.dataset(name, version).to_table()
                 self._seen[name] = version
             bulk_load(self, tables)
@@ -233,9 +231,7 @@ class ReadModel:
         changed = False
         with self.lock:
             for name in MODEL_TABLES:
-                dt = self.tables.table(name)
-                dt.update_incremental()
-                current = dt.version()
+                current = self.tables.latest(name).version()
                 seen = self._seen.get(name, -1)
                 if current == seen:
                     continue

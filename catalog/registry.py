@@ -205,8 +205,7 @@ class Registry:
     # -- reading ------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        dt = self.tables.table("analysis_types")
-        dt.update_incremental()
+        dt = self.tables.latest("analysis_types")
         if dt.version() == self._seen_version:
             return
         with self._lock:

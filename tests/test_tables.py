@@ -54,3 +54,23 @@ def test_group_commit_records_one_catalog_version(tmp_path):
     _, rows = sql.run(tables, "SELECT operation, actor, rows, table_versions FROM commits")
     assert rows[0][:3] == ("test", "me", 2)
     assert json.loads(rows[0][3])["studies"] == 1
+
+
+def test_commits_of_another_writer_are_seen_and_recorded(tmp_path):
+    """``latest`` loads a table only when a newer commit exists; what another writer (another
+    process) committed is seen by reads and in the versions the next catalog commit records."""
+    ours = TableStore(tmp_path / "tables")
+    ours.create_all()
+    theirs = TableStore(tmp_path / "tables")
+    ours.append("studies", [study_row(1)])
+    assert ours.read("studies").num_rows == 1  # opened by ours now, at version 1
+    assert theirs.append("studies", [study_row(2)]) == 2
+    assert theirs.append("studies", [study_row(3)]) == 3
+    assert ours.latest("studies").version() == 3
+    assert sorted(ours.read("studies").column("study_id").to_pylist()) == ["S1", "S2", "S3"]
+    theirs.append("donors", [])  # no rows: no commit
+    ours.group_commit([("studies", [study_row(4)])], operation="test", actor=None)
+    assert ours.versions()["studies"] == 4
+    _, rows = sql.run(ours, "SELECT table_versions FROM commits")
+    assert json.loads(rows[-1][0])["studies"] == 4
+    assert ours.latest("studies").version() == 4  # nothing newer: stays

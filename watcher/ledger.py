@@ -242,8 +242,16 @@ class Ledger:
     def all(self) -> list[Row]:
         return self._rows("")
 
-    def registered_with(self, sha256: str) -> list[Row]:
-        return self._rows("WHERE sha256 = ? AND status = 'registered'", (sha256,))
+    def registered_with_any(self, sha256s: Iterable[str]) -> dict[str, list[Row]]:
+        """The rows registered with any of these contents, by sha256 (one query per 500)."""
+        wanted = sorted(set(sha256s))
+        out: dict[str, list[Row]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._rows(f"WHERE sha256 IN ({marks}) AND status = 'registered'", chunk):
+                out.setdefault(row.sha256 or "", []).append(row)
+        return out
 
     def receipts_since(self, when: float) -> list[Row]:
         """Rows whose receipt was written after ``when`` (any process)."""

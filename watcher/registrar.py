@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from catalog.catalog import Catalog, SubmitItem
@@ -41,7 +41,7 @@ from catalog.model import (
 from catalog.settings import Settings
 
 from .layout import receipt_path
-from .ledger import Ledger
+from .ledger import Ledger, Row
 from .readiness import Verdict
 from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
 from .uploader import UploadJob
@@ -162,6 +162,7 @@ class Registrar(threading.Thread):
         settled: list[tuple[Verdict, str]] = []  # registered without a new submission
         aliases: list[tuple[Verdict, Verdict]] = []  # same content as another of this batch
         by_sha: dict[tuple[str | None, str | None], Verdict] = {}
+        elsewhere = self.ledger.registered_with_any(v.sha256 for v in batch if v.sha256)
         for v in batch:
             row = v.row
             own = row.analysis_id if row and row.analysis_id in analyses else None
@@ -174,7 +175,7 @@ class Registrar(threading.Thread):
                 else:
                     self._update(v, own)
                 continue
-            alias = self._registered_elsewhere(v)
+            alias = self._registered_elsewhere(v, elsewhere.get(v.sha256 or "", ()))
             if alias is not None:
                 settled.append((v, alias))
                 continue
@@ -287,11 +288,10 @@ class Registrar(threading.Thread):
             if exc.error_id != "study.already.exists":
                 log.warning("could not create study %s: %s", study_id, exc.message)
 
-    def _registered_elsewhere(self, v: Verdict) -> str | None:
-        """The analysis this exact content is registered as at another path, if any."""
-        if v.sha256 is None:
-            return None
-        for row in self.ledger.registered_with(v.sha256):
+    def _registered_elsewhere(self, v: Verdict, rows: Iterable[Row]) -> str | None:
+        """The analysis this exact content is registered as at another path, if any (``rows``:
+        the ledger's registered rows with the sidecar's sha256)."""
+        for row in rows:
             rec = self.catalog.model.analyses.get(row.analysis_id or "")
             if rec is not None and rec.study_id == v.study_id and row.path != v.path:
                 return rec.analysis_id
