@@ -75,6 +75,28 @@ def test_receipt_follows_publish_unpublish_and_suppress(
     assert wait_receipt(sidecar, state="SUPPRESSED")["analysisId"] == aid
 
 
+def test_receipts_from_an_earlier_run_follow_changes_made_while_stopped_and_after(
+    catalog, start_watcher, inbox, payloads
+) -> None:
+    first = drop(inbox, "a", payloads.variant_call(), payloads.contents)
+    other_payload = payloads.variant_call(
+        samples=[payloads.sample("sa2", "sp2", "do2")], files=[payloads.file("b.vcf.gz")]
+    )
+    second = drop(inbox, "b", other_payload, payloads.contents)
+    w = start_watcher()
+    aid = wait_receipt(first)["analysisId"]
+    other_aid = wait_receipt(second)["analysisId"]
+    w.stop()
+
+    other = Catalog(catalog.settings)  # another process, while no watcher runs
+    other.publish("ABC123", aid)
+    start_watcher()  # the new run follows the receipts the earlier one wrote
+    assert wait_receipt(first, state="PUBLISHED")["analysisId"] == aid
+    other.suppress("ABC123", other_aid)
+    assert wait_receipt(second, state="SUPPRESSED")["analysisId"] == other_aid
+    assert json.loads(receipt_of(first).read_text())["state"] == "PUBLISHED"
+
+
 def test_editing_the_sidecar_of_an_unpublished_analysis_updates_it(
     catalog, start_watcher, inbox, payloads
 ) -> None:

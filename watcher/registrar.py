@@ -78,8 +78,10 @@ class Registrar(threading.Thread):
         self.batches = 0
         # sidecar path -> (analysisId, state, version) its receipt shows
         self._written: dict[str, tuple[str, str | None, int | None]] = {}
+        self._paths_of: dict[str, set[str]] = {}  # analysisId -> its sidecars in _written
         self._ledger_seen = 0.0
         self._studies_lock = threading.Lock()
+        self._changed: set[str] = set()  # analyses the read model saw change since the last pass
         self._stale: set[str] = set()  # receipts written with a state that is no longer current
         self._waiting_for_study: dict[str, set[str]] = {}
         self._next_refresh = 0.0
@@ -96,6 +98,19 @@ class Registrar(threading.Thread):
             self._waiting_for_study.setdefault(study_id, set()).add(path)
 
     def run(self) -> None:
+        self.catalog.model.listeners.append(self._on_row)
+        try:
+            self._loop()
+        finally:
+            self.catalog.model.listeners.remove(self._on_row)
+
+    def _on_row(self, table: str, row: dict[str, Any]) -> None:
+        """Read-model listener (any thread): note analyses whose receipts may need rewriting."""
+        if table in ("analyses", "analysis_state_history"):
+            with self._studies_lock:
+                self._changed.add(row["analysis_id"])
+
+    def _loop(self) -> None:
         try:
             self._recover()
         except Exception:  # noqa: BLE001 - a broken catalog must not kill the thread silently
@@ -252,7 +267,7 @@ class Registrar(threading.Thread):
         uploads = {}
         if row is not None and row.analysis_id == aid and row.uploads:
             uploads = json.loads(row.uploads) if isinstance(row.uploads, str) else row.uploads
-        self._written[v.path] = (aid, summary["state"], summary["analysisVersion"])
+        self._note_written(v.path, aid, summary["state"], summary["analysisVersion"])
         log.info(
             "registered",
             extra={
@@ -420,11 +435,30 @@ class Registrar(threading.Thread):
             self._remember(row)
 
     def _remember(self, row: Any) -> None:
+        """A receipt another writer (an earlier run, ``songlake ingest``) wrote: follow it."""
         self._ledger_seen = max(self._ledger_seen, row.updated_at)
         if row.analysis_id and row.status in ("registered", "rejected") and row.receipt_state:
-            self._written.setdefault(
-                row.path, (row.analysis_id, row.receipt_state, row.receipt_version)
-            )
+            if row.path not in self._written:
+                self._note_written(
+                    row.path, row.analysis_id, row.receipt_state, row.receipt_version
+                )
+                with self._studies_lock:
+                    self._changed.add(row.analysis_id)  # compared on the next pass
+
+    def _note_written(self, path: str, aid: str, state: str | None, version: int | None) -> None:
+        old = self._written.get(path)
+        if old is not None and old[0] != aid:
+            self._forget_written(path)
+        self._written[path] = (aid, state, version)
+        self._paths_of.setdefault(aid, set()).add(path)
+
+    def _forget_written(self, path: str) -> None:
+        aid = self._written.pop(path)[0]
+        paths = self._paths_of.get(aid)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._paths_of[aid]
 
     def receipt_stale(self, path: str) -> None:
         """An upload wrote this receipt with an older state (any thread): rewrite it soon."""
@@ -439,11 +473,15 @@ class Registrar(threading.Thread):
         analyses = self.catalog.model.analyses
         with self._studies_lock:
             marked, self._stale = self._stale, set()
+            changed, self._changed = self._changed, set()
         stale = [(path, self._written[path][0]) for path in marked if path in self._written]
-        for path, (aid, state, version) in self._written.items():
+        for aid in changed:  # only analyses that changed: a pass costs the changes, not the catalog
             rec = analyses.get(aid)
-            if rec is not None and (rec.state != state or rec.version != version):
-                if path not in marked:
+            if rec is None:
+                continue
+            for path in self._paths_of.get(aid, ()):
+                _, state, version = self._written[path]
+                if (rec.state != state or rec.version != version) and path not in marked:
                     stale.append((path, aid))
         for path, aid in stale:
             self._rewrite_receipt(path, aid)
@@ -455,9 +493,9 @@ class Registrar(threading.Thread):
 
     def _rewrite_receipt(self, path: str, aid: str) -> None:
         summary = analysis_summary(self.catalog.model, aid)
-        self._written[path] = (aid, summary["state"], summary["analysisVersion"])
+        self._note_written(path, aid, summary["state"], summary["analysisVersion"])
         if not os.path.exists(path):
-            del self._written[path]
+            self._forget_written(path)
             return
         try:
             with open(receipt_path(path), "rb") as f:
