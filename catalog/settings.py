@@ -177,6 +177,13 @@ class Settings:
         default=4,
         metadata={"help": "upload threads per upload process (fsyncs and S3 calls overlap)"},
     )
+    watch_upload_nice: int = field(
+        default=5,
+        metadata={
+            "help": "niceness of the upload processes: registration (and the API of serve) "
+            "gets the CPU first, copying takes the rest (0: same priority)"
+        },
+    )
     watch_stage_min_bytes: int = field(
         default=64 * 1024 * 1024,
         metadata={"help": "files this large are verified while copied into storage (one read)"},
