@@ -291,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="songlake-bench-watcher-"))
     root = args.root or tmp / "catalog"
     log = tmp / "watch.log"
-    result: dict[str, Any] = {"benchmark": "watcher", "machine": machine(), "params": vars(args)}
+    # a copy: writing the root into the results must not make args.root look user-given (the
+    # temporary catalog, 0.4-4 GB a run, was then never removed)
+    params = dict(vars(args))
+    result: dict[str, Any] = {"benchmark": "watcher", "machine": machine(), "params": params}
     result["loadavg_at_start"] = os.getloadavg()
     result["params"]["root"] = str(root)
     catalog = Catalog.init(load_settings(root))
