@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=120)
         if args.root is None:
             shutil.rmtree(tmp, ignore_errors=True)
+            os.sync()  # the freed blocks are discarded now, not during the next measured run
     result["loadavg_at_end"] = os.getloadavg()
     path = write_result(args.name, result)
     print(f"wrote {path}")
