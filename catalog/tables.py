@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from .model import now
 TS = pa.timestamp("us", tz="UTC")
 #: files at least this large are left alone by automatic compaction
 COMPACT_TARGET_BYTES = 16 * 1024 * 1024
+FULL_CHECK_EVERY = 60.0  # seconds: latest() lists a table's log at least this often
 S = pa.string()
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -165,6 +167,7 @@ class TableStore:
         self._tables: dict[str, DeltaTable] = {}
         self._file_counts: dict[str, int] = {}
         self._compacted_at: dict[str, int] = {}
+        self._listed_at: dict[str, float] = {}  # when latest() last listed a table's log
         self._lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -198,10 +201,15 @@ class TableStore:
 
         ``update_incremental`` lists the Delta log even when nothing changed (about 10 ms under
         load, twice per table per registration batch); every commit adds
-        ``_delta_log/<version + 1>.json``, so one stat says whether there is anything to load."""
+        ``_delta_log/<version + 1>.json``, so one stat says whether there is anything to load.
+        Once a minute the log is listed anyway: a table left behind for longer than the log's
+        retention would find its next entry cleaned up (and a checkpoint in its place)."""
         dt = self.table(name)
-        if os.path.exists(f"{self.dir}/{name}/_delta_log/{dt.version() + 1:020d}.json"):
+        now = time.monotonic()
+        nxt = f"{self.dir}/{name}/_delta_log/{dt.version() + 1:020d}.json"
+        if now - self._listed_at.get(name, 0.0) >= FULL_CHECK_EVERY or os.path.exists(nxt):
             dt.update_incremental()
+            self._listed_at[name] = now
         return dt
 
     def version(self, name: str) -> int:

@@ -74,3 +74,27 @@ def test_commits_of_another_writer_are_seen_and_recorded(tmp_path):
     _, rows = sql.run(ours, "SELECT table_versions FROM commits")
     assert json.loads(rows[-1][0])["studies"] == 4
     assert ours.latest("studies").version() == 4  # nothing newer: stays
+
+
+def test_a_table_left_behind_past_a_cleaned_log_still_catches_up(tmp_path, monkeypatch):
+    """The log entry after our version may be gone (cleaned up behind a checkpoint); latest()
+    lists the log at least every FULL_CHECK_EVERY seconds, so the table still catches up."""
+    from deltalake import DeltaTable
+
+    from catalog import tables as tables_module
+
+    ours = TableStore(tmp_path / "tables")
+    ours.create_all()
+    ours.append("studies", [study_row(1)])
+    assert ours.latest("studies").version() == 1
+    theirs = TableStore(tmp_path / "tables")
+    for i in range(2, 6):
+        theirs.append("studies", [study_row(i)])
+    DeltaTable(str(tmp_path / "tables" / "studies")).create_checkpoint()  # at version 5
+    log = tmp_path / "tables" / "studies" / "_delta_log"
+    for version in range(2, 5):  # what a log cleanup removes
+        (log / f"{version:020d}.json").unlink()
+    assert ours.latest("studies").version() == 1  # listed less than a minute ago: not yet
+    monkeypatch.setattr(tables_module, "FULL_CHECK_EVERY", 0.0)
+    assert ours.latest("studies").version() == 5
+    assert ours.read("studies").num_rows == 5
