@@ -80,7 +80,7 @@ class Registrar(threading.Thread):
         self._written: dict[str, tuple[str, str | None, int | None]] = {}
         self._paths_of: dict[str, set[str]] = {}  # analysisId -> its sidecars in _written
         self._ledger_seen = 0.0
-        self._studies_lock = threading.Lock()
+        self._shared_lock = threading.Lock()  # _waiting_for_study, _stale, _changed (any thread)
         self._changed: set[str] = set()  # analyses the read model saw change since the last pass
         self._stale: set[str] = set()  # receipts written with a state that is no longer current
         self._waiting_for_study: dict[str, set[str]] = {}
@@ -94,7 +94,7 @@ class Registrar(threading.Thread):
         self.queue.put(STOP)
 
     def wait_for_study(self, study_id: str, path: str) -> None:
-        with self._studies_lock:
+        with self._shared_lock:
             self._waiting_for_study.setdefault(study_id, set()).add(path)
 
     def run(self) -> None:
@@ -107,7 +107,7 @@ class Registrar(threading.Thread):
     def _on_row(self, table: str, row: dict[str, Any]) -> None:
         """Read-model listener (any thread): note analyses whose receipts may need rewriting."""
         if table in ("analyses", "analysis_state_history"):
-            with self._studies_lock:
+            with self._shared_lock:
                 self._changed.add(row["analysis_id"])
 
     def _loop(self) -> None:
@@ -442,7 +442,7 @@ class Registrar(threading.Thread):
                 self._note_written(
                     row.path, row.analysis_id, row.receipt_state, row.receipt_version
                 )
-                with self._studies_lock:
+                with self._shared_lock:
                     self._changed.add(row.analysis_id)  # compared on the next pass
 
     def _note_written(self, path: str, aid: str, state: str | None, version: int | None) -> None:
@@ -462,7 +462,7 @@ class Registrar(threading.Thread):
 
     def receipt_stale(self, path: str) -> None:
         """An upload wrote this receipt with an older state (any thread): rewrite it soon."""
-        with self._studies_lock:
+        with self._shared_lock:
             self._stale.add(path)
 
     def _refresh_pass(self) -> None:
@@ -471,7 +471,7 @@ class Registrar(threading.Thread):
         for row in self.ledger.receipts_since(self._ledger_seen):
             self._remember(row)
         analyses = self.catalog.model.analyses
-        with self._studies_lock:
+        with self._shared_lock:
             marked, self._stale = self._stale, set()
             changed, self._changed = self._changed, set()
         stale = [(path, self._written[path][0]) for path in marked if path in self._written]
@@ -485,7 +485,7 @@ class Registrar(threading.Thread):
                     stale.append((path, aid))
         for path, aid in stale:
             self._rewrite_receipt(path, aid)
-        with self._studies_lock:
+        with self._shared_lock:
             ready = [s for s in self._waiting_for_study if s in self.catalog.model.studies]
             paths = [p for s in ready for p in self._waiting_for_study.pop(s)]
         if paths:
