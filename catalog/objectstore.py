@@ -564,16 +564,6 @@ class _WritebackWriter:
             self._hinted = self._written
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class _Staged:
     """A local-store object between its copy and its naming (``put_file`` and ``put_files``)."""
@@ -809,7 +799,8 @@ class LocalObjectStore(ObjectStore):
     def delete(self, object_id: str) -> None:
         self._meta(object_id).unlink(missing_ok=True)
         self._blob(object_id).unlink(missing_ok=True)
-        _fsync_dir(self._data)
+        with Folder(self._data) as folder:
+            folder.sync()
 
     def ping(self) -> bool:
         return (self._data / SENTINEL).is_file()
