@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/songlake --root $(ROOT) serve
 
 test: $(STAMP)
-	$(BIN)/ruff check catalog watcher api tests bench
+	$(BIN)/ruff check songlake catalog watcher api tests bench
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             f'secret = "{SECRET.decode()}"\nconcurrency = {args.lanes}\nstart = "now"\n'
         )
         log = (tmp / "dispatcher.log").open("wb")
-        command = [sys.executable, "-m", "catalog.cli", "--root", str(root), "events", "run"]
+        command = [sys.executable, "-m", "songlake", "--root", str(root), "events", "run"]
         if args.profile:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             command = [

@@ -42,7 +42,7 @@ def start_watcher(root: Path, log: Path) -> subprocess.Popen:
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "catalog.cli", "--root", str(root), "watch"],
+            [sys.executable, "-m", "songlake", "--root", str(root), "watch"],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env={**os.environ, "PYTHONPATH": str(REPO)},

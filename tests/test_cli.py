@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from catalog.catalog import Catalog
-from catalog.cli import main
 from catalog.settings import load_settings
+from songlake.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "DEMO"

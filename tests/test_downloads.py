@@ -16,9 +16,9 @@ from test_api_basic import assert_song_error
 
 from api.app import create_app
 from catalog.catalog import Catalog, SubmitItem
-from catalog.cli import main
 from catalog.settings import load_settings
 from catalog.storage import sync_storage, verify_storage
+from songlake.cli import main
 
 TOKENS = {
     "reader": "score.READ",

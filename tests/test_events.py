@@ -16,7 +16,6 @@ from conftest import STUDY
 from eventkit import FAST, idle, log_lines, threads_settle
 
 from catalog.catalog import ORDER, Catalog, SubmitItem
-from catalog.cli import main
 from catalog.errors import BadRequest
 from catalog.events import Dispatcher, DispatcherBusy, start_background, status
 from catalog.model import now
@@ -24,6 +23,7 @@ from catalog.outbox import BEGINNING, Cut, Outbox, Position
 from catalog.settings import load_settings
 from catalog.sinks import events_config, parse_events
 from catalog.validation import Planner
+from songlake.cli import main
 
 MESSAGE_KEYS = ["analysisId", "studyId", "state", "action", "songServerId", "analysis"]
 

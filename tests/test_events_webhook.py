@@ -179,7 +179,7 @@ def start_dispatcher(root: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "catalog.cli", "--root", str(root), "events", "run"],
+            [sys.executable, "-m", "songlake", "--root", str(root), "events", "run"],
             env=env,
             cwd=REPO,
             stdout=out,

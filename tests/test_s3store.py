@@ -20,12 +20,12 @@ from conftest import STUDY, Payloads
 from s3support import CREDENTIALS, MotoS3, TcpProxy
 
 from catalog.catalog import Catalog, SubmitItem
-from catalog.cli import main
 from catalog.errors import Internal, StorageCheckFailed
 from catalog.objectstore import verify_for_publish
 from catalog.s3store import S3ObjectStore, bucket_for, multipart_etag
 from catalog.settings import Settings, load_settings
 from catalog.storage import sync_storage, verify_storage
+from songlake.cli import main
 
 MIB = 1024 * 1024
 

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from watcher_kit import alive, errors_of, read_json, receipt_of, wait_for, wait_receipt
 
 from catalog.catalog import Catalog
-from catalog.cli import main
 from catalog.settings import load_settings
+from songlake.cli import main
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 pytest_plugins = ["watcher_fixtures"]
@@ -71,7 +71,7 @@ def start(root: Path, log: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SONGLAKE_WATCH_POLL_INTERVAL": "0.2"}
     with log.open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "catalog.cli", "--root", str(root), *args],
+            [sys.executable, "-m", "songlake", "--root", str(root), *args],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,

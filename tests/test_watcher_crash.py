@@ -35,7 +35,7 @@ def start(root: Path, log: Path) -> subprocess.Popen:
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as err:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "catalog.cli", "--root", str(root), "watch"],
+            [sys.executable, "-m", "songlake", "--root", str(root), "watch"],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,

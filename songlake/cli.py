@@ -13,12 +13,15 @@ import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .errors import SonglakeError
-from .settings import load_settings
+from catalog.errors import SonglakeError
+from catalog.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from catalog.catalog import Catalog
 
 
 class CatalogError(click.ClickException):
@@ -74,18 +77,25 @@ def actor() -> str:
 
 
 class Context:
+    """What a command works on: the settings (songlake.toml read once) and, opened on first use,
+    the catalog."""
+
     def __init__(self, root: str | None) -> None:
         self.root = root
-        self._catalog = None
+        self._settings: Settings | None = None
+        self._catalog: Catalog | None = None
 
     @property
-    def settings(self):
-        return load_settings(self.root)
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.root)
+        return self._settings
 
     @property
-    def catalog(self):
+    def catalog(self) -> Catalog:
         if self._catalog is None:
-            from .catalog import Catalog
+            # pyarrow and deltalake load only for the commands that need them (start-up time)
+            from catalog.catalog import Catalog
 
             self._catalog = Catalog(self.settings)
         return self._catalog
@@ -126,7 +136,7 @@ def main(ctx: click.Context, root: str | None) -> None:
 @pass_ctx
 def init(c: Context) -> None:
     """Create a catalog root: tables, inbox, object store, bundled analysis types."""
-    from .catalog import Catalog
+    from catalog.catalog import Catalog
 
     catalog = Catalog.init(c.settings)
     click.echo(f"catalog ready at {catalog.settings.root}")
@@ -148,51 +158,20 @@ def serve(
     c: Context, host: str, port: int, no_watch: bool, threads: int | None, no_auth: bool
 ) -> None:
     """Serve the Song-compatible API, with the inbox watcher unless --no-watch."""
-    import dataclasses
+    from songlake import serve as serving
 
-    from api.app import create_app
-    from api.auth import admin_token_path, auth_configured, ensure_admin_token
-    from api.server import serve as run_server
-
-    from .catalog import Catalog
-
-    settings = c.settings
-    if not settings.tables_dir.exists():
-        Catalog.init(settings)
-    if no_auth:
-        settings = dataclasses.replace(settings, auth=False)
-    if not settings.auth:
-        click.echo(
-            "WARNING: API auth is OFF: anyone who can reach the port can write to the catalog",
-            err=True,
-        )
-    elif not auth_configured(settings) or admin_token_path(settings).exists():
-        token_path, created = ensure_admin_token(settings)
-        verb = "created" if created else "in"
-        click.echo(
-            f"admin token (system scope) {verb} {token_path}; send it as "
-            "'Authorization: Bearer <token>'",
-            err=True,
-        )
-    app = create_app(c.catalog, settings=settings)
-    watcher = None
-    if not no_watch:
-        from watcher import Watcher
-        from watcher.logs import configure
-
-        configure()
-        watcher = Watcher(c.catalog, settings).start()  # shares the API's catalog (one read model)
-    click.echo(f"songlake serving {settings.root} on http://{host}:{port}", err=True)
-    from .events import start_background
-
-    dispatcher = start_background(c.catalog)  # Song's analysis messages, beside the API
-    try:
-        run_server(app, host=host, port=port, threads=threads or settings.api_threads)
-    finally:
-        if dispatcher is not None:
-            dispatcher.stop()
-        if watcher is not None:
-            watcher.stop()
+    settings, notices = serving.prepare(c.settings, no_auth=no_auth)
+    for notice in notices:
+        click.echo(notice, err=True)
+    serving.serve(
+        c.catalog,
+        settings,
+        host=host,
+        port=port,
+        threads=threads or settings.api_threads,
+        watch=not no_watch,
+        announce=lambda text: click.echo(text, err=True),
+    )
 
 
 # -- the watcher: watch / ingest / status ---------------------------------------------------------
@@ -379,7 +358,7 @@ def schema() -> None:
 @pass_ctx
 def schema_register(c: Context, file: Path) -> None:
     """Register a new version of an analysis type from a {name, schema, options} file."""
-    from .model import parse_payload
+    from catalog.model import parse_payload
 
     s = c.settings
     body = parse_payload(
@@ -432,8 +411,8 @@ def submit(c: Context, file: Path, study_id: str | None, allow_duplicates: bool)
 
 
 def _payload_study(raw: bytes, c: Context) -> str:
-    from .errors import BadRequest
-    from .model import parse_payload
+    from catalog.errors import BadRequest
+    from catalog.model import parse_payload
 
     s = c.settings
     payload = parse_payload(raw, max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
@@ -583,7 +562,7 @@ analysis.command("suppress", help="Suppress an analysis (from any state).")(_tra
 @pass_ctx
 def analysis_update(c: Context, analysis_id: str, file: Path, patch: bool) -> None:
     """Replace (or merge-patch) an analysis' dynamic data; earlier versions are kept."""
-    from .model import parse_payload
+    from catalog.model import parse_payload
 
     s = c.settings
     body = parse_payload(
@@ -605,7 +584,7 @@ def analysis_update(c: Context, analysis_id: str, file: Path, patch: bool) -> No
 @pass_ctx
 def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], output: Path) -> None:
     """Export resubmittable payloads to <output>/<studyId>/<analysisId>.json."""
-    from .export import group_by_study, write_export
+    from catalog.export import group_by_study, write_export
 
     if bool(study_id) == bool(analysis_ids):
         raise click.UsageError("give either --study or --analysis (repeatable)")
@@ -627,8 +606,8 @@ def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], outp
 @pass_ctx
 def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
     """Run a read-only SELECT over views named after the tables."""
-    from . import sql as sqlmod
-    from .tables import TableStore
+    from catalog import sql as sqlmod
+    from catalog.tables import TableStore
 
     s = c.settings
     tables = TableStore(s.tables_dir)
@@ -652,7 +631,7 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
 @pass_ctx
 def compact(c: Context) -> None:
     """Compact every table's small Parquet files (also done automatically)."""
-    from .tables import TableStore
+    from catalog.tables import TableStore
 
     counts = TableStore(c.settings.tables_dir).compact()
     echo_table(["table", "files"], sorted(counts.items()))
@@ -700,7 +679,7 @@ def events_run(c: Context, once: bool) -> None:
     """Run the event dispatcher alone (serve runs one too; one per root delivers at a time)."""
     import signal
 
-    from . import events as ev
+    from catalog import events as ev
 
     _log_to_stderr()
     d = ev.Dispatcher(c.catalog)
@@ -732,7 +711,7 @@ def events_run(c: Context, once: bool) -> None:
 @pass_ctx
 def events_status(c: Context, as_json: bool) -> None:
     """Lag, failures and dead letters of every sink."""
-    from . import events as ev
+    from catalog import events as ev
 
     text, rows = ev.status(c.settings)
     if as_json:
@@ -767,8 +746,8 @@ def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
     """Send the messages of committed changes again, from a version or time on."""
     import time
 
-    from . import events as ev
-    from .outbox import cut_from
+    from catalog import events as ev
+    from catalog.outbox import cut_from
 
     settings = c.settings
     cut = cut_from(settings, from_)
@@ -835,7 +814,7 @@ def storage_verify(
     c: Context, study_id: str | None, rehash: bool, as_json: bool, quiet: bool
 ) -> None:
     """Find missing objects, missing or wrong .meta files, and (--rehash) damaged bytes."""
-    from .storage import registered_files, verify_storage
+    from catalog.storage import registered_files, verify_storage
 
     cat = c.catalog
     listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
@@ -875,7 +854,7 @@ def storage_sync(c: Context, study_id: str | None, as_json: bool, quiet: bool) -
     """Upload registered files missing from storage, from the paths recorded at ingest."""
     from tqdm import tqdm
 
-    from .storage import registered_files, sync_storage
+    from catalog.storage import registered_files, sync_storage
 
     cat = c.catalog
     listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
@@ -910,7 +889,3 @@ def _json_option(text: str | None, name: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from exc
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,5 @@
+"""``python -m songlake``: the command line."""
+
+from songlake.cli import main
+
+main()
