@@ -34,7 +34,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from catalog.errors import BadRequest, NotFound
-from catalog.objectstore import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
+from catalog.store.layout import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
 
 from . import auth
 from .errors import error_response, song_error

@@ -113,7 +113,7 @@ def unpublished_analyses(root: Path) -> tuple[list[tuple[str, str]], list[tuple[
 def stage_objects(root: Path, analysis_ids: set[str]) -> int:
     """Write Score objects (a sparse blob of the declared size, and a .meta with the declared
     md5) for every file of these analyses: what publish checks, without the bytes."""
-    from catalog.objectstore import ObjectSpec
+    from catalog.store import ObjectSpec
     from catalog.tables import TableStore
 
     files = TableStore(root / "tables").read("files")

@@ -96,7 +96,7 @@ class Moto:
 
 
 def s3_store(url: str) -> Any:
-    from catalog.s3store import S3ObjectStore
+    from catalog.store.s3 import S3ObjectStore
 
     return S3ObjectStore(bucket=BUCKET, endpoint_url=url, region="us-east-1")
 
@@ -122,7 +122,8 @@ def mib_s(size: int, seconds: float) -> float:
 
 
 def bench_upload(work: Path, size_mib: int, rounds: int, moto: Moto | None) -> dict[str, Any]:
-    from catalog.objectstore import LocalObjectStore, md5_file
+    from catalog.store import LocalObjectStore
+    from catalog.store.hashing import md5_file
 
     src = work / "big.bin"
     size = size_mib * MIB
@@ -256,7 +257,7 @@ def bench_files(catalog: Any) -> list[dict[str, Any]]:
 
 
 def seed(moto: Moto, store: Any, files: list[dict[str, Any]]) -> None:
-    from catalog.objectstore import ObjectSpec, part_plan
+    from catalog.store import ObjectSpec, part_plan
 
     batch: list[dict[str, Any]] = []
     for f in files:
@@ -292,7 +293,6 @@ def seed(moto: Moto, store: Any, files: list[dict[str, Any]]) -> None:
 def bench_verify(work: Path, n_objects: int, moto: Moto) -> dict[str, Any]:
     from catalog.catalog import Catalog
     from catalog.settings import load_settings
-    from catalog.storage import verify_storage
 
     client = moto.client()
     client.create_bucket(Bucket=BUCKET)
@@ -323,7 +323,7 @@ def bench_verify(work: Path, n_objects: int, moto: Moto) -> dict[str, Any]:
     with Timer() as t_open:
         catalog = Catalog(load_settings(root))
     with Timer() as t_lib:
-        report = verify_storage(catalog)
+        report = catalog.verify_storage()
     found = sorted({f.object_id for f in report.findings})
     print(f"  {t_lib.seconds:.1f} s, {report.meta_read} .meta read, findings {report.counts()}")
     print("verifying (CLI) ...", flush=True)

@@ -29,13 +29,14 @@ from .errors import (
     problem,
 )
 from .export import group_by_study, manifest_text
-from .lifecycle import Transition, check_allowed, history_row, message
+from .lifecycle import Transition, check_allowed, history_row, message, verify_for_publish
 from .model import STATES, dumps, new_analysis_id, now, parse_payload
-from .objectstore import LocalObjectStore, ObjectStore, open_store, verify_for_publish
 from .readmodel import MODEL_TABLES, ReadModel
 from .registry import AnalysisType, Registry, bundled_types
 from .search import Filters, SearchIndex
 from .settings import Settings
+from .store import LocalObjectStore, ObjectStore, open_store
+from .store.audit import RegisteredFile, StorageReport, SyncReport, sync_storage, verify_storage
 from .tables import TableStore
 from .validation import Planner, resolve_type, schema_violation
 
@@ -708,6 +709,46 @@ class Catalog:
                 analysis_id=analysis_id,
             )
         return manifest_text(analysis_id, files, Path(directory))
+
+    def registered_files(self, study_id: str | None = None) -> list[RegisteredFile]:
+        """Every file of every committed analysis (of one study), sorted by objectId."""
+        model = self.model
+        if study_id is not None:
+            self.get_study(study_id)
+        out = []
+        with model.lock:
+            records: Iterable[Any] = (
+                (model.analyses[a] for a in model.by_study.get(study_id, ()))
+                if study_id is not None
+                else model.analyses.values()
+            )
+            for rec in records:
+                state = rec.state
+                for oid in rec.object_ids:
+                    f = model.files[oid]
+                    out.append(
+                        RegisteredFile(
+                            oid, rec.analysis_id, rec.study_id, state, f[4], f[5], f[7], f[11]
+                        )
+                    )
+        out.sort(key=lambda r: r.object_id)
+        return out
+
+    def verify_storage(
+        self, study_id: str | None = None, *, rehash: bool = False, **progress: Any
+    ) -> StorageReport:
+        """``storage verify``: every registered file (of a study) against object storage."""
+        files = self.registered_files(study_id)
+        return verify_storage(
+            self.store, files, everything=study_id is None, rehash=rehash, **progress
+        )
+
+    def sync_storage(self, study_id: str | None = None, **progress: Any) -> SyncReport:
+        """``storage sync``: upload what verify finds missing or wrong, from its ingest path."""
+        files = self.registered_files(study_id)
+        return sync_storage(
+            self.store, files, root=self.settings.root, everything=study_id is None, **progress
+        )
 
     # -- maintenance ----------------------------------------------------------------------------
 

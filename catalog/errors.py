@@ -39,7 +39,7 @@
     │   ├── SchemaViolation             schema.violation, with a list of problems
     │   ├── StateTransitionRefused      suppressed.state.transition
     │   └── SinkError                   an events sink that cannot be configured or opened
-    ├── PayloadParsing                  payload.parsing (not JSON, not UTF-8, not an object, too large)
+    ├── PayloadParsing                  payload.parsing (not JSON or UTF-8, not an object, too big)
     ├── StorageCheckFailed              missing.storage.objects (publish)
     │   ├── MismatchingObjectSize       mismatching.storage.object.sizes
     │   └── MismatchingObjectChecksum   mismatching.storage.object.checksums

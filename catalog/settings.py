@@ -48,7 +48,7 @@ class Settings:
             "byte; Score and score-client skip the per-part check when it is absent)"
         },
     )
-    # -- S3 object store (object_store = "s3"; catalog/s3store.py). Credentials come from the
+    # -- S3 object store (object_store = "s3"; catalog/store/s3.py). Credentials come from the
     # standard AWS chain: AWS_* variables, the shared config/credentials files (s3_profile), roles.
     s3_endpoint_url: str = field(
         default="", metadata={"help": "S3 endpoint URL (empty: AWS); any S3-compatible server"}

@@ -814,13 +814,11 @@ def storage_verify(
     c: Context, study_id: str | None, rehash: bool, as_json: bool, quiet: bool
 ) -> None:
     """Find missing objects, missing or wrong .meta files, and (--rehash) damaged bytes."""
-    from catalog.storage import registered_files, verify_storage
-
     cat = c.catalog
-    listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
+    listing, checking = _bars(quiet, len(cat.registered_files(study_id)))
     try:
-        report = verify_storage(
-            cat, study_id, rehash=rehash, progress=checking.update, listing_progress=listing.update
+        report = cat.verify_storage(
+            study_id, rehash=rehash, progress=checking.update, listing_progress=listing.update
         )
     finally:
         listing.close()
@@ -854,14 +852,11 @@ def storage_sync(c: Context, study_id: str | None, as_json: bool, quiet: bool) -
     """Upload registered files missing from storage, from the paths recorded at ingest."""
     from tqdm import tqdm
 
-    from catalog.storage import registered_files, sync_storage
-
     cat = c.catalog
-    listing, checking = _bars(quiet, len(registered_files(cat, study_id)))
+    listing, checking = _bars(quiet, len(cat.registered_files(study_id)))
     uploading = tqdm(desc="uploading", unit="file", disable=quiet, file=sys.stderr, leave=False)
     try:
-        report = sync_storage(
-            cat,
+        report = cat.sync_storage(
             study_id,
             progress=checking.update,
             listing_progress=listing.update,

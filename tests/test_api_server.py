@@ -19,7 +19,7 @@ from api.app import create_app
 from api.auth import ensure_admin_token
 from api.server import ApiServer
 from catalog.catalog import Catalog
-from catalog.objectstore import LocalObjectStore
+from catalog.store import LocalObjectStore
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from test_api_basic import assert_song_error
 from api.app import create_app
 from catalog.catalog import Catalog, SubmitItem
 from catalog.settings import load_settings
-from catalog.storage import sync_storage, verify_storage
 from songlake.cli import main
 
 TOKENS = {
@@ -159,13 +158,13 @@ def test_ping_and_upload_existence(cat, client, payloads) -> None:
 
 def test_verify_and_sync_local(cat, payloads) -> None:
     oid, content = register(cat, payloads, access="open", state="UNPUBLISHED")
-    assert verify_storage(cat, STUDY).ok
+    assert cat.verify_storage(STUDY).ok
     blob = cat.settings.objects_dir / "data" / oid
     blob.write_bytes(bytes(reversed(content)))  # same size: only the bytes can tell
-    assert verify_storage(cat).ok
-    assert [f.kind for f in verify_storage(cat, rehash=True).findings] == ["mismatching.md5"]
+    assert cat.verify_storage().ok
+    assert [f.kind for f in cat.verify_storage(rehash=True).findings] == ["mismatching.md5"]
     (cat.settings.objects_dir / "data" / f"{oid}.meta").unlink()
-    assert [f.kind for f in verify_storage(cat).findings] == ["missing.meta"]
+    assert [f.kind for f in cat.verify_storage().findings] == ["missing.meta"]
 
     runner = CliRunner()
     root = str(cat.settings.root)
@@ -182,6 +181,6 @@ def test_verify_and_sync_local(cat, payloads) -> None:
 def test_sync_without_a_source_fails_clearly(cat, payloads) -> None:
     payload = payloads.variant_call()
     aid = cat.submit(payload, STUDY)  # registered without a source path
-    report = sync_storage(cat)
+    report = cat.sync_storage()
     assert not report.ok and report.failed[0].analysis_id == aid
     assert "no source path was recorded at ingest" in report.failed[0].message

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.newfiles import Folder
+from catalog.store.newfiles import Folder
 
 
 @pytest.fixture(params=["O_TMPFILE", "temporary name"])

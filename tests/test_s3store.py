@@ -21,10 +21,9 @@ from s3support import CREDENTIALS, MotoS3, TcpProxy
 
 from catalog.catalog import Catalog, SubmitItem
 from catalog.errors import Internal, StorageCheckFailed
-from catalog.objectstore import verify_for_publish
-from catalog.s3store import S3ObjectStore, bucket_for, multipart_etag
+from catalog.lifecycle import verify_for_publish
 from catalog.settings import Settings, load_settings
-from catalog.storage import sync_storage, verify_storage
+from catalog.store.s3 import S3ObjectStore, bucket_for, multipart_etag
 from songlake.cli import main
 
 MIB = 1024 * 1024
@@ -316,28 +315,28 @@ def test_publish_verify_sync_on_s3(s3_catalog, s3, bucket, payloads) -> None:
     with pytest.raises(StorageCheckFailed) as err:
         s3_catalog.publish(STUDY, aid)
     assert err.value.error_id == "missing.storage.objects"
-    report = verify_storage(s3_catalog)
+    report = s3_catalog.verify_storage()
     assert report.counts() == {"missing": 2} and not report.ok
 
-    synced = sync_storage(s3_catalog)
+    synced = s3_catalog.sync_storage()
     assert synced.ok and sorted(synced.uploaded) == sorted(f["objectId"] for f in files)
     for f in files:  # where a real Score server looks for them
         meta = json.loads(get(s3, bucket, f"data/{f['objectId']}.meta"))
         assert (meta["objectSize"], meta["objectMd5"]) == (f["fileSize"], f["fileMd5sum"])
-    assert verify_storage(s3_catalog, rehash=True).ok
+    assert s3_catalog.verify_storage(rehash=True).ok
     s3_catalog.publish(STUDY, aid)
     assert s3_catalog.get_analysis(STUDY, aid)["analysisState"] == "PUBLISHED"
 
 
 def test_corrupted_object_found_by_verify_and_refused_by_publish(s3_catalog, s3, bucket, payloads):
     aid, _ = submit_with_sources(s3_catalog, payloads)
-    sync_storage(s3_catalog)
+    s3_catalog.sync_storage()
     first, second = (f["objectId"] for f in s3_catalog.analysis_files(STUDY, aid))
     body = get(s3, bucket, f"data/{first}")
     s3.put_object(Bucket=bucket, Key=f"data/{first}", Body=bytes(reversed(body)))  # same size
     s3.put_object(Bucket=bucket, Key=f"data/{second}", Body=body + b"!")
 
-    report = verify_storage(s3_catalog)
+    report = s3_catalog.verify_storage()
     assert {(f.object_id, f.kind) for f in report.findings} == {
         (first, "mismatching.blob"),
         (second, "mismatching.size"),
@@ -349,22 +348,22 @@ def test_corrupted_object_found_by_verify_and_refused_by_publish(s3_catalog, s3,
         "mismatching.storage.object.sizes",
     )
     assert s3_catalog.get_analysis(STUDY, aid)["analysisState"] == "UNPUBLISHED"
-    assert sorted(sync_storage(s3_catalog).uploaded) == sorted([first, second])
-    assert verify_storage(s3_catalog, rehash=True).ok
+    assert sorted(s3_catalog.sync_storage().uploaded) == sorted([first, second])
+    assert s3_catalog.verify_storage(rehash=True).ok
 
 
 def test_meta_deleted_by_hand(s3_catalog, s3, bucket, payloads) -> None:
     aid, _ = submit_with_sources(s3_catalog, payloads, n_files=1)
-    sync_storage(s3_catalog)
+    s3_catalog.sync_storage()
     (oid,) = (f["objectId"] for f in s3_catalog.analysis_files(STUDY, aid))
     s3.delete_object(Bucket=bucket, Key=f"data/{oid}.meta")
 
     assert not s3_catalog.store.exists(oid)
-    assert [f.kind for f in verify_storage(s3_catalog).findings] == ["missing.meta"]
+    assert [f.kind for f in s3_catalog.verify_storage().findings] == ["missing.meta"]
     with pytest.raises(StorageCheckFailed) as err:
         s3_catalog.publish(STUDY, aid)
     assert err.value.error_id == "missing.storage.objects"
-    assert sync_storage(s3_catalog).uploaded == [oid]
+    assert s3_catalog.sync_storage().uploaded == [oid]
     s3_catalog.publish(STUDY, aid)
 
 
@@ -416,7 +415,7 @@ def test_presigned_download_urls_with_ranges(s3_catalog, payloads) -> None:
     from api.app import create_app
 
     aid, payload = submit_with_sources(s3_catalog, payloads, n_files=1)
-    sync_storage(s3_catalog)
+    s3_catalog.sync_storage()
     s3_catalog.publish(STUDY, aid)
     (f,) = s3_catalog.analysis_files(STUDY, aid)
     content = payloads.contents[f["fileMd5sum"]]

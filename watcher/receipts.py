@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catalog.errors import SonglakeError, problem
-from catalog.newfiles import Folder
+from catalog.store.newfiles import Folder
 
 from .layout import TMP_PREFIX, errors_path, receipt_path
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.errors import BadRequest, SonglakeError
-from catalog.objectstore import ObjectSpec, ObjectStore, PutRequest
+from catalog.store import ObjectSpec, ObjectStore, PutRequest
 
 from .hashcache import HashCache
 from .layout import Folder, is_within

@@ -37,7 +37,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from catalog.objectstore import GROUP_MAX_BYTES
+from catalog.store.local import GROUP_MAX_BYTES
 
 from .hashcache import HashCache
 from .logs import configure
@@ -139,7 +139,7 @@ def _init_worker(settings: Any, threads: int, level: int, parent: int) -> None:
     if settings.watch_upload_nice > 0:
         os.nice(settings.watch_upload_nice)
     configure(level)
-    from catalog.objectstore import open_store
+    from catalog.store import open_store
 
     writer = OutcomeWriter(settings.state_dir / "tmp")
     uploader = make_uploader(settings, open_store(settings), writer, HashCache())

@@ -1,11 +1,11 @@
 """Object storage checked against the registry: ``storage verify`` and ``storage sync``.
 
-    verify_storage(catalog, study_id=None, rehash=False) -> StorageReport
+    verify_storage(store, files, *, rehash=False) -> StorageReport
         every registered file: its .meta present and agreeing with the registry (objectId,
         objectSize = fileSize, objectMd5 = fileMd5sum, parts contiguous), its blob present with
         that size (and on S3 the ETag the .meta implies); with ``rehash`` the blob's bytes are
         read and their md5 (and each part's sourceMd5) compared.
-    sync_storage(catalog, study_id=None) -> SyncReport
+    sync_storage(store, files, *, root) -> SyncReport
         uploads, from the path recorded at ingest, every registered file that verify finds
         missing or wrong; put_file re-checks size and md5 before anything is replaced.
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import SonglakeError
-from .objectstore import COPY_BUFFER_SIZE, ObjectSpec, ObjectStore, PartHasher, StoredObject
-
-if TYPE_CHECKING:
-    from .catalog import Catalog
+from ..errors import SonglakeError
+from .base import ObjectStore, StoredObject
+from .hashing import COPY_BUFFER_SIZE, PartHasher
+from .layout import ObjectSpec
 
 Progress = Callable[[int], object]
 META_READERS = 16  # parallel .meta reads
@@ -134,31 +133,6 @@ class SyncReport:
         }
 
 
-def registered_files(catalog: Catalog, study_id: str | None = None) -> list[RegisteredFile]:
-    """Every file of every committed analysis (of one study), sorted by objectId."""
-    model = catalog.model
-    if study_id is not None:
-        catalog.get_study(study_id)
-    out = []
-    with model.lock:
-        records: Iterable[Any] = (
-            (model.analyses[a] for a in model.by_study.get(study_id, ()))
-            if study_id is not None
-            else model.analyses.values()
-        )
-        for rec in records:
-            state = rec.state
-            for oid in rec.object_ids:
-                f = model.files[oid]
-                out.append(
-                    RegisteredFile(
-                        oid, rec.analysis_id, rec.study_id, state, f[4], f[5], f[7], f[11]
-                    )
-                )
-    out.sort(key=lambda r: r.object_id)
-    return out
-
-
 def _finding(f: RegisteredFile, kind: str, message: str) -> Finding:
     return Finding(f.object_id, f.analysis_id, f.study_id, f.state, kind, message)
 
@@ -184,19 +158,19 @@ def _meta_problems(f: RegisteredFile, spec: ObjectSpec) -> str | None:
 
 
 def verify_storage(
-    catalog: Catalog,
-    study_id: str | None = None,
+    store: ObjectStore,
+    files: list[RegisteredFile],
     *,
+    everything: bool = True,
     rehash: bool = False,
     progress: Progress | None = None,
     listing_progress: Progress | None = None,
 ) -> StorageReport:
-    """Compare every registered file with object storage (see the module docstring)."""
-    store = catalog.store
-    files = registered_files(catalog, study_id)
+    """Compare registered files with object storage (see the module docstring); with
+    ``everything`` (``files`` is the whole registry) also list stored objects nobody registered."""
     report = StorageReport(store.describe(), checked=len(files))
     inventory = store.inventory(listing_progress)
-    if study_id is None:
+    if everything:
         known = {f.object_id for f in files}
         report.unregistered = sorted(oid for oid in inventory if oid not in known)
 
@@ -332,28 +306,32 @@ def _hash_blob(
     return None, total
 
 
-def _source(catalog: Catalog, f: RegisteredFile) -> Path | None:
+def _source(root: Path, f: RegisteredFile) -> Path | None:
     if not f.source_path:
         return None
     path = Path(f.source_path)
-    return path if path.is_absolute() else catalog.settings.root / path
+    return path if path.is_absolute() else root / path
 
 
 def sync_storage(
-    catalog: Catalog,
-    study_id: str | None = None,
+    store: ObjectStore,
+    files: list[RegisteredFile],
     *,
+    root: Path,
+    everything: bool = True,
     progress: Progress | None = None,
     listing_progress: Progress | None = None,
     upload_progress: Progress | None = None,
 ) -> SyncReport:
     """Upload every registered file that verify finds missing or wrong, from its ingest path."""
-    found = verify_storage(catalog, study_id, progress=progress, listing_progress=listing_progress)
+    found = verify_storage(
+        store, files, everything=everything, progress=progress, listing_progress=listing_progress
+    )
     report = SyncReport(found.store, checked=found.checked)
-    files = {f.object_id: f for f in registered_files(catalog, study_id)}
+    by_id = {f.object_id: f for f in files}
     for finding in found.findings:
-        f = files[finding.object_id]
-        path = _source(catalog, f)
+        f = by_id[finding.object_id]
+        path = _source(root, f)
         if path is None or not os.path.isfile(path):
             where = f"'{path}' is gone" if path else "no source path was recorded at ingest"
             report.failed.append(
@@ -361,7 +339,7 @@ def sync_storage(
             )
         else:
             try:
-                catalog.store.put_file(
+                store.put_file(
                     f.object_id, path, expected_md5=f.file_md5, expected_size=f.file_size
                 )
                 report.uploaded.append(f.object_id)

@@ -42,26 +42,24 @@ import botocore.exceptions as bex
 import botocore.session
 from botocore.config import Config
 
-from .errors import BadRequest, Internal, NotFound, StorageCheckFailed
-from .objectstore import (
+from ..errors import BadRequest, Internal, NotFound, StorageCheckFailed
+from ..settings import Settings
+from .base import ObjectStore, RangeReader, StoredObject
+from .hashing import copy_with_hashes, hash_stream
+from .layout import (
     DATA_DIR,
     DEFAULT_PART_SIZE,
     MIB,
     SENTINEL,
     SENTINEL_CONTENT,
     ObjectSpec,
-    ObjectStore,
     Part,
-    StoredObject,
-    _hash_stream,
     check_object_id,
-    copy_with_hashes,
     is_object_id,
     parse_meta,
     part_plan,
     range_end,
 )
-from .settings import Settings
 
 log = logging.getLogger("songlake.s3")
 
@@ -118,28 +116,6 @@ def multipart_etag(parts: tuple[Part, ...] | list[Part]) -> str | None:
         return None
     joined = b"".join(bytes.fromhex(p.source_md5) for p in parts)  # type: ignore[arg-type]
     return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(parts)}"
-
-
-class _BodyReader(io.RawIOBase):
-    """A botocore StreamingBody as a raw binary stream."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self._body.read(len(b))
-        n = len(data)
-        memoryview(b)[:n] = data
-        return n
-
-    def close(self) -> None:
-        try:
-            self._body.close()
-        finally:
-            super().close()
 
 
 class S3ObjectStore(ObjectStore):
@@ -370,7 +346,7 @@ class S3ObjectStore(ObjectStore):
                 error_id="storage.object.not.found",
                 object_id=object_id,
             ) from None
-        return io.BufferedReader(_BodyReader(body), 1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(RangeReader(body), 1024 * 1024)  # type: ignore[return-value]
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -431,7 +407,7 @@ class S3ObjectStore(ObjectStore):
                 spec = self._put_single(oid, src, size, want)
             else:
                 if want is None:  # the blob's md5chksum is set when the upload starts
-                    want, _ = _hash_stream(src)
+                    want, _ = hash_stream(src)
                     src.seek(0)
                 spec = self._put_multipart(oid, src, size, want)
         except StorageCheckFailed as exc:

@@ -1,0 +1,51 @@
+"""Object storage in Score's layout, behind one interface, and its audit against the registry.
+
+    layout      Score's keys, object ids, ObjectSpec / Part (the .meta), part plans
+    hashing     the streaming copy: each byte read once, whole md5 and part md5s computed on the way
+    base        the ObjectStore interface, PutRequest, StoredObject, RangeReader
+    local       LocalObjectStore: <root>/objects, the embedded default
+    s3          S3ObjectStore: any S3-compatible endpoint, through boto3 (the only boto3 user)
+    newfiles    files written whole before they get a name (O_TMPFILE), and atomic replacement
+    audit       ``storage verify`` and ``storage sync``: the registry against what is stored
+
+``open_store(settings)`` picks the backend the settings name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MalformedParameter
+from .base import ObjectStore, PutRequest, StoredObject
+from .layout import ObjectSpec, Part, check_object_id, is_object_id, part_plan
+from .local import LocalObjectStore
+
+__all__ = [
+    "LocalObjectStore",
+    "ObjectSpec",
+    "ObjectStore",
+    "Part",
+    "PutRequest",
+    "StoredObject",
+    "check_object_id",
+    "is_object_id",
+    "open_store",
+    "part_plan",
+]
+
+
+def open_store(settings: Any) -> ObjectStore:
+    """The object store the settings name: ``local`` (<root>/objects) or ``s3`` (boto3)."""
+    kind = settings.object_store
+    if kind == "local":
+        return LocalObjectStore(settings.objects_dir, part_md5=settings.local_part_md5)
+    if kind == "s3":
+        # boto3 takes ~0.3 s to import: only processes configured for S3 pay for it
+        from .s3 import S3ObjectStore
+
+        return S3ObjectStore.from_settings(settings)
+    raise MalformedParameter(
+        f"Setting 'object_store' must be 'local' or 's3', not {kind!r}",
+        name="object_store",
+        value=kind,
+    )
