@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from catalog.messages import Messages, follow, start_position
-from catalog.outbox import Outbox
-from catalog.sinks import EventsConfig, events_config
+from catalog.events.config import EventsConfig, events_config
+from catalog.events.messages import Messages, follow, start_position
+from catalog.events.outbox import Outbox
 
 from .params import current_catalog, optional_integer
 

@@ -54,7 +54,7 @@ from bench.common import (  # noqa: E402
     write_result,
 )
 from catalog.catalog import Catalog, SubmitItem  # noqa: E402
-from catalog.outbox import HISTORY, Outbox  # noqa: E402
+from catalog.events.outbox import HISTORY, Outbox  # noqa: E402
 from catalog.settings import load_settings  # noqa: E402
 
 STUDY = "BENCHEV"

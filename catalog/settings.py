@@ -128,7 +128,7 @@ class Settings:
     events: dict[str, Any] = field(
         default_factory=dict,
         hash=False,
-        metadata={"help": "[events] table: sinks and dispatcher options (catalog/sinks.py)"},
+        metadata={"help": "[events] table: sinks and dispatcher options (events/config.py)"},
     )
 
     # -- the watcher (watcher/): drop-folder ingestion into <root>/inbox/<studyId>/ ------------

@@ -747,7 +747,7 @@ def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
     import time
 
     from catalog import events as ev
-    from catalog.outbox import cut_from
+    from catalog.events.outbox import cut_from
 
     settings = c.settings
     cut = cut_from(settings, from_)

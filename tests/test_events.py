@@ -16,12 +16,12 @@ from conftest import STUDY
 from eventkit import FAST, idle, log_lines, threads_settle
 
 from catalog.catalog import ORDER, Catalog, SubmitItem
-from catalog.errors import BadRequest
-from catalog.events import Dispatcher, DispatcherBusy, start_background, status
+from catalog.errors import BadRequest, DispatcherBusy
+from catalog.events import Dispatcher, start_background, status
+from catalog.events.config import events_config, parse_events
+from catalog.events.outbox import BEGINNING, Cut, Outbox, Position
 from catalog.model import now
-from catalog.outbox import BEGINNING, Cut, Outbox, Position
 from catalog.settings import load_settings
-from catalog.sinks import events_config, parse_events
 from catalog.validation import Planner
 from songlake.cli import main
 

@@ -13,7 +13,9 @@ from conftest import STUDY
 from eventkit import FAST, idle, lifecycle, threads_settle
 
 from catalog.events import Dispatcher
-from catalog.sinks import KafkaSink, Record, kafka_config, parse_events, parse_sink
+from catalog.events.config import parse_events, parse_sink
+from catalog.events.kafka import KafkaSink, kafka_config
+from catalog.events.sink import Record
 
 
 @pytest.fixture

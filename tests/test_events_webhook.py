@@ -20,8 +20,8 @@ from eventkit import FAST, Receiver, first_seen_order, idle, lifecycle, log_line
 
 from catalog.catalog import Catalog
 from catalog.events import Dispatcher, status
-from catalog.sinks import parse_events
-from catalog.webhooks import Connection
+from catalog.events.config import parse_events
+from catalog.events.webhook import Connection
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cret"

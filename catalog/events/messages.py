@@ -18,11 +18,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .catalog import Catalog
-from .errors import BadRequest
+from ..catalog import Catalog
+from ..errors import BadRequest
+from ..settings import Settings
+from .config import EventsConfig
 from .outbox import BEGINNING, HISTORY, Change, Cut, Outbox, Position, cut_from
-from .settings import Settings
-from .sinks import EventsConfig, Record
+from .sink import Record
 
 try:
     import orjson

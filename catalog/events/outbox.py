@@ -35,9 +35,9 @@ from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
-from .errors import BadRequest, Internal
-from .settings import Settings
-from .tables import TableStore
+from ..errors import BadRequest, Internal, OutboxGap
+from ..settings import Settings
+from ..tables import TableStore
 
 ANALYSES = "analyses"
 HISTORY = "analysis_state_history"
@@ -159,10 +159,6 @@ class Commit:
     @property
     def key(self) -> tuple[int, int, int]:
         return (self.committed_ms, _RANK[self.table], self.version)
-
-
-class OutboxGap(Internal):
-    """A commit's log entry is gone (Delta log retention) or unreadable."""
 
 
 class Outbox:

@@ -3,10 +3,10 @@
     Dispatcher          one per catalog root at a time (a lock file in <root>/state/events/);
     │                   runs inside `serve` and alone as `songlake events run`
     └── SinkWorker      a thread per sink, with its own cursor in <root>/state/events/<sink>.json
-        └── Sink        jsonl | webhook | kafka (catalog/sinks.py)
+        └── Sink        jsonl | webhook | kafka (sink.py and one module each)
 
-A worker takes the next batch of committed changes after its cursor (catalog/outbox.py), turns
-each into Song's message (catalog/messages.py), hands chunks to its sink and saves its cursor
+A worker takes the next batch of committed changes after its cursor (outbox.py), turns
+each into Song's message (messages.py), hands chunks to its sink and saves its cursor
 atomically after each. Delivery is at-least-once: after a crash or kill -9 a worker resumes from its
 last saved cursor and sends again what followed it. Order per analysis holds because a batch is in
 commit order and sinks keep the order of records with the same key.
@@ -31,12 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
-from .errors import BadRequest, Internal, SonglakeError
+from ..catalog import Catalog
+from ..errors import BadRequest, DispatcherBusy, Internal, SinkError, SonglakeError
+from ..settings import Settings
+from .config import EventsConfig, events_config, open_sink
 from .messages import Messages
 from .outbox import BEGINNING, Cut, Outbox, Position
-from .settings import Settings
-from .sinks import EventsConfig, Record, Sink, SinkError, SinkSpec, events_config, open_sink
+from .sink import Record, Sink, SinkSpec
 
 log = logging.getLogger("songlake.events")
 
@@ -291,10 +292,6 @@ class SinkWorker:
 
 
 # -- the dispatcher -------------------------------------------------------------------------------
-
-
-class DispatcherBusy(SonglakeError):
-    """Another process holds the dispatcher lock of this catalog root."""
 
 
 class Dispatcher:
