@@ -14,8 +14,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from catalog.entities import legacy_page
 from catalog.errors import BadRequest
+from catalog.read.entities import legacy_page
 
 from .params import current_catalog, integer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from catalog.errors import BadRequest
-from catalog.search import Filters
+from catalog.read.search import Filters
 
 from .params import csv_list, current_catalog, integer, time_param
 

@@ -28,12 +28,14 @@ from .errors import (
     StateTransitionRefused,
     problem,
 )
-from .export import group_by_study, manifest_text
 from .lifecycle import Transition, check_allowed, history_row, message, verify_for_publish
 from .model import STATES, dumps, new_analysis_id, now, parse_payload
-from .readmodel import MODEL_TABLES, ReadModel
+from .read import entities
+from .read.export import group_by_study, manifest_text
+from .read.readmodel import ReadModel
+from .read.records import MODEL_TABLES
+from .read.search import Filters, SearchIndex
 from .registry import AnalysisType, Registry, bundled_types
-from .search import Filters, SearchIndex
 from .settings import Settings
 from .store import LocalObjectStore, ObjectStore, open_store
 from .store.audit import RegisteredFile, StorageReport, SyncReport, sync_storage, verify_storage
@@ -797,22 +799,16 @@ class Catalog:
 
     def get_entity(self, kind: str, study_id: str, entity_id: str) -> dict[str, Any]:
         """A donor, specimen, sample or file of a study, as Song serves it."""
-        from . import entities
-
         with self.model.lock:
             row = entities.entity_row(self.model, kind, study_id, entity_id)
             return entities.entity_json(self.model, kind, row)
 
     def study_tree(self, study_id: str) -> dict[str, Any]:
         """The study with its donors -> specimens -> samples (Song's GET /studies/{s}/all)."""
-        from . import entities
-
         return entities.study_tree(self.model, self.get_study(study_id))
 
     def legacy_entity(self, object_id: str) -> dict[str, Any]:
         """Score's view of one file: ``{id, gnosId, fileName, projectCode, access}``."""
-        from . import entities
-
         row = self.model.files.get(object_id)
         if row is None:
             raise NotFound(
@@ -825,8 +821,6 @@ class Catalog:
         self, study_id: str, object_id: str, body: Any, *, actor: str | None = None
     ) -> dict[str, Any]:
         """Song's file update: appends the file's next version unless nothing changes."""
-        from . import entities
-
         given = entities.check_file_update_request(body)
         with self._write_lock:
             self.refresh()
@@ -881,8 +875,6 @@ class Catalog:
         self, study_id: str, object_ids: Sequence[str], *, actor: str | None = None
     ) -> None:
         """Delete files of UNPUBLISHED analyses (tombstone rows); an analysis keeps >= 1 file."""
-        from . import entities
-
         with self._write_lock:
             self.refresh()
             wanted = list(dict.fromkeys(object_ids))
@@ -927,8 +919,6 @@ class Catalog:
         Every donor, specimen and sample is used by the analysis that created it, and analyses
         are never deleted, so this checks the ids (404 / 400 as Song) and then refuses with
         ``<kind>.repository.delete.record``, as Song's foreign keys refuse it."""
-        from . import entities
-
         if kind == "file":
             self.delete_files(study_id, ids, actor=actor)
             return
@@ -939,7 +929,7 @@ class Catalog:
         used_by = entities.referencing_analyses(self.model, kind, wanted[0])
         raise entities.refuse_delete(kind, wanted[0], used_by)
 
-    # -- portal search (catalog/search.py) -------------------------------------------------------
+    # -- portal search (read/search.py) -------------------------------------------------------
 
     def search_index(self) -> SearchIndex:
         """The columnar index behind portal search, made on first use."""

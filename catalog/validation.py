@@ -24,7 +24,7 @@ from .model import (
     object_id,
     split_entity,
 )
-from .readmodel import ReadModel
+from .read.readmodel import ReadModel
 from .registry import CompiledType, Registry
 
 

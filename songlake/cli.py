@@ -584,7 +584,7 @@ def analysis_update(c: Context, analysis_id: str, file: Path, patch: bool) -> No
 @pass_ctx
 def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], output: Path) -> None:
     """Export resubmittable payloads to <output>/<studyId>/<analysisId>.json."""
-    from catalog.export import group_by_study, write_export
+    from catalog.read.export import group_by_study, write_export
 
     if bool(study_id) == bool(analysis_ids):
         raise click.UsageError("give either --study or --analysis (repeatable)")

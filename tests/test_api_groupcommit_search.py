@@ -10,7 +10,7 @@ from conftest import STUDY
 from api.groupcommit import GroupCommitter
 from catalog.catalog import SubmitItem
 from catalog.lifecycle import Transition
-from catalog.search import Filters
+from catalog.read.search import Filters
 
 
 def test_group_committer_batches_in_order_and_answers_everyone():

@@ -10,7 +10,7 @@ from conftest import STUDY
 
 from catalog.catalog import Catalog
 from catalog.errors import SonglakeError
-from catalog.export import write_export
+from catalog.read.export import write_export
 
 SERVER_KEYS = {
     "analysisId",

@@ -28,9 +28,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BadRequest
-from .model import STATES, entity_id
-from .readmodel import AnalysisRecord, ReadModel
+from ..errors import BadRequest
+from ..model import STATES, entity_id
+from .readmodel import ReadModel
+from .records import AnalysisRecord
 
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 ANALYSIS_SORTS = {"analysisId": "a_key", "createdAt": "a_created", "updatedAt": "a_updated"}

@@ -14,8 +14,9 @@ import json
 import re
 from typing import Any
 
-from .errors import BadRequest, NotFound, SonglakeError
+from ..errors import BadRequest, NotFound, SonglakeError
 from .readmodel import ReadModel
+from .search import Filters
 
 #: kind -> (read-model dict name, Song's not-found error id, label in messages, id field)
 KINDS: dict[str, tuple[str, str, str, str]] = {
@@ -191,8 +192,6 @@ def legacy_page(
     size: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """Score's ``/entities`` listing: exact-match filters, sorted by id; (page items, total)."""
-    from .search import Filters
-
     def keep(f: tuple) -> bool:
         entity = legacy_entity(f)
         return all(entity[k] == v for k, v in filters.items())

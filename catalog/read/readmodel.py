@@ -15,215 +15,48 @@ only once the analysis that wrote them is committed; until then they wait in ``_
 from __future__ import annotations
 
 import json
-import re
-import sys
-import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sortedcontainers import SortedList
 
-from .errors import BadRequest
-from .model import STATES, song_time
-from .tables import TableStore
-
-_intern = sys.intern
-#: the tables the model is built from, in the order they are read (analyses before children)
-MODEL_TABLES = (
-    "studies",
-    "analyses",
-    "donors",
-    "specimens",
-    "samples",
-    "files",
-    "analysis_samples",
-    "analysis_state_history",
-)
-_LITERAL = re.compile(r"[A-Za-z0-9_\-: ]*")  # no regex syntax at all
-
-# Row tuples held per entity (positions used below).
-# donor:    (donor_id, study_id, submitter_donor_id, gender, info)
-# specimen: (specimen_id, donor_id, study_id, submitter_specimen_id, tumour_normal_designation,
-#            specimen_tissue_source, specimen_type, info)
-# sample:   (sample_id, specimen_id, study_id, submitter_sample_id, sample_type,
-#            matched_normal_submitter_sample_id, info)
-# file:     (object_id, analysis_id, study_id, version, file_name, file_size, file_type,
-#            file_md5sum, file_access, data_type, info, source_path)
-
-ENTITY_COLUMNS = {
-    "donors": ("donor_id", "study_id", "submitter_donor_id", "gender", "info"),
-    "specimens": (
-        "specimen_id",
-        "donor_id",
-        "study_id",
-        "submitter_specimen_id",
-        "tumour_normal_designation",
-        "specimen_tissue_source",
-        "specimen_type",
-        "info",
-    ),
-    "samples": (
-        "sample_id",
-        "specimen_id",
-        "study_id",
-        "submitter_sample_id",
-        "sample_type",
-        "matched_normal_submitter_sample_id",
-        "info",
-    ),
-    "files": (
-        "object_id",
-        "analysis_id",
-        "study_id",
-        "version",
-        "file_name",
-        "file_size",
-        "file_type",
-        "file_md5sum",
-        "file_access",
-        "data_type",
-        "info",
-        "source_path",
-    ),
-}
-# Columns whose values repeat a lot: interned to save memory at millions of rows.
-_INTERNED = {
-    "study_id",
-    "gender",
-    "tumour_normal_designation",
-    "specimen_tissue_source",
-    "specimen_type",
-    "sample_type",
-    "file_type",
-    "file_access",
-    "data_type",
-    "info",
-}
+from ..model import STATES, song_time
+from ..tables import TableStore
+from .bulkload import bulk_load
+from .indexes import Indexes
+from .records import ENTITY_COLUMNS, INTERNED, MODEL_TABLES, AnalysisRecord, intern
 
 
-class AnalysisRecord:
-    """The current view of one committed analysis."""
-
-    __slots__ = (
-        "analysis_id",
-        "study_id",
-        "type_name",
-        "type_version",
-        "data",
-        "version",
-        "created_at",
-        "data_updated_at",
-        "history",
-        "sample_ids",
-        "object_ids",
-    )
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.analysis_id: str = row["analysis_id"]
-        self.study_id: str = _intern(row["study_id"])
-        self.type_name: str = _intern(row["analysis_type_name"])
-        self.type_version: int = row["analysis_type_version"]
-        self.data: str = row["data"]
-        self.version: int = row["version"]
-        self.created_at: datetime = row["created_at"]
-        self.data_updated_at: datetime = row["created_at"]
-        # (event_id, initial_state, updated_state, updated_at, actor, reason)
-        self.history: list[tuple] = []
-        self.sample_ids: list[str] = []
-        self.object_ids: list[str] = []
-
-    @classmethod
-    def from_values(
-        cls,
-        analysis_id: str,
-        study_id: str,
-        type_name: str,
-        type_version: int,
-        data: str,
-        created_at: datetime,
-    ) -> AnalysisRecord:
-        rec = cls.__new__(cls)
-        rec.analysis_id = analysis_id
-        rec.study_id = study_id
-        rec.type_name = type_name
-        rec.type_version = type_version
-        rec.data = data
-        rec.version = 1
-        rec.created_at = created_at
-        rec.data_updated_at = created_at
-        rec.history = []
-        rec.sample_ids = []
-        rec.object_ids = []
-        return rec
-
-    @property
-    def state(self) -> str:
-        return self.history[-1][2] if self.history else "UNPUBLISHED"
-
-    @property
-    def updated_at(self) -> datetime:
-        if self.history and self.history[-1][3] > self.data_updated_at:
-            return self.history[-1][3]
-        return self.data_updated_at
-
-    def published_times(self) -> tuple[datetime | None, datetime | None]:
-        times = [h[3] for h in self.history if h[2] == "PUBLISHED"]
-        return (min(times), max(times)) if times else (None, None)
-
-
-class ReadModel:
+class ReadModel(Indexes):
     """Indexes over the committed catalog, for one process."""
 
     def __init__(self, tables: TableStore) -> None:
+        super().__init__()
         self.tables = tables
-        self.lock = threading.RLock()
-        self.studies: dict[str, dict[str, Any]] = {}
-        self.analyses: dict[str, AnalysisRecord] = {}
-        self.donors: dict[str, tuple] = {}
-        self.specimens: dict[str, tuple] = {}
-        self.samples: dict[str, tuple] = {}
-        self.files: dict[str, tuple] = {}
-        self.md5s: Counter[str] = Counter()
-        self.sample_analyses: dict[str, list[str]] = defaultdict(list)
-        # reverse links for id search: donor -> specimens, specimen -> samples
-        self.donor_specimens: dict[str, list[str]] = defaultdict(list)
-        self.specimen_samples: dict[str, list[str]] = defaultdict(list)
-        self.by_study: dict[str, SortedList] = defaultdict(SortedList)
-        self.by_study_state: dict[tuple[str, str], SortedList] = defaultdict(SortedList)
         self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         self._seen: dict[str, int] = {}
-        # Arrow columns for regex id search, appended per batch and concatenated lazily.
-        self._search_chunks: dict[str, list[pa.Table]] = defaultdict(list)
-        self._search_tables: dict[str, pa.Table] = {}
-        self._search_cache: dict[tuple[str, str], tuple[pa.Table, pa.Table, dict]] = {}
         self.loaded_at_versions: dict[str, int] = {}
-        # called with (table, row) for every row applied after load (catalog/search.py's index)
+        # called with (table, row) for every row applied after load (search.py's index)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        # objectId -> version of the files row that deleted it (a tombstone: file_name NULL)
-        self.deleted_files: dict[str, int] = {}
 
     # -- loading and refreshing -----------------------------------------------------------------
 
     def load(self) -> None:
         """Read every table once (the analyses table first, so its children are complete)."""
-        from .bulkload import bulk_load
-
         with self.lock:
             tables = {}
             for name in MODEL_TABLES:
                 version = self.tables.latest(name).version()
                 tables[name] = self.tables.dataset(name, version).to_table()
                 self._seen[name] = version
-            bulk_load(self, tables)
+            bulk_load(self, tables, self.apply_table)
             for name in self._SEARCH_COLUMNS:
-                self._search_table(name)  # concatenate now, not on the first search
+                self.search_table(name)  # concatenate now, not on the first search
             self.loaded_at_versions = dict(self._seen)
 
     def refresh(self) -> bool:
@@ -289,7 +122,7 @@ class ReadModel:
                 for listener in listeners:
                     listener(name, row)
             if new_search:
-                self._add_search_rows(name, new_search)
+                self.add_search_rows(name, new_search)
             if name == "analyses":
                 self._release_pending()
 
@@ -311,14 +144,14 @@ class ReadModel:
         if row["version"] > rec.version:
             rec.version = row["version"]
             rec.data = row["data"]
-            rec.type_name = _intern(row["analysis_type_name"])
+            rec.type_name = intern(row["analysis_type_name"])
             rec.type_version = row["analysis_type_version"]
             rec.data_updated_at = row["created_at"]
         return True
 
     def _entity(self, name: str, row: dict[str, Any]) -> tuple:
         return tuple(
-            _intern(row[c]) if c in _INTERNED and row[c] is not None else row[c]
+            intern(row[c]) if c in INTERNED and row[c] is not None else row[c]
             for c in ENTITY_COLUMNS[name]
         )
 
@@ -422,72 +255,6 @@ class ReadModel:
     @property
     def pending_rows(self) -> int:
         return sum(len(v) for v in self._pending.values())
-
-    # -- regex search over Arrow columns ----------------------------------------------------------
-
-    _SEARCH_COLUMNS = {
-        "donors": ("donor_id", "submitter_donor_id", "study_id"),
-        "specimens": ("specimen_id", "submitter_specimen_id", "study_id"),
-        "samples": ("sample_id", "submitter_sample_id", "study_id"),
-        "files": ("object_id", "analysis_id", "study_id"),
-    }
-
-    def _add_search_table(self, name: str, table: pa.Table) -> None:
-        cols = self._SEARCH_COLUMNS[name]
-        self._search_chunks[name].append(
-            table.select(list(cols)).cast(pa.schema([(c, pa.string()) for c in cols]))
-        )
-
-    def _add_search_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
-        cols = self._SEARCH_COLUMNS[name]
-        self._search_chunks[name].append(
-            pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in cols})
-        )
-
-    def _search_table(self, name: str) -> pa.Table:
-        chunks = self._search_chunks[name]
-        if len(chunks) != 1 or name not in self._search_tables:
-            table = (
-                pa.concat_tables(chunks)
-                if chunks
-                else pa.table({c: pa.array([], pa.string()) for c in self._SEARCH_COLUMNS[name]})
-            )
-            table = table.combine_chunks()
-            self._search_chunks[name] = [table]
-            self._search_tables[name] = table
-        return self._search_tables[name]
-
-    def regex_ids(self, name: str, column: str, pattern: str, study_id: str) -> set[str]:
-        """Ids in the study whose `column` matches pattern (case-insensitive, unanchored)."""
-        with self.lock:
-            table = self._search_table(name)
-        if table.num_rows == 0:
-            return set()
-        study, lowered = self._study_search(name, table, study_id)
-        try:
-            if _LITERAL.fullmatch(pattern):
-                # no regex syntax: a plain substring test on a lower-cased copy, ~3x faster
-                if column not in lowered:
-                    lowered[column] = pc.utf8_lower(study.column(column))
-                mask = pc.match_substring(lowered[column], pattern.lower())
-            else:
-                mask = pc.match_substring_regex(study.column(column), pattern, ignore_case=True)
-        except pa.ArrowInvalid as exc:
-            raise BadRequest(
-                f"The search term '{pattern}' is not a valid regular expression: {exc}",
-                error_id="search.term.syntax",
-            ) from exc
-        id_col = self._SEARCH_COLUMNS[name][0]
-        return set(study.column(id_col).filter(mask).to_pylist())
-
-    def _study_search(self, name: str, table: pa.Table, study_id: str) -> tuple[pa.Table, dict]:
-        """The search rows of one study (and their lower-cased columns), cached until a write."""
-        key = (name, study_id)
-        cached = self._search_cache.get(key)
-        if cached is None or cached[0] is not table:
-            study = table.filter(pc.equal(table.column("study_id"), study_id))
-            cached = self._search_cache[key] = (table, study, {})
-        return cached[1], cached[2]
 
     # -- documents ------------------------------------------------------------------------------
 
