@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from catalog.lifecycle import Transition
+from catalog.read.idsearch import ID_SEARCH_PARAMS
+from catalog.write.lifecycle import Transition
 
 from .auth import actor, require_write
 from .groupcommit import GroupCommitter
@@ -17,15 +18,6 @@ from .params import csv_list, current_catalog, flag, integer, json_body
 bp = Blueprint("analyses", __name__)
 
 #: the query parameters of GET .../analysis/search/id, each a case-insensitive substring regex
-SEARCH_PARAMS = (
-    "donorId",
-    "sampleId",
-    "specimenId",
-    "fileId",
-    "submitterSampleId",
-    "submitterDonorId",
-    "submitterSpecimenId",
-)
 #: POST .../search/id body keys (Song's IdSearchRequest, plural quirks included) -> query names
 SEARCH_BODY_KEYS = {
     "donorId": "donorId",
@@ -72,7 +64,7 @@ def _search(study_id: str, terms: dict[str, str | None]) -> Response:
 
 @bp.get("/studies/<study_id>/analysis/search/id")
 def search_ids(study_id: str) -> Response:
-    return _search(study_id, {name: request.args.get(name) or None for name in SEARCH_PARAMS})
+    return _search(study_id, {name: request.args.get(name) or None for name in ID_SEARCH_PARAMS})
 
 
 @bp.post("/studies/<study_id>/analysis/search/id")

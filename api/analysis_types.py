@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from catalog.errors import BadRequest
-from catalog.registry import AnalysisType, registration_schema
+from catalog.write.registry import AnalysisType, registration_schema
 
 from .auth import actor, require_system
 from .params import csv_list, current_catalog, flag, integer, json_body, optional_integer

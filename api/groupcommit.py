@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from catalog.errors import SonglakeError
-from catalog.lifecycle import Transition
+from catalog.write.lifecycle import Transition
 
 Outcome = str | SonglakeError
 

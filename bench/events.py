@@ -53,7 +53,7 @@ from bench.common import (  # noqa: E402
     summarize_ms,
     write_result,
 )
-from catalog.catalog import Catalog, SubmitItem  # noqa: E402
+from catalog import Catalog, SubmitItem  # noqa: E402
 from catalog.events.outbox import HISTORY, Outbox  # noqa: E402
 from catalog.settings import load_settings  # noqa: E402
 
@@ -65,7 +65,7 @@ TARGET_RATE = 1000.0
 WRITER = """
 import sys, time
 from catalog.catalog import Catalog
-from catalog.lifecycle import Transition
+from catalog.write.lifecycle import Transition
 from catalog.settings import load_settings
 root, n, batch, rate, action = sys.argv[1], *map(int, sys.argv[2:4]), *sys.argv[4:6]
 rate = float(rate)

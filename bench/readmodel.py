@@ -362,7 +362,7 @@ def build(root: Path, n: int, seed: int = 42) -> dict[str, Any]:
 
 def verify(n: int = 60) -> None:
     """The bulk rows must equal what Catalog.submit_batch writes for the same payloads and ids."""
-    from catalog.catalog import Catalog, SubmitItem
+    from catalog import Catalog, SubmitItem
     from catalog.settings import load_settings
     from catalog.tables import SCHEMAS
 

@@ -32,7 +32,7 @@ from bench.common import (  # noqa: E402
     percentile,
     write_result,
 )
-from catalog.catalog import Catalog, SubmitItem  # noqa: E402
+from catalog import Catalog, SubmitItem  # noqa: E402
 from catalog.settings import load_settings  # noqa: E402
 
 TARGET = 1200.0

@@ -221,7 +221,7 @@ def content(k: int, j: int) -> bytes:
 
 
 def build_catalog(root: Path, n_objects: int) -> None:
-    from catalog.catalog import Catalog, SubmitItem
+    from catalog import Catalog, SubmitItem
     from catalog.settings import load_settings
 
     root.mkdir(parents=True)

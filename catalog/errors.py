@@ -153,12 +153,11 @@ class LegacyEntityNotFound(NotFound):
 class StorageObjectNotFound(NotFound):
     error_id = "storage.object.not.found"
 
-    def __init__(self, message: str | None = None, *, object_id: str, **context: Any) -> None:
+    def __init__(self, *, object_id: str, **context: Any) -> None:
+        """``context`` replaces the default ``{object_id}`` (publish reports ``object_ids``)."""
         super().__init__(
-            message
-            or f"The object with objectId '{object_id}' does not exist in the storage server",
-            object_id=object_id,
-            **context,
+            f"The object with objectId '{object_id}' does not exist in the storage server",
+            **(context or {"object_id": object_id}),
         )
 
 

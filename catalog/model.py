@@ -6,12 +6,27 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from .errors import PayloadParsing, problem
+from .errors import MalformedParameter, PayloadParsing, problem
 
+#: an analysis' lifecycle states, declared once (read model, search, API, CLI and OpenAPI use these)
 STATES = ("UNPUBLISHED", "PUBLISHED", "SUPPRESSED")
+
+
+def check_states(states: Iterable[str]) -> list[str]:
+    """The states asked for, or Song's malformed.parameter naming those that are not states."""
+    states = list(states)
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        raise MalformedParameter(
+            f"The following are not AnalysisStates: '{','.join(bad)}'",
+            name="analysisStates",
+            value=",".join(bad),
+        )
+    return states
 
 # The known fields of each entity, payload name -> column name. Every other key goes into info.
 DONOR_FIELDS = {"submitterDonorId": "submitter_donor_id", "gender": "gender"}
@@ -71,15 +86,6 @@ def object_id(analysis_id: str, file_name: str) -> str:
 
 def new_analysis_id() -> str:
     return str(uuid.uuid4())
-
-
-def is_uuid(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) != 36:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False
 
 
 # --- times -----------------------------------------------------------------------------------

@@ -252,9 +252,9 @@ class TableStore:
             if version is not None:
                 versions[name] = version
                 total += len(rows)
-        return self._log_commit(operation, actor, total)
+        return self.log_commit(operation, actor, total)
 
-    def _log_commit(self, operation: str, actor: str | None, rows: int) -> int:
+    def log_commit(self, operation: str, actor: str | None, rows: int) -> int:
         current = {}
         for name in DATA_TABLES:
             current[name] = self.latest(name).version()

@@ -21,9 +21,9 @@ from typing import Any
 
 from conftest import STUDY
 
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.events import Dispatcher
-from catalog.lifecycle import Transition
+from catalog.write.lifecycle import Transition
 
 FAST = {"poll_interval": 0.02}
 

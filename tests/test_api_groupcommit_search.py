@@ -8,9 +8,9 @@ import pytest
 from conftest import STUDY
 
 from api.groupcommit import GroupCommitter
-from catalog.catalog import SubmitItem
-from catalog.lifecycle import Transition
+from catalog import SubmitItem
 from catalog.read.search import Filters
+from catalog.write.lifecycle import Transition
 
 
 def test_group_committer_batches_in_order_and_answers_everyone():

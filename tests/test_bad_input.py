@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import STUDY
 
-from catalog import sql
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem, sql
 from catalog.errors import SonglakeError
 from catalog.settings import load_settings
 

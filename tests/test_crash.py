@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from catalog import sql
-from catalog.catalog import ORDER, Catalog, SubmitItem
+from catalog import Catalog, SubmitItem, sql
 from catalog.model import now
 from catalog.settings import load_settings
-from catalog.validation import Planner
+from catalog.write.registration import ORDER
+from catalog.write.validation import Planner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_repair_removes_orphans_but_not_committed_rows(catalog: Catalog) -> None
 
 WRITER = """
 import sys
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.settings import load_settings
 sys.path.insert(0, {tests!r})
 from test_crash import payload

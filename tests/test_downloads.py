@@ -15,7 +15,7 @@ from conftest import STUDY, Payloads
 from test_api_basic import assert_song_error
 
 from api.app import create_app
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.settings import load_settings
 from songlake.cli import main
 

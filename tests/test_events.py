@@ -15,14 +15,15 @@ from click.testing import CliRunner
 from conftest import STUDY
 from eventkit import FAST, idle, log_lines, threads_settle
 
-from catalog.catalog import ORDER, Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.errors import BadRequest, DispatcherBusy
 from catalog.events import Dispatcher, start_background, status
 from catalog.events.config import events_config, parse_events
 from catalog.events.outbox import BEGINNING, Cut, Outbox, Position
 from catalog.model import now
 from catalog.settings import load_settings
-from catalog.validation import Planner
+from catalog.write.registration import ORDER
+from catalog.write.validation import Planner
 from songlake.cli import main
 
 MESSAGE_KEYS = ["analysisId", "studyId", "state", "action", "songServerId", "analysis"]

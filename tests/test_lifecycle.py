@@ -11,8 +11,8 @@ from conftest import STUDY
 from catalog import sql
 from catalog.catalog import Catalog
 from catalog.errors import SonglakeError
-from catalog.lifecycle import Transition
 from catalog.settings import load_settings
+from catalog.write.lifecycle import Transition
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from catalog.errors import BadRequest, Internal, NotFound, StorageCheckFailed
-from catalog.lifecycle import verify_for_publish
 from catalog.store import LocalObjectStore, ObjectSpec, Part, PutRequest, part_plan
 from catalog.store.hashing import md5_file
 from catalog.store.layout import MIN_PART_SIZE
 from catalog.store.local import GROUP_MAX_BYTES
+from catalog.write.lifecycle import verify_for_publish
 
 MIB = 1024 * 1024
 AID = "a1b2c3d4-0000-4000-8000-000000000001"

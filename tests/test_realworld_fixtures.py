@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.errors import SonglakeError
 from catalog.settings import load_settings
 

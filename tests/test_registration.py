@@ -8,8 +8,7 @@ from datetime import datetime
 
 from conftest import STUDY
 
-from catalog import sql
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem, sql
 from catalog.model import entity_id, object_id
 
 ANALYSIS_KEYS = {

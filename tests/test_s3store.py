@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from conftest import STUDY, Payloads
 from s3support import CREDENTIALS, MotoS3, TcpProxy
 
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.errors import Internal, StorageCheckFailed
-from catalog.lifecycle import verify_for_publish
 from catalog.settings import Settings, load_settings
 from catalog.store.s3 import S3ObjectStore, bucket_for, multipart_etag
+from catalog.write.lifecycle import verify_for_publish
 from songlake.cli import main
 
 MIB = 1024 * 1024

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from catalog.catalog import Catalog, SubmitItem
+from catalog import Catalog, SubmitItem
 from catalog.errors import SonglakeError, problem
 from catalog.model import (
     FILE_FIELDS,

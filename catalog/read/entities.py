@@ -10,8 +10,6 @@ deleting one that an analysis references is refused, as Song's foreign keys refu
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from ..errors import BadRequest, NotFound, SonglakeError
@@ -25,10 +23,6 @@ KINDS: dict[str, tuple[str, str, str, str]] = {
     "sample": ("samples", "sample.does.not.exist", "sampleId", "sampleId"),
     "file": ("files", "file.not.found", "objectId", "objectId"),
 }
-ACCESS = ("open", "controlled")
-FILE_UPDATE_FIELDS = ("fileSize", "fileMd5sum", "fileAccess", "dataType", "info")
-_IMMUTABLE_FILE_FIELDS = ("objectId", "studyId", "analysisId", "fileName", "fileType")
-_MD5_RE = re.compile(r"^[a-fA-F0-9]{32}$")
 
 
 def study_of_entity(kind: str, row: tuple) -> str:
@@ -132,55 +126,6 @@ def refuse_delete(kind: str, entity_id: str, analyses: list[str]) -> SonglakeErr
 def legacy_entity(f: tuple) -> dict[str, Any]:
     """Score's view of a file: ``{id, gnosId, fileName, projectCode, access}``."""
     return {"id": f[0], "gnosId": f[1], "fileName": f[4], "projectCode": f[2], "access": f[8]}
-
-
-# -- file updates -----------------------------------------------------------------------------
-
-
-def check_file_update_request(body: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Song's FileUpdateRequest checks; returns the fields given (null ones dropped)."""
-
-    def bad(text: str) -> BadRequest:
-        return BadRequest(text, error_id="invalid.file.update.request")
-
-    if not isinstance(body, dict):
-        raise bad("The file update request must be a JSON object")
-    for key, value in body.items():
-        if key in FILE_UPDATE_FIELDS:
-            continue
-        if key in _IMMUTABLE_FILE_FIELDS:
-            if current is not None and value not in (None, current.get(key)):
-                raise bad(f"The field '{key}' of a file cannot be changed")
-            continue
-        raise bad(f"Unknown field '{key}': a file update may set {', '.join(FILE_UPDATE_FIELDS)}")
-    given = {k: body[k] for k in FILE_UPDATE_FIELDS if body.get(k) is not None}
-    size = given.get("fileSize")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise bad(f"fileSize must be an integer greater than 0, not {json.dumps(size)}")
-    md5 = given.get("fileMd5sum")
-    if md5 is not None and (not isinstance(md5, str) or not _MD5_RE.match(md5)):
-        raise bad(f"fileMd5sum must be 32 hexadecimal characters, not {json.dumps(md5)[:80]}")
-    access = given.get("fileAccess")
-    if access is not None and access not in ACCESS:
-        raise bad(f"fileAccess must be one of {', '.join(ACCESS)}, not {json.dumps(access)[:80]}")
-    data_type = given.get("dataType")
-    if data_type is not None and not isinstance(data_type, str):
-        raise bad("dataType must be a string")
-    info = given.get("info")
-    if info is not None and not isinstance(info, dict):
-        raise bad("info must be a JSON object")
-    return given
-
-
-def classify_file_update(current: dict[str, Any], given: dict[str, Any]) -> str:
-    """CONTENT_UPDATE, METADATA_UPDATE or NO_UPDATE, as Song decides it."""
-    if any(k in given and given[k] != current[k] for k in ("fileSize", "fileMd5sum")):
-        return "CONTENT_UPDATE"
-    if any(k in given and given[k] != current[k] for k in ("fileAccess", "dataType")):
-        return "METADATA_UPDATE"
-    if "info" in given and {**current["info"], **given["info"]} != current["info"]:
-        return "METADATA_UPDATE"
-    return "NO_UPDATE"
 
 
 def legacy_page(

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sortedcontainers import SortedList
 
+from ..errors import AnalysisNotFound, NotRelatedToStudy, StudyNotFound
 from ..model import STATES, song_time
 from ..tables import TableStore
 from .bulkload import bulk_load
@@ -256,6 +257,40 @@ class ReadModel(Indexes):
     def pending_rows(self) -> int:
         return sum(len(v) for v in self._pending.values())
 
+    # -- lookups that answer with Song's errors ------------------------------------------------
+
+    def check_study(self, study_id: str) -> None:
+        """StudyNotFound unless the study exists."""
+        if study_id not in self.studies:
+            raise StudyNotFound(study_id=study_id)
+
+    def find(self, analysis_id: str) -> AnalysisRecord:
+        """An analysis by id alone, or AnalysisNotFound."""
+        rec = self.analyses.get(analysis_id)
+        if rec is None:
+            raise AnalysisNotFound(analysis_id=analysis_id)
+        return rec
+
+    def record(self, study_id: str, analysis_id: str) -> AnalysisRecord:
+        """An analysis of a study, checked in Song's order: the analysis exists (else the study
+        must, then AnalysisNotFound), then it belongs to the study (NotRelatedToStudy)."""
+        rec = self.analyses.get(analysis_id)
+        if rec is None or rec.study_id != study_id:
+            self.check_study(study_id)
+        if rec is None:
+            raise AnalysisNotFound(analysis_id=analysis_id)
+        if rec.study_id != study_id:
+            raise NotRelatedToStudy(
+                f"The analysis '{analysis_id}' is not related to the study '{study_id}'",
+                study_id=study_id,
+                analysis_id=analysis_id,
+            )
+        return rec
+
+    def files_of(self, rec: AnalysisRecord) -> list[tuple]:
+        """The current file rows of an analysis, sorted by file name (Song's order)."""
+        return sorted((self.files[o] for o in rec.object_ids), key=lambda f: f[4])
+
     # -- documents ------------------------------------------------------------------------------
 
     def donor_json(self, d: tuple) -> dict[str, Any]:
@@ -346,10 +381,7 @@ class ReadModel(Indexes):
                 self._composite(s, samples)
                 for s in sorted(rec.sample_ids, key=lambda s: self.samples[s][3])
             ],
-            "files": [
-                self.file_json(f)
-                for f in sorted((self.files[o] for o in rec.object_ids), key=lambda f: f[4])
-            ],
+            "files": [self.file_json(f) for f in self.files_of(rec)],
         }
         for key, value in _loads(rec.data).items():
             doc.setdefault(key, value)

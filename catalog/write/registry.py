@@ -23,9 +23,9 @@ import fastjsonschema
 import jsonschema
 from jsonschema import Draft7Validator
 
-from .errors import BadRequest, NotFound, SchemaViolation, problem
-from .model import dumps, now
-from .tables import TableStore
+from ..errors import BadRequest, NotFound, SchemaViolation, problem
+from ..model import dumps, now, song_time
+from ..tables import TableStore
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9\._-]+$")
 RESERVED_NAMES = {"registration"}
@@ -148,8 +148,6 @@ class AnalysisType:
         return f"{self.name}@{self.version}"
 
     def to_json(self, *, rendered: bool = True, hide_schema: bool = False) -> dict[str, Any]:
-        from .model import song_time
-
         out: dict[str, Any] = {
             "name": self.name,
             "version": self.version,

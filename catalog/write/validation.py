@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import BadRequest, Conflict, Internal, NotFound, SchemaViolation, problem
-from .model import (
+from ..errors import BadRequest, Conflict, Internal, NotFound, SchemaViolation, problem
+from ..model import (
     DONOR_FIELDS,
     FILE_FIELDS,
     SAMPLE_FIELDS,
@@ -24,7 +24,7 @@ from .model import (
     object_id,
     split_entity,
 )
-from .read.readmodel import ReadModel
+from ..read.readmodel import ReadModel
 from .registry import CompiledType, Registry
 
 

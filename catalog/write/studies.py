@@ -1,0 +1,50 @@
+"""Studies: created once (Song's POST /studies/{studyId}/), never changed or deleted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MalformedParameter, StudyAlreadyExists, StudyIdMismatch
+from ..model import dumps, now
+from .commit import Committer
+
+STUDY_ID_MAX = 36
+
+
+def create_study(
+    committer: Committer,
+    study: dict[str, Any],
+    *,
+    study_id: str | None = None,
+    actor: str | None = None,
+) -> str:
+    """Check and commit a new study; returns its id."""
+    if not isinstance(study, dict):
+        raise MalformedParameter("A study must be a JSON object", name="study")
+    sid = study.get("studyId") or study_id
+    if study_id is not None and study.get("studyId") not in (None, study_id):
+        raise StudyIdMismatch(
+            f"The studyId '{study.get('studyId')}' in the body does not match '{study_id}'"
+        )
+    if not isinstance(sid, str) or not sid or len(sid) > STUDY_ID_MAX:
+        raise MalformedParameter(
+            f"A studyId must be a string of 1 to {STUDY_ID_MAX} characters",
+            name="studyId",
+            value=sid,
+        )
+    info = study.get("info") or {}
+    if not isinstance(info, dict):
+        raise MalformedParameter("A study's info must be an object", name="info")
+    with committer.latest():
+        if sid in committer.model.studies:
+            raise StudyAlreadyExists(study_id=sid)
+        row = {
+            "study_id": sid,
+            "name": study.get("name"),
+            "organization": study.get("organization"),
+            "description": study.get("description"),
+            "info": dumps(info) if info else None,
+            "created_at": now(),
+        }
+        committer.commit([("studies", [row])], operation="create_study", actor=actor)
+    return sid
