@@ -54,6 +54,9 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         "schema.violation",
         "malformed.json.schema",
         "illegal.analysis.type.name",
+        # songlake's own, beyond Song's list
+        "illegal.analysis.state",  # Score: a download (with URLs) of an unpublished object
+        "illegal.analysis.update.request",  # the watcher: a sidecar edit that cannot apply
     ),
     401: ("unauthorized.token",),
     403: ("forbidden.token",),
@@ -92,6 +95,9 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         "missing.storage.objects",
         "study.id.mismatch",
         "analysis.type.already.exists",
+        # songlake's own, beyond Song's list: another process holds the root's lock
+        "watcher.already.running",
+        "dispatcher.already.running",
     ),
     422: (
         "upload.repository.create.record",
