@@ -237,11 +237,11 @@ class Catalog:
         rec = self.model.record(study_id, analysis_id)
         return [
             {
-                "initialState": h[1],
-                "updatedState": h[2],
-                "updatedAt": song_time(h[3]),
-                "actor": h[4],
-                "reason": h[5],
+                "initialState": h.initial_state,
+                "updatedState": h.updated_state,
+                "updatedAt": song_time(h.updated_at),
+                "actor": h.actor,
+                "reason": h.reason,
             }
             for h in rec.history
         ]
@@ -423,7 +423,7 @@ class Catalog:
         )
         with self.model.lock:
             files = [
-                {**self.model.file_json(f), "analysisState": self.model.analyses[f[1]].state}
+                {**self.model.file_json(f), "analysisState": self.model.find(f.analysis_id).state}
                 for f in (self.model.files.get(o) for o in page.ids)
                 if f is not None
             ]
@@ -494,7 +494,14 @@ class Catalog:
                     f = model.files[oid]
                     out.append(
                         RegisteredFile(
-                            oid, rec.analysis_id, rec.study_id, state, f[4], f[5], f[7], f[11]
+                            oid,
+                            rec.analysis_id,
+                            rec.study_id,
+                            state,
+                            f.file_name,
+                            f.file_size,
+                            f.file_md5sum,
+                            f.source_path,
                         )
                     )
         out.sort(key=lambda r: r.object_id)

@@ -153,11 +153,14 @@ class LegacyEntityNotFound(NotFound):
 class StorageObjectNotFound(NotFound):
     error_id = "storage.object.not.found"
 
-    def __init__(self, *, object_id: str, **context: Any) -> None:
-        """``context`` replaces the default ``{object_id}`` (publish reports ``object_ids``)."""
+    def __init__(self, message: str | None = None, *, object_id: str, **context: Any) -> None:
+        """The context names ``object_id`` unless it names ``object_ids`` (publish does)."""
+        if "object_ids" not in context:
+            context["object_id"] = object_id
         super().__init__(
-            f"The object with objectId '{object_id}' does not exist in the storage server",
-            **(context or {"object_id": object_id}),
+            message
+            or f"The object with objectId '{object_id}' does not exist in the storage server",
+            **context,
         )
 
 
@@ -258,10 +261,16 @@ class MalformedParameter(BadRequest):
     error_id = "malformed.parameter"
 
     def __init__(
-        self, message: str, *, name: str | None = None, value: Any = None, **context: Any
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        value: Any = None,
+        problems: list[dict[str, Any]] | None = None,
+        **context: Any,
     ) -> None:
         shown = None if value is None else str(value)[:200]
-        super().__init__(message, parameter=name, value=shown, **context)
+        super().__init__(message, problems=problems, parameter=name, value=shown, **context)
 
 
 class IllegalQueryParameter(BadRequest):

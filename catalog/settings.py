@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRequest
+from .errors import MalformedParameter
 
 DEFAULT_ROOT = "./catalog-data"
 
@@ -235,7 +235,9 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return Path(value)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise BadRequest(f"Setting '{name}' has an invalid value: {value!r}") from exc
+        raise MalformedParameter(
+            f"Setting '{name}' has an invalid value: {value!r}", name=name, value=value
+        ) from exc
 
 
 def load_settings(root: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -255,11 +257,9 @@ def load_settings(root: str | os.PathLike[str] | None = None, **overrides: Any) 
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise BadRequest(f"Unknown settings in {config}: {', '.join(unknown)}")
+        raise MalformedParameter(
+            f"Unknown settings in {config}: {', '.join(unknown)}", name=", ".join(unknown)
+        )
     values = {k: _coerce(k, known[k].type, v) for k, v in values.items()}
     values["root"] = root_path
     return Settings(**values)
-
-
-def with_root(settings: Settings, root: Path) -> Settings:
-    return replace(settings, root=root)

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from .errors import BadRequest, SonglakeError
+from .errors import GatewayTimeout, IllegalQueryParameter
 from .tables import DATA_TABLES, TableStore
 
 _VISIBLE = "analysis_id IN (SELECT analysis_id FROM _analyses WHERE version = 1)"
@@ -77,15 +77,12 @@ def check_query(query: str) -> None:
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
-        raise BadRequest(f"SQL does not parse: {exc}", error_id="illegal.query.parameter") from exc
+        raise IllegalQueryParameter(f"SQL does not parse: {exc}") from exc
     if len(statements) != 1:
-        raise BadRequest(
-            "Exactly one SQL statement is accepted", error_id="illegal.query.parameter"
-        )
+        raise IllegalQueryParameter("Exactly one SQL statement is accepted")
     if statements[0].type != duckdb.StatementType.SELECT:
-        raise BadRequest(
+        raise IllegalQueryParameter(
             f"Only SELECT queries are allowed, not {statements[0].type.name}",
-            error_id="illegal.query.parameter",
         )
 
 
@@ -111,14 +108,13 @@ def run(
         columns = [d[0] for d in cur.description or []]
         rows = cur.fetchmany(row_limit)
     except duckdb.InterruptException as exc:
-        raise SonglakeError(
+        raise GatewayTimeout(
             f"The query was stopped after the time limit of {timeout:g} s",
-            error_id="gateway.timed.out",
         ) from exc
     except duckdb.PermissionException as exc:
-        raise BadRequest(f"SQL refused: {exc}", error_id="illegal.query.parameter") from exc
+        raise IllegalQueryParameter(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
-        raise BadRequest(f"SQL failed: {exc}", error_id="illegal.query.parameter") from exc
+        raise IllegalQueryParameter(f"SQL failed: {exc}") from exc
     finally:
         if timer is not None:
             timer.cancel()

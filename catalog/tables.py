@@ -23,7 +23,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import CommitProperties
 
-from .errors import BadRequest, NotFound
+from .errors import MalformedParameter, NotFound
 from .model import now
 
 TS = pa.timestamp("us", tz="UTC")
@@ -190,7 +190,6 @@ class TableStore:
             except TableNotFoundError as exc:
                 raise NotFound(
                     f"No catalog table '{name}' under {self.dir}: run 'songlake init' first",
-                    error_id="id.not.found",
                 ) from exc
             self._tables[name] = dt
             self._file_counts[name] = len(dt.file_uris())
@@ -347,18 +346,26 @@ class TableStore:
         if text.isdigit():
             wanted = int(text)
             if wanted < 1 or wanted > commits.version():
-                raise BadRequest(
-                    f"Catalog version {wanted} does not exist (latest is {commits.version()})"
+                raise MalformedParameter(
+                    f"Catalog version {wanted} does not exist (latest is {commits.version()})",
+                    name="as_of",
+                    value=as_of,
                 )
             for entry in commits.history():
                 if entry.get("version") == wanted:
                     return json.loads(entry["songlake.table_versions"])
-            raise BadRequest(f"Catalog version {wanted} has no recorded table versions")
+            raise MalformedParameter(
+                f"Catalog version {wanted} has no recorded table versions",
+                name="as_of",
+                value=as_of,
+            )
         try:
             when = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise BadRequest(
-                f"--as-of takes a catalog version (integer) or an ISO-8601 time, not {as_of!r}"
+            raise MalformedParameter(
+                f"--as-of takes a catalog version (integer) or an ISO-8601 time, not {as_of!r}",
+                name="as_of",
+                value=as_of,
             ) from exc
         if when.tzinfo is None:
             when = when.astimezone()
@@ -368,6 +375,8 @@ class TableStore:
             try:
                 dt.load_as_version(when)
             except Exception as exc:  # deltalake raises a generic error before the first commit
-                raise BadRequest(f"The catalog has no state as of {as_of}: {exc}") from exc
+                raise MalformedParameter(
+                    f"The catalog has no state as of {as_of}: {exc}", name="as_of", value=as_of
+                ) from exc
             out[name] = dt.version()
         return out

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from catalog.errors import SonglakeError
+from catalog.errors import SonglakeError, StudyIdMissing
 from catalog.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -411,14 +411,13 @@ def submit(c: Context, file: Path, study_id: str | None, allow_duplicates: bool)
 
 
 def _payload_study(raw: bytes, c: Context) -> str:
-    from catalog.errors import BadRequest
     from catalog.model import parse_payload
 
     s = c.settings
     payload = parse_payload(raw, max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
     sid = payload.get("studyId")
     if not isinstance(sid, str) or not sid:
-        raise BadRequest("The studyId in the payload is missing", error_id="study.id.missing")
+        raise StudyIdMissing("The studyId in the payload is missing")
     return sid
 
 

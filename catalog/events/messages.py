@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..catalog import Catalog
-from ..errors import BadRequest
+from ..errors import MalformedParameter
 from ..settings import Settings
 from .config import EventsConfig
 from .outbox import BEGINNING, HISTORY, Change, Cut, Outbox, Position, cut_from
@@ -110,8 +110,8 @@ class Messages:
         else:
             state = "UNPUBLISHED"
             for h in rec.history:
-                if h[3] <= ch.at:
-                    state = h[2]
+                if h.updated_at <= ch.at:
+                    state = h.updated_state
             action = self.update_action
         doc = docs.get(ch.analysis_id)
         if doc is None:
@@ -149,9 +149,8 @@ def start_position(
     if last_event_id:
         position = Position.parse(last_event_id)
         if not outbox.head().covers(position.end or position.start):
-            raise BadRequest(
+            raise MalformedParameter(
                 f"'{last_event_id}' is not an event id of this server (it is ahead of the catalog)",
-                error_id="malformed.parameter",
             )
         return position
     if from_:

@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
-from ..errors import BadRequest, Internal, OutboxGap
+from ..errors import BadRequest, Internal, MalformedParameter, OutboxGap
 from ..settings import Settings
 from ..tables import TableStore
 
@@ -103,13 +103,9 @@ class Position:
         try:
             a, h, ea, eh, offset = (int(p) for p in token.strip().split("."))
         except ValueError:
-            raise BadRequest(
-                f"'{token}' is not an event id of this server", error_id="malformed.parameter"
-            ) from None
+            raise MalformedParameter(f"'{token}' is not an event id of this server") from None
         if min(a, h, ea, eh, offset) < 0 or ea < a or eh < h or ((ea, eh) == (a, h) and offset):
-            raise BadRequest(
-                f"'{token}' is not an event id of this server", error_id="malformed.parameter"
-            )
+            raise MalformedParameter(f"'{token}' is not an event id of this server")
         start, end = Cut(a, h), Cut(ea, eh)
         return cls(start, None if end == start else end, offset)
 

@@ -13,6 +13,7 @@ import gc
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 from sortedcontainers import SortedList
 
 from .indexes import Indexes
-from .records import ENTITY_COLUMNS, INTERNED, AnalysisRecord
+from .records import ENTITY_COLUMNS, INTERNED, AnalysisRecord, StateChange, row_maker
 
 #: applies a table row by row (the read model's own path, which parks rows not yet visible)
 ApplyTable = Callable[[str, pa.Table], None]
@@ -133,7 +134,7 @@ def _entities(model: Indexes, name: str, table: pa.Table) -> None:
         table = _sorted(table, [(key, "ascending"), ("created_at", "descending")])
     columns = [values(table, c, shared=c in INTERNED) for c in cols]
     target = getattr(model, name)
-    rows = list(zip(*columns, strict=True))
+    rows = map(row_maker(name), zip(*columns, strict=True))
     target.update(zip(columns[0], rows, strict=True))
     if name == "specimens":
         for specimen_id, donor_id in zip(columns[0], columns[1], strict=True):
@@ -151,16 +152,16 @@ def _files(model: Indexes, table: pa.Table) -> None:
     columns = [values(table, c, shared=c in INTERNED) for c in cols]
     files = model.files
     tombstones = model.deleted_files
-    for row in zip(*columns, strict=True):
-        if row[4] is None:  # file_name NULL: the file was deleted at this version
-            tombstones[row[0]] = row[3]
-            files.pop(row[0], None)
+    for row in map(row_maker("files"), zip(*columns, strict=True)):
+        if row.file_name is None:  # the file was deleted at this version (a tombstone)
+            tombstones[row.object_id] = row.version
+            files.pop(row.object_id, None)
         else:
-            files[row[0]] = row  # sorted by version: the last one wins
+            files[row.object_id] = row  # sorted by version: the last one wins
     analyses = model.analyses
     for oid, row in files.items():
-        analyses[row[1]].object_ids.append(oid)
-    model.md5s.update(row[7] for row in files.values())
+        analyses[row.analysis_id].object_ids.append(oid)
+    model.md5s.update(row.file_md5sum for row in files.values())
     model.add_search_table("files", table.filter(pc.is_valid(table.column("file_name"))))
 
 
@@ -177,17 +178,21 @@ def _links(model: Indexes, table: pa.Table) -> None:
 def _history(model: Indexes, table: pa.Table) -> None:
     table = _sorted(table, [("updated_at", "ascending")])  # so each analysis' rows are in order
     analyses = model.analyses
-    for row in zip(
-        values(table, "event_id"),
+    change = partial(tuple.__new__, StateChange)
+    for analysis_id, values_ in zip(
         values(table, "analysis_id"),
-        values(table, "initial_state", shared=True),
-        values(table, "updated_state", shared=True),
-        values(table, "updated_at"),
-        values(table, "actor", shared=True),
-        values(table, "reason", shared=True),
+        zip(
+            values(table, "event_id"),
+            values(table, "initial_state", shared=True),
+            values(table, "updated_state", shared=True),
+            values(table, "updated_at"),
+            values(table, "actor", shared=True),
+            values(table, "reason", shared=True),
+            strict=True,
+        ),
         strict=True,
     ):
-        analyses[row[1]].history.append((row[0], row[2], row[3], row[4], row[5], row[6]))
+        analyses[analysis_id].history.append(change(values_))
 
 
 def _indexes(model: Indexes) -> None:

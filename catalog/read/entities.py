@@ -12,54 +12,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadRequest, NotFound, SonglakeError
+from ..errors import (
+    DonorNotFound,
+    EntityInUse,
+    FileNotFound,
+    NotFound,
+    NotRelatedToStudy,
+    SampleNotFound,
+    SpecimenNotFound,
+)
 from .readmodel import ReadModel
+from .records import EntityRow, FileRow
 from .search import Filters
 
-#: kind -> (read-model dict name, Song's not-found error id, label in messages, id field)
-KINDS: dict[str, tuple[str, str, str, str]] = {
-    "donor": ("donors", "donor.does.not.exist", "donorId", "donorId"),
-    "specimen": ("specimens", "specimen.does.not.exist", "specimenId", "specimenId"),
-    "sample": ("samples", "sample.does.not.exist", "sampleId", "sampleId"),
-    "file": ("files", "file.not.found", "objectId", "objectId"),
+#: kind -> (read-model dict name, Song's not-found error, label in messages)
+KINDS: dict[str, tuple[str, type[NotFound], str]] = {
+    "donor": ("donors", DonorNotFound, "donorId"),
+    "specimen": ("specimens", SpecimenNotFound, "specimenId"),
+    "sample": ("samples", SampleNotFound, "sampleId"),
+    "file": ("files", FileNotFound, "objectId"),
 }
 
 
-def study_of_entity(kind: str, row: tuple) -> str:
-    """The study an entity tuple belongs to (positions as in readmodel's row tuples)."""
-    return row[1] if kind == "donor" else row[2]
-
-
-def check_study(model: ReadModel, study_id: str) -> None:
-    if study_id not in model.studies:
-        raise NotFound(
-            f"The studyId '{study_id}' does not exist",
-            error_id="study.id.does.not.exist",
-            study_id=study_id,
-        )
-
-
-def entity_row(model: ReadModel, kind: str, study_id: str, entity_id: str) -> tuple:
-    """An entity's row tuple, checked to exist and to belong to the study (Song's order)."""
-    table, missing_id, label, _ = KINDS[kind]
-    check_study(model, study_id)
+def entity_row(model: ReadModel, kind: str, study_id: str, entity_id: str) -> EntityRow:
+    """An entity's row, checked to exist and to belong to the study (Song's order)."""
+    table, not_found, label = KINDS[kind]
+    model.check_study(study_id)
     row = getattr(model, table).get(entity_id)
     if row is None:
         if kind == "file":
             text = f"The File with objectId '{entity_id}' does not exist"
         else:
             text = f"The {label} '{entity_id}' does not exist"
-        raise NotFound(text, error_id=missing_id, study_id=study_id)
-    if study_of_entity(kind, row) != study_id:
-        raise BadRequest(
+        raise not_found(text, study_id=study_id)
+    if row.study_id != study_id:
+        raise NotRelatedToStudy(
             f"The {kind} '{entity_id}' is not related to the study '{study_id}'",
-            error_id="entity.not.related.to.study",
             study_id=study_id,
         )
     return row
 
 
-def entity_json(model: ReadModel, kind: str, row: tuple) -> dict[str, Any]:
+def entity_json(model: ReadModel, kind: str, row: EntityRow) -> dict[str, Any]:
     return {
         "donor": model.donor_json,
         "specimen": model.specimen_json,
@@ -74,19 +68,19 @@ def study_tree(model: ReadModel, study: dict[str, Any]) -> dict[str, Any]:
     with model.lock:
         samples_of: dict[str, list[dict[str, Any]]] = {}
         for row in model.samples.values():
-            if row[2] == sid:
-                samples_of.setdefault(row[1], []).append(model.sample_json(row))
+            if row.study_id == sid:
+                samples_of.setdefault(row.specimen_id, []).append(model.sample_json(row))
         specimens_of: dict[str, list[dict[str, Any]]] = {}
         for row in model.specimens.values():
-            if row[2] == sid:
+            if row.study_id == sid:
                 doc = model.specimen_json(row)
-                doc["samples"] = samples_of.get(row[0], [])
-                specimens_of.setdefault(row[1], []).append(doc)
+                doc["samples"] = samples_of.get(row.specimen_id, [])
+                specimens_of.setdefault(row.donor_id, []).append(doc)
         donors = []
         for row in model.donors.values():
-            if row[1] == sid:
+            if row.study_id == sid:
                 doc = model.donor_json(row)
-                doc["specimens"] = specimens_of.get(row[0], [])
+                doc["specimens"] = specimens_of.get(row.donor_id, [])
                 donors.append(doc)
     donors.sort(key=lambda d: d["donorId"])
     return {**study, "donors": donors}
@@ -108,14 +102,14 @@ def referencing_analyses(model: ReadModel, kind: str, entity_id: str) -> list[st
         return sorted({a for s in samples for a in model.sample_analyses.get(s, ())})
 
 
-def refuse_delete(kind: str, entity_id: str, analyses: list[str]) -> SonglakeError:
+def refuse_delete(kind: str, entity_id: str, analyses: list[str]) -> EntityInUse:
     shown = ", ".join(analyses[:10])
     if len(analyses) > 10:
         shown += f" and {len(analyses) - 10} more"
-    return SonglakeError(
+    return EntityInUse(
         f"The {kind} '{entity_id}' cannot be deleted: analyses {shown} use it. Analyses are never "
         "deleted; suppress them to withdraw their data",
-        error_id=f"{kind}.repository.delete.record",
+        kind=kind,
         analysis_ids=analyses,
     )
 
@@ -123,9 +117,15 @@ def refuse_delete(kind: str, entity_id: str, analyses: list[str]) -> SonglakeErr
 # -- legacy entities (Score) ------------------------------------------------------------------
 
 
-def legacy_entity(f: tuple) -> dict[str, Any]:
+def legacy_entity(f: FileRow) -> dict[str, Any]:
     """Score's view of a file: ``{id, gnosId, fileName, projectCode, access}``."""
-    return {"id": f[0], "gnosId": f[1], "fileName": f[4], "projectCode": f[2], "access": f[8]}
+    return {
+        "id": f.object_id,
+        "gnosId": f.analysis_id,
+        "fileName": f.file_name,
+        "projectCode": f.study_id,
+        "access": f.file_access,
+    }
 
 
 def legacy_page(
@@ -137,7 +137,8 @@ def legacy_page(
     size: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """Score's ``/entities`` listing: exact-match filters, sorted by id; (page items, total)."""
-    def keep(f: tuple) -> bool:
+
+    def keep(f: FileRow) -> bool:
         entity = legacy_entity(f)
         return all(entity[k] == v for k, v in filters.items())
 
@@ -149,12 +150,12 @@ def legacy_page(
                 rec = model.analyses.get(filters["gnosId"])
                 candidates = list(rec.object_ids) if rec is not None else []
             rows = sorted(
-                (model.files[o] for o in candidates if o in model.files), key=lambda f: f[0]
+                (model.files[o] for o in candidates if o in model.files), key=lambda f: f.object_id
             )
             rows = [f for f in rows if keep(f)]
             return [legacy_entity(f) for f in rows[page * size : (page + 1) * size]], len(rows)
         if "fileName" in filters:
-            rows = sorted((f for f in model.files.values() if keep(f)), key=lambda f: f[0])
+            rows = sorted((f for f in model.files.values() if keep(f)), key=lambda f: f.object_id)
             return [legacy_entity(f) for f in rows[page * size : (page + 1) * size]], len(rows)
     search = Filters(
         study_ids=(filters["projectCode"],) if "projectCode" in filters else (),

@@ -49,5 +49,5 @@ def search_ids(model: ReadModel, study_id: str, params: dict[str, str | None]) -
             analyses = set(model.by_study.get(study_id, ()))
         if params.get("fileId"):
             files = model.regex_ids("files", "object_id", params["fileId"] or "", study_id)
-            analyses &= {model.files[o][1] for o in files if o in model.files}
+            analyses &= {model.files[o].analysis_id for o in files if o in model.files}
         return sorted(a for a in analyses if model.analyses[a].study_id == study_id)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from sortedcontainers import SortedList
 
 from ..errors import SearchTermSyntax
-from .records import AnalysisRecord
+from .records import AnalysisRecord, DonorRow, FileRow, SampleRow, SpecimenRow
 
 _LITERAL = re.compile(r"[A-Za-z0-9_\-: ]*")  # no regex syntax at all
 
@@ -28,10 +28,10 @@ class Indexes:
         self.lock = threading.RLock()
         self.studies: dict[str, dict[str, Any]] = {}
         self.analyses: dict[str, AnalysisRecord] = {}
-        self.donors: dict[str, tuple] = {}
-        self.specimens: dict[str, tuple] = {}
-        self.samples: dict[str, tuple] = {}
-        self.files: dict[str, tuple] = {}
+        self.donors: dict[str, DonorRow] = {}
+        self.specimens: dict[str, SpecimenRow] = {}
+        self.samples: dict[str, SampleRow] = {}
+        self.files: dict[str, FileRow] = {}
         self.md5s: Counter[str] = Counter()
         self.sample_analyses: dict[str, list[str]] = defaultdict(list)
         # reverse links for id search: donor -> specimens, specimen -> samples

@@ -30,7 +30,19 @@ from ..model import STATES, song_time
 from ..tables import TableStore
 from .bulkload import bulk_load
 from .indexes import Indexes
-from .records import ENTITY_COLUMNS, INTERNED, MODEL_TABLES, AnalysisRecord, intern
+from .records import (
+    ENTITY_COLUMNS,
+    INTERNED,
+    MODEL_TABLES,
+    ROW_TYPES,
+    AnalysisRecord,
+    DonorRow,
+    FileRow,
+    SampleRow,
+    SpecimenRow,
+    StateChange,
+    intern,
+)
 
 
 class ReadModel(Indexes):
@@ -150,8 +162,8 @@ class ReadModel(Indexes):
             rec.data_updated_at = row["created_at"]
         return True
 
-    def _entity(self, name: str, row: dict[str, Any]) -> tuple:
-        return tuple(
+    def _entity(self, name: str, row: dict[str, Any]) -> Any:
+        return ROW_TYPES[name]._make(
             intern(row[c]) if c in INTERNED and row[c] is not None else row[c]
             for c in ENTITY_COLUMNS[name]
         )
@@ -186,7 +198,7 @@ class ReadModel(Indexes):
         if not self._visible("files", row):
             return False
         old = self.files.get(row["object_id"])
-        if old is not None and old[3] >= row["version"]:
+        if old is not None and old.version >= row["version"]:
             return False
         if self.deleted_files.get(row["object_id"], 0) >= row["version"]:
             return False
@@ -194,7 +206,7 @@ class ReadModel(Indexes):
             self.deleted_files[row["object_id"]] = row["version"]
             if old is not None:
                 del self.files[row["object_id"]]
-                self.md5s[old[7]] -= 1
+                self.md5s[old.file_md5sum] -= 1
                 ids = self.analyses[row["analysis_id"]].object_ids
                 if row["object_id"] in ids:
                     ids.remove(row["object_id"])
@@ -204,8 +216,8 @@ class ReadModel(Indexes):
         if old is None:
             self.analyses[row["analysis_id"]].object_ids.append(row["object_id"])
         else:
-            self.md5s[old[7]] -= 1
-        self.md5s[entry[7]] += 1
+            self.md5s[old.file_md5sum] -= 1
+        self.md5s[entry.file_md5sum] += 1
         return old is None
 
     def _apply_analysis_samples(self, row: dict[str, Any]) -> bool:
@@ -221,10 +233,10 @@ class ReadModel(Indexes):
         if not self._visible("analysis_state_history", row):
             return False
         rec = self.analyses[row["analysis_id"]]
-        if any(h[0] == row["event_id"] for h in rec.history):
+        if any(h.event_id == row["event_id"] for h in rec.history):
             return False
         before = rec.state
-        entry = (
+        entry = StateChange(
             row["event_id"],
             row["initial_state"],
             row["updated_state"],
@@ -233,8 +245,8 @@ class ReadModel(Indexes):
             row["reason"],
         )
         rec.history.append(entry)
-        if len(rec.history) > 1 and rec.history[-2][3] > entry[3]:
-            rec.history.sort(key=lambda h: h[3])
+        if len(rec.history) > 1 and rec.history[-2].updated_at > entry.updated_at:
+            rec.history.sort(key=lambda h: h.updated_at)
         after = rec.state
         if before != after:
             self.by_study_state[(rec.study_id, before)].discard(rec.analysis_id)
@@ -287,60 +299,60 @@ class ReadModel(Indexes):
             )
         return rec
 
-    def files_of(self, rec: AnalysisRecord) -> list[tuple]:
+    def files_of(self, rec: AnalysisRecord) -> list[FileRow]:
         """The current file rows of an analysis, sorted by file name (Song's order)."""
-        return sorted((self.files[o] for o in rec.object_ids), key=lambda f: f[4])
+        return sorted((self.files[o] for o in rec.object_ids), key=lambda f: f.file_name)
 
     # -- documents ------------------------------------------------------------------------------
 
-    def donor_json(self, d: tuple) -> dict[str, Any]:
+    def donor_json(self, d: DonorRow) -> dict[str, Any]:
         return {
-            "donorId": d[0],
-            "studyId": d[1],
-            "submitterDonorId": d[2],
-            "gender": d[3],
-            "info": _loads(d[4]) if d[4] else {},
+            "donorId": d.donor_id,
+            "studyId": d.study_id,
+            "submitterDonorId": d.submitter_donor_id,
+            "gender": d.gender,
+            "info": _loads(d.info) if d.info else {},
         }
 
-    def specimen_json(self, s: tuple) -> dict[str, Any]:
+    def specimen_json(self, s: SpecimenRow) -> dict[str, Any]:
         return {
-            "specimenId": s[0],
-            "donorId": s[1],
-            "submitterSpecimenId": s[3],
-            "tumourNormalDesignation": s[4],
-            "specimenTissueSource": s[5],
-            "specimenType": s[6],
-            "info": _loads(s[7]) if s[7] else {},
+            "specimenId": s.specimen_id,
+            "donorId": s.donor_id,
+            "submitterSpecimenId": s.submitter_specimen_id,
+            "tumourNormalDesignation": s.tumour_normal_designation,
+            "specimenTissueSource": s.specimen_tissue_source,
+            "specimenType": s.specimen_type,
+            "info": _loads(s.info) if s.info else {},
         }
 
-    def sample_json(self, s: tuple) -> dict[str, Any]:
+    def sample_json(self, s: SampleRow) -> dict[str, Any]:
         return {
-            "sampleId": s[0],
-            "specimenId": s[1],
-            "submitterSampleId": s[3],
-            "sampleType": s[4],
-            "matchedNormalSubmitterSampleId": s[5],
-            "info": _loads(s[6]) if s[6] else {},
+            "sampleId": s.sample_id,
+            "specimenId": s.specimen_id,
+            "submitterSampleId": s.submitter_sample_id,
+            "sampleType": s.sample_type,
+            "matchedNormalSubmitterSampleId": s.matched_normal_submitter_sample_id,
+            "info": _loads(s.info) if s.info else {},
         }
 
-    def file_json(self, f: tuple) -> dict[str, Any]:
+    def file_json(self, f: FileRow) -> dict[str, Any]:
         return {
-            "objectId": f[0],
-            "studyId": f[2],
-            "analysisId": f[1],
-            "fileName": f[4],
-            "fileSize": f[5],
-            "fileType": f[6],
-            "fileMd5sum": f[7],
-            "fileAccess": f[8],
-            "dataType": f[9],
-            "info": _loads(f[10]) if f[10] else {},
+            "objectId": f.object_id,
+            "studyId": f.study_id,
+            "analysisId": f.analysis_id,
+            "fileName": f.file_name,
+            "fileSize": f.file_size,
+            "fileType": f.file_type,
+            "fileMd5sum": f.file_md5sum,
+            "fileAccess": f.file_access,
+            "dataType": f.data_type,
+            "info": _loads(f.info) if f.info else {},
         }
 
     def composite_sample(self, sample_id: str) -> dict[str, Any]:
         sample = self.samples[sample_id]
-        specimen = self.specimens[sample[1]]
-        donor = self.donors[specimen[1]]
+        specimen = self.specimens[sample.specimen_id]
+        donor = self.donors[specimen.donor_id]
         out = self.sample_json(sample)
         out["specimen"] = self.specimen_json(specimen)
         out["donor"] = self.donor_json(donor)
@@ -373,13 +385,17 @@ class ReadModel(Indexes):
             "firstPublishedAt": song_time(first),
             "publishedAt": song_time(last),
             "analysisStateHistory": [
-                {"initialState": h[1], "updatedState": h[2], "updatedAt": song_time(h[3])}
+                {
+                    "initialState": h.initial_state,
+                    "updatedState": h.updated_state,
+                    "updatedAt": song_time(h.updated_at),
+                }
                 for h in rec.history
             ],
             # a stable order whatever order the rows were read in (live, reopened, compacted)
             "samples": [
                 self._composite(s, samples)
-                for s in sorted(rec.sample_ids, key=lambda s: self.samples[s][3])
+                for s in sorted(rec.sample_ids, key=lambda s: self.samples[s].submitter_sample_id)
             ],
             "files": [self.file_json(f) for f in self.files_of(rec)],
         }

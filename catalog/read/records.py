@@ -7,8 +7,10 @@ rows) whose fields are the columns of their Delta table that the model keeps.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 intern = sys.intern
 #: the tables the model is built from, in the order they are read (analyses before children)
@@ -23,51 +25,81 @@ MODEL_TABLES = (
     "analysis_state_history",
 )
 
-# Row tuples held per entity (positions used below).
-# donor:    (donor_id, study_id, submitter_donor_id, gender, info)
-# specimen: (specimen_id, donor_id, study_id, submitter_specimen_id, tumour_normal_designation,
-#            specimen_tissue_source, specimen_type, info)
-# sample:   (sample_id, specimen_id, study_id, submitter_sample_id, sample_type,
-#            matched_normal_submitter_sample_id, info)
-# file:     (object_id, analysis_id, study_id, version, file_name, file_size, file_type,
-#            file_md5sum, file_access, data_type, info, source_path)
 
-ENTITY_COLUMNS = {
-    "donors": ("donor_id", "study_id", "submitter_donor_id", "gender", "info"),
-    "specimens": (
-        "specimen_id",
-        "donor_id",
-        "study_id",
-        "submitter_specimen_id",
-        "tumour_normal_designation",
-        "specimen_tissue_source",
-        "specimen_type",
-        "info",
-    ),
-    "samples": (
-        "sample_id",
-        "specimen_id",
-        "study_id",
-        "submitter_sample_id",
-        "sample_type",
-        "matched_normal_submitter_sample_id",
-        "info",
-    ),
-    "files": (
-        "object_id",
-        "analysis_id",
-        "study_id",
-        "version",
-        "file_name",
-        "file_size",
-        "file_type",
-        "file_md5sum",
-        "file_access",
-        "data_type",
-        "info",
-        "source_path",
-    ),
+class DonorRow(NamedTuple):
+    donor_id: str
+    study_id: str
+    submitter_donor_id: str
+    gender: str | None
+    info: str | None  # JSON text of the info map, or None
+
+
+class SpecimenRow(NamedTuple):
+    specimen_id: str
+    donor_id: str
+    study_id: str
+    submitter_specimen_id: str
+    tumour_normal_designation: str | None
+    specimen_tissue_source: str | None
+    specimen_type: str | None
+    info: str | None
+
+
+class SampleRow(NamedTuple):
+    sample_id: str
+    specimen_id: str
+    study_id: str
+    submitter_sample_id: str
+    sample_type: str | None
+    matched_normal_submitter_sample_id: str | None
+    info: str | None
+
+
+class FileRow(NamedTuple):
+    object_id: str
+    analysis_id: str
+    study_id: str
+    version: int
+    file_name: str
+    file_size: int
+    file_type: str | None
+    file_md5sum: str
+    file_access: str
+    data_type: str | None
+    info: str | None
+    source_path: str | None  # where the watcher or ingest found the file (storage sync)
+
+
+class StateChange(NamedTuple):
+    """One row of an analysis' state history."""
+
+    event_id: str
+    initial_state: str
+    updated_state: str
+    updated_at: datetime
+    actor: str | None
+    reason: str | None
+
+
+EntityRow = DonorRow | SpecimenRow | SampleRow | FileRow
+
+#: model table -> the row type it holds
+ROW_TYPES: dict[str, type[DonorRow] | type[SpecimenRow] | type[SampleRow] | type[FileRow]] = {
+    "donors": DonorRow,
+    "specimens": SpecimenRow,
+    "samples": SampleRow,
+    "files": FileRow,
 }
+#: model table -> the columns of its row type, in order
+ENTITY_COLUMNS: dict[str, tuple[str, ...]] = {name: t._fields for name, t in ROW_TYPES.items()}
+
+
+def row_maker(name: str) -> Callable[[Iterable[Any]], Any]:
+    """Builds rows of a table's type from iterables of values, at C speed (bulk loads make
+    millions: ``RowType(*values)`` runs Python code for each)."""
+    return partial(tuple.__new__, ROW_TYPES[name])
+
+
 # Columns whose values repeat a lot: interned to save memory at millions of rows.
 INTERNED = {
     "study_id",
@@ -109,8 +141,7 @@ class AnalysisRecord:
         self.version: int = row["version"]
         self.created_at: datetime = row["created_at"]
         self.data_updated_at: datetime = row["created_at"]
-        # (event_id, initial_state, updated_state, updated_at, actor, reason)
-        self.history: list[tuple] = []
+        self.history: list[StateChange] = []
         self.sample_ids: list[str] = []
         self.object_ids: list[str] = []
 
@@ -140,14 +171,14 @@ class AnalysisRecord:
 
     @property
     def state(self) -> str:
-        return self.history[-1][2] if self.history else "UNPUBLISHED"
+        return self.history[-1].updated_state if self.history else "UNPUBLISHED"
 
     @property
     def updated_at(self) -> datetime:
-        if self.history and self.history[-1][3] > self.data_updated_at:
-            return self.history[-1][3]
+        if self.history and self.history[-1].updated_at > self.data_updated_at:
+            return self.history[-1].updated_at
         return self.data_updated_at
 
     def published_times(self) -> tuple[datetime | None, datetime | None]:
-        times = [h[3] for h in self.history if h[2] == "PUBLISHED"]
+        times = [h.updated_at for h in self.history if h.updated_state == "PUBLISHED"]
         return (min(times), max(times)) if times else (None, None)

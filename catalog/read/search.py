@@ -28,10 +28,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import BadRequest
+from ..errors import MalformedParameter
 from ..model import STATES, entity_id
 from .readmodel import ReadModel
-from .records import AnalysisRecord
+from .records import AnalysisRecord, FileRow
 
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 ANALYSIS_SORTS = {"analysisId": "a_key", "createdAt": "a_created", "updatedAt": "a_updated"}
@@ -77,23 +77,20 @@ class Filters:
     def __post_init__(self) -> None:
         bad = [s for s in self.states if s not in STATE_CODE]
         if bad:
-            raise BadRequest(
+            raise MalformedParameter(
                 f"The following are not AnalysisStates: '{','.join(bad)}'",
-                error_id="malformed.parameter",
             )
         bad = [a for a in self.file_access if a not in ("open", "controlled")]
         if bad:
-            raise BadRequest(
+            raise MalformedParameter(
                 f"fileAccess must be open or controlled, not '{','.join(bad)}'",
-                error_id="malformed.parameter",
             )
         for name in ("analysis_types",):
             for item in getattr(self, name):
                 _, _, version = item.partition(":")
                 if version and not version.isdigit():
-                    raise BadRequest(
+                    raise MalformedParameter(
                         f"An analysis type is 'name' or 'name:version', not '{item}'",
-                        error_id="malformed.parameter",
                     )
 
 
@@ -246,30 +243,30 @@ class SearchIndex:
             self.a_updated[row] = updated
         return row
 
-    def _put_file(self, f: tuple) -> None:
-        arow = self.a_row.get(f[1])
+    def _put_file(self, f: FileRow) -> None:
+        arow = self.a_row.get(f.analysis_id)
         if arow is None:
-            rec = self.model.analyses.get(f[1])
+            rec = self.model.analyses.get(f.analysis_id)
             if rec is None:
                 return
             arow = self._put_analysis(rec)
-        row = self.f_row.get(f[0])
+        row = self.f_row.get(f.object_id)
         if row is None:
-            self.f_row[f[0]] = len(self.f_ids)
-            self.f_ids.append(f[0])
-            self.f_key.append(sort_key(f[0]))
+            self.f_row[f.object_id] = len(self.f_ids)
+            self.f_ids.append(f.object_id)
+            self.f_key.append(sort_key(f.object_id))
             self.f_analysis.append(arow)
-            self.f_type.append(self.file_types(f[6]))
-            self.f_data_type.append(self.data_types(f[9]))
-            self.f_access.append(1 if f[8] == "controlled" else 0)
+            self.f_type.append(self.file_types(f.file_type))
+            self.f_data_type.append(self.data_types(f.data_type))
+            self.f_access.append(1 if f.file_access == "controlled" else 0)
             self.f_alive.append(1)
-            self.f_size.append(f[5] or 0)
+            self.f_size.append(f.file_size or 0)
         else:
-            self.f_type[row] = self.file_types(f[6])
-            self.f_data_type[row] = self.data_types(f[9])
-            self.f_access[row] = 1 if f[8] == "controlled" else 0
+            self.f_type[row] = self.file_types(f.file_type)
+            self.f_data_type[row] = self.data_types(f.data_type)
+            self.f_access[row] = 1 if f.file_access == "controlled" else 0
             self.f_alive[row] = 1
-            self.f_size[row] = f[5] or 0
+            self.f_size[row] = f.file_size or 0
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -284,9 +281,8 @@ class SearchIndex:
     ) -> Page:
         """Analysis ids matching `filters`, one page of them in order, and the total."""
         if sort not in ANALYSIS_SORTS:
-            raise BadRequest(
+            raise MalformedParameter(
                 f"sort must be one of {', '.join(ANALYSIS_SORTS)}, not '{sort}'",
-                error_id="malformed.parameter",
             )
         with self._lock:
             self._sync()
@@ -310,9 +306,7 @@ class SearchIndex:
     ) -> Page:
         """File objectIds matching `filters` (analysis filters apply to each file's analysis)."""
         if sort not in ("objectId", "fileSize"):
-            raise BadRequest(
-                f"sort must be objectId or fileSize, not '{sort}'", error_id="malformed.parameter"
-            )
+            raise MalformedParameter(f"sort must be objectId or fileSize, not '{sort}'")
         with self._lock:
             self._sync()
             rows = self._file_rows(filters)

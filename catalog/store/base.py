@@ -27,7 +27,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import Internal, SonglakeError, StorageCheckFailed
+from ..errors import (
+    InvalidStorageResponse,
+    MismatchingObjectSize,
+    SonglakeError,
+)
 from .hashing import hash_stream
 from .layout import DEFAULT_PART_SIZE, ObjectSpec, check_object_id
 
@@ -137,10 +141,9 @@ class ObjectStore(abc.ABC):
         object is already stored with this content (then nothing needs copying)."""
         size = os.fstat(src.fileno()).st_size
         if expected_size is not None and size != expected_size:
-            raise StorageCheckFailed(
+            raise MismatchingObjectSize(
                 f"The file '{ctx['path']}' has {size} bytes but {expected_size} were expected "
                 f"for objectId '{oid}'",
-                error_id="mismatching.storage.object.sizes",
                 **ctx,
             )
         current = self._complete_spec(oid)
@@ -179,9 +182,8 @@ class ObjectStore(abc.ABC):
         try:
             return ObjectSpec.from_json(raw)
         except (KeyError, TypeError, ValueError) as exc:
-            raise Internal(
+            raise InvalidStorageResponse(
                 f"The object specification of objectId '{object_id}' is invalid: {exc}",
-                error_id="invalid.storage.download.response",
                 object_id=object_id,
             ) from exc
 
@@ -242,4 +244,3 @@ class StoredObject:
     blob_etag: str | None
     has_meta: bool
     meta_etag: str | None = None
-

@@ -1,5 +1,4 @@
-"""Reading bytes once: a streaming copy that computes the whole md5 and each part's md5 as it goes.
-"""
+"""Reading bytes once: a streaming copy computing the whole md5 and each part's md5 on the way."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from ..errors import StorageCheckFailed
+from ..errors import MismatchingObjectSize
 from .layout import DEFAULT_PART_SIZE, MIB, Part, part_plan
 
 BUFFER_SIZE = MIB
@@ -80,9 +79,8 @@ def copy_with_hashes(
     else:
         total = _pipeline(src, stages)
     if total != size:
-        raise StorageCheckFailed(
+        raise MismatchingObjectSize(
             f"The source changed while it was read: {total} bytes read, {size} expected",
-            error_id="mismatching.storage.object.sizes",
         )
     digest = whole.hexdigest()
     if len(plan) <= 1:  # zero or one part: the part's md5 is the file's
@@ -143,4 +141,3 @@ class PartHasher:
                 self.done.append(replace(self.plan[len(self.done)], source_md5=digest))
                 if len(self.done) < len(self.plan):
                     self._hash, self._left = _md5(), self.plan[len(self.done)].part_size
-

@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BadRequest, Internal, NotFound
+from ..errors import (
+    InvalidStorageResponse,
+    MalformedParameter,
+    StorageObjectNotFound,
+)
 
 MIB = 1024 * 1024
 
@@ -51,9 +55,8 @@ def is_object_id(value: object) -> bool:
 
 def check_object_id(value: object) -> str:
     if not is_object_id(value):
-        raise BadRequest(
+        raise MalformedParameter(
             f"The objectId '{value}' is not a valid UUID",
-            error_id="malformed.parameter",
             object_id=str(value),
         )
     return value  # type: ignore[return-value]
@@ -154,9 +157,8 @@ def parse_meta(object_id: str, raw: bytes | str) -> dict[str, Any]:
     except ValueError:
         obj = None
     if not isinstance(obj, dict):
-        raise Internal(
+        raise InvalidStorageResponse(
             f"The object specification of objectId '{object_id}' is not a JSON object",
-            error_id="invalid.storage.download.response",
             object_id=object_id,
         )
     return obj
@@ -165,19 +167,16 @@ def parse_meta(object_id: str, raw: bytes | str) -> dict[str, Any]:
 def range_end(object_id: str, spec: ObjectSpec | None, offset: int, length: int) -> int:
     """Where a ranged read of a stored object ends (length -1 = to the end), or Score's errors."""
     if spec is None:
-        raise NotFound(
+        raise StorageObjectNotFound(
             f"The object with objectId '{object_id}' does not exist in the storage server",
-            error_id="storage.object.not.found",
             object_id=object_id,
         )
     size = spec.object_size
     end = size if length == -1 else offset + length
     if offset < 0 or length < -1 or offset > size or end > size:
-        raise BadRequest(
+        raise MalformedParameter(
             f"The range offset={offset} length={length} is outside objectId '{object_id}' "
             f"({size} bytes)",
-            error_id="malformed.parameter",
             object_id=object_id,
         )
     return end
-

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import Internal, NotFound, SonglakeError, StorageCheckFailed
+from ..errors import (
+    Internal,
+    MismatchingObjectChecksum,
+    MismatchingObjectSize,
+    SonglakeError,
+    StorageCheckFailed,
+    StorageObjectNotFound,
+)
 from .base import ObjectStore, PutRequest, RangeReader, StoredObject, request_context
 from .hashing import BUFFER_SIZE, copy_with_hashes
 from .layout import (
@@ -185,16 +192,14 @@ class LocalObjectStore(ObjectStore):
         out.flush()
         written = os.fstat(out.fileno()).st_size
         if written != size:
-            raise StorageCheckFailed(
+            raise MismatchingObjectSize(
                 f"Wrote {written} bytes for objectId '{oid}' but the file has {size}",
-                error_id="mismatching.storage.object.sizes",
                 **ctx,
             )
         if want_md5 is not None and md5 != want_md5:
-            raise StorageCheckFailed(
+            raise MismatchingObjectChecksum(
                 f"The file '{ctx['path']}' has md5 {md5} but {want_md5} was expected "
                 f"for objectId '{oid}'",
-                error_id="mismatching.storage.object.checksums",
                 **ctx,
             )
         return ObjectSpec(oid, size, md5, tuple(parts))
@@ -290,9 +295,8 @@ class LocalObjectStore(ObjectStore):
         try:
             f = open(self._blob(object_id), "rb", buffering=0)  # closed by the reader
         except FileNotFoundError:
-            raise NotFound(
+            raise StorageObjectNotFound(
                 f"The data of objectId '{object_id}' is missing from the storage server",
-                error_id="storage.object.not.found",
                 object_id=object_id,
             ) from None
         f.seek(offset)
@@ -337,4 +341,3 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             return ("missing.storage.objects", f"the blob {self._blob(object_id)} is missing")
         return self.blob_mismatch(spec, {"Size": size})
-

@@ -42,7 +42,16 @@ import botocore.exceptions as bex
 import botocore.session
 from botocore.config import Config
 
-from ..errors import BadRequest, Internal, NotFound, StorageCheckFailed
+from ..errors import (
+    Internal,
+    InvalidStorageResponse,
+    MalformedParameter,
+    MismatchingObjectChecksum,
+    MismatchingObjectSize,
+    StorageCheckFailed,
+    StorageObjectNotFound,
+    StorageServiceError,
+)
 from ..settings import Settings
 from .base import ObjectStore, RangeReader, StoredObject
 from .hashing import copy_with_hashes, hash_stream
@@ -146,9 +155,8 @@ class S3ObjectStore(ObjectStore):
         verify_etag: bool = True,
     ) -> None:
         if not bucket:
-            raise BadRequest(
+            raise MalformedParameter(
                 "object_store is 's3' but no bucket is set (s3_bucket / SONGLAKE_S3_BUCKET)",
-                error_id="malformed.parameter",
             )
         self.bucket = bucket
         self.state_bucket = state_bucket or bucket
@@ -274,7 +282,7 @@ class S3ObjectStore(ObjectStore):
                 f"is unreachable ({exc})"
             )
         code = _code(exc) if isinstance(exc, bex.ClientError) else "unreachable"
-        return Internal(msg, error_id="storage.service.error", bucket=bucket, key=key, code=code)
+        return StorageServiceError(msg, bucket=bucket, key=key, code=code)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -312,9 +320,8 @@ class S3ObjectStore(ObjectStore):
         try:
             spec = ObjectSpec.from_json(found[1])
         except (KeyError, TypeError, ValueError) as exc:
-            raise Internal(
+            raise InvalidStorageResponse(
                 f"The object specification of objectId '{object_id}' is invalid: {exc}",
-                error_id="invalid.storage.download.response",
                 object_id=object_id,
             ) from exc
         return spec, (self.bucket if found[2] else self.object_bucket(object_id))
@@ -341,9 +348,8 @@ class S3ObjectStore(ObjectStore):
         except bex.ClientError as exc:
             if _code(exc) not in _NOT_FOUND:
                 raise
-            raise NotFound(
+            raise StorageObjectNotFound(
                 f"The data of objectId '{object_id}' is missing from s3://{bucket}",
-                error_id="storage.object.not.found",
                 object_id=object_id,
             ) from None
         return io.BufferedReader(RangeReader(body), 1024 * 1024)  # type: ignore[return-value]
@@ -417,10 +423,9 @@ class S3ObjectStore(ObjectStore):
         return spec
 
     def _checksum_error(self, oid: str, md5: str, want: str) -> StorageCheckFailed:
-        return StorageCheckFailed(
+        return MismatchingObjectChecksum(
             f"The file has md5 {md5} but {want} was expected for objectId '{oid}'; "
             "nothing was changed in storage",
-            error_id="mismatching.storage.object.checksums",
         )
 
     def _put_single(self, oid: str, src: BinaryIO, size: int, want: str | None) -> ObjectSpec:
@@ -454,10 +459,9 @@ class S3ObjectStore(ObjectStore):
                 for part in plan:
                     buf = bytearray(part.part_size)
                     if _read_fully(src, buf) != part.part_size:
-                        raise StorageCheckFailed(
+                        raise MismatchingObjectSize(
                             f"The source changed while it was read: it ended before byte "
                             f"{part.offset + part.part_size} of {size}",
-                            error_id="mismatching.storage.object.sizes",
                         )
                     whole.update(buf)  # in order here, while the pool hashes and sends parts
                     in_flight.append(
@@ -466,9 +470,8 @@ class S3ObjectStore(ObjectStore):
                     while len(in_flight) >= self.concurrency:
                         done.append(in_flight.popleft().result())
                 if src.read(1):
-                    raise StorageCheckFailed(
+                    raise MismatchingObjectSize(
                         f"The source changed while it was read: it has more than {size} bytes",
-                        error_id="mismatching.storage.object.sizes",
                     )
                 while in_flight:
                     done.append(in_flight.popleft().result())
@@ -524,10 +527,9 @@ class S3ObjectStore(ObjectStore):
         )
         etag = _etag(response)
         if self.verify_etag and etag != digest:
-            raise Internal(
+            raise StorageServiceError(
                 f"S3 answered ETag {etag} for part {part.part_number} of s3://{bucket}/{key}, "
                 f"whose md5 is {digest}",
-                error_id="storage.service.error",
                 bucket=bucket,
                 key=key,
             )
@@ -581,9 +583,8 @@ class S3ObjectStore(ObjectStore):
         """After the bytes are in: the blob has the size, md5chksum and ETag it must have."""
         head = self.head_blob(spec.object_id, bucket)
         if head is None:
-            raise Internal(
+            raise StorageServiceError(
                 f"s3://{bucket}/{self.data_key(spec.object_id)} is missing right after its upload",
-                error_id="storage.service.error",
                 object_id=spec.object_id,
             )
         meta = head.get("Metadata") or {}

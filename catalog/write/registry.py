@@ -23,7 +23,14 @@ import fastjsonschema
 import jsonschema
 from jsonschema import Draft7Validator
 
-from ..errors import BadRequest, NotFound, SchemaViolation, problem
+from ..errors import (
+    AnalysisTypeNotFound,
+    IllegalTypeName,
+    MalformedJsonSchema,
+    MalformedParameter,
+    SchemaViolation,
+    problem,
+)
 from ..model import dumps, now, song_time
 from ..tables import TableStore
 
@@ -246,23 +253,20 @@ class Registry:
         self._loaded()
         versions = self._types.get(name)
         if not versions:
-            raise NotFound(
+            raise AnalysisTypeNotFound(
                 f"The analysisType with name '{name}' does not exist",
-                error_id="analysis.type.not.found",
                 analysis_type=name,
             )
         if version is None:
             return versions[-1]
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise BadRequest(
+            raise MalformedParameter(
                 f"The version '{version}' of analysisType '{name}' must be an integer >= 1",
-                error_id="malformed.parameter",
             )
         if version > len(versions):
-            raise NotFound(
+            raise AnalysisTypeNotFound(
                 f"Version '{version}' of analysisType with name '{name}' does not exist however "
                 f"exists for the latest version '{versions[-1].version}'",
-                error_id="analysis.type.not.found",
                 analysis_type=name,
             )
         return versions[version - 1]
@@ -310,14 +314,11 @@ class Registry:
             )
         name = body.get("name")
         if not isinstance(name, str) or not name:
-            raise BadRequest(
-                "The analysisType name field cannot be null", error_id="malformed.parameter"
-            )
+            raise MalformedParameter("The analysisType name field cannot be null")
         check_name(name)
         if name in RESERVED_NAMES:
-            raise BadRequest(
+            raise IllegalTypeName(
                 f"Cannot register an analysisType with name '{name}'",
-                error_id="illegal.analysis.type.name",
             )
         schema = body.get("schema")
         if schema is None:
@@ -337,10 +338,9 @@ class Registry:
         try:
             Draft7Validator.check_schema(render(base_schema(), schema))
         except jsonschema.SchemaError as exc:
-            raise BadRequest(
+            raise MalformedJsonSchema(
                 "The schema is not a valid JSON schema: "
                 f"#{pointer(exc.absolute_path)}: {exc.message}",
-                error_id="malformed.json.schema",
                 problems=[
                     problem("/schema" + pointer(exc.absolute_path), str(exc.validator), exc.message)
                 ],
@@ -373,7 +373,6 @@ class Registry:
 
 def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise BadRequest(
+        raise MalformedParameter(
             f"The analysisType name '{name}' must match {NAME_PATTERN.pattern}",
-            error_id="malformed.parameter",
         )

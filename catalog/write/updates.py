@@ -113,36 +113,36 @@ class Updates:
             row = entity_row(self.model, "file", study_id, object_id)
             original = self.model.file_json(row)
             check_file_update_request(body, original)
-            state = self.model.analyses[row[1]].state
+            aid = row.analysis_id
+            state = self.model.analyses[aid].state
             if state == "SUPPRESSED":
                 raise IllegalFileUpdate(
-                    f"The file '{object_id}' cannot be updated: its analysis '{row[1]}' is "
-                    "SUPPRESSED",
-                    analysis_id=row[1],
+                    f"The file '{object_id}' cannot be updated: its analysis '{aid}' is SUPPRESSED",
+                    analysis_id=aid,
                 )
             kind = classify_file_update(original, given)
             if kind == "CONTENT_UPDATE" and state != "UNPUBLISHED":
                 raise IllegalFileUpdate(
                     f"The content (size or md5) of file '{object_id}' can change only while its "
-                    f"analysis '{row[1]}' is UNPUBLISHED, not {state}: unpublish it first",
-                    analysis_id=row[1],
+                    f"analysis '{row.analysis_id}' is UNPUBLISHED, not {state}: unpublish it first",
+                    analysis_id=row.analysis_id,
                 )
             if kind != "NO_UPDATE":
                 info = {**original["info"], **given.get("info", {})}
                 info = {k: v for k, v in info.items() if v is not None}
                 new_row = {
                     "object_id": object_id,
-                    "analysis_id": row[1],
+                    "analysis_id": row.analysis_id,
                     "study_id": study_id,
-                    "version": row[3] + 1,
-                    "file_name": row[4],
-                    "file_size": given.get("fileSize", row[5]),
-                    "file_type": row[6],
-                    "file_md5sum": given.get("fileMd5sum", row[7]),
-                    "file_access": given.get("fileAccess", row[8]),
-                    "data_type": given.get("dataType", row[9]),
+                    "version": row.version + 1,
+                    "file_name": row.file_name,
+                    "file_size": given.get("fileSize", row.file_size),
+                    "file_type": row.file_type,
+                    "file_md5sum": given.get("fileMd5sum", row.file_md5sum),
+                    "file_access": given.get("fileAccess", row.file_access),
+                    "data_type": given.get("dataType", row.data_type),
                     "info": dumps(info) if info else None,
-                    "source_path": row[11],
+                    "source_path": row.source_path,
                     "created_at": now(),
                 }
                 self.committer.commit([("files", [new_row])], operation="update_file", actor=actor)
@@ -151,7 +151,7 @@ class Updates:
             "fileUpdateType": kind,
             "originalAnalysisState": state,
             "unpublishedAnalysis": False,
-            "message": f"{verb} file with objectId '{object_id}' and analysisId '{row[1]}'",
+            "message": f"{verb} file with objectId '{object_id}' and analysisId '{aid}'",
             "originalFile": original,
         }
 
@@ -164,7 +164,7 @@ class Updates:
             rows = [entity_row(self.model, "file", study_id, o) for o in wanted]
             per_analysis: dict[str, int] = {}
             for row in rows:
-                per_analysis[row[1]] = per_analysis.get(row[1], 0) + 1
+                per_analysis[row.analysis_id] = per_analysis.get(row.analysis_id, 0) + 1
             for aid, count in per_analysis.items():
                 rec = self.model.analyses[aid]
                 if rec.state != "UNPUBLISHED":
@@ -181,10 +181,10 @@ class Updates:
             at = now()
             tombstones = [
                 {
-                    "object_id": row[0],
-                    "analysis_id": row[1],
+                    "object_id": row.object_id,
+                    "analysis_id": row.analysis_id,
                     "study_id": study_id,
-                    "version": row[3] + 1,
+                    "version": row.version + 1,
                     "file_name": None,
                     "created_at": at,
                 }

@@ -12,7 +12,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..errors import BadRequest, Conflict, Internal, NotFound, SchemaViolation, problem
+from ..errors import (
+    Conflict,
+    CorruptedId,
+    IncorrectTypeVersion,
+    MalformedParameter,
+    MismatchingDonorData,
+    MismatchingSampleData,
+    MismatchingSpecimenData,
+    SampleToSpecimenMismatch,
+    SchemaViolation,
+    SpecimenToDonorMismatch,
+    StudyIdMismatch,
+    StudyIdMissing,
+    problem,
+)
 from ..model import (
     DONOR_FIELDS,
     FILE_FIELDS,
@@ -25,6 +39,7 @@ from ..model import (
     split_entity,
 )
 from ..read.readmodel import ReadModel
+from ..read.records import DonorRow, SampleRow, SpecimenRow
 from .registry import CompiledType, Registry
 
 
@@ -34,17 +49,17 @@ def resolve_type(
     """Steps 3-4: the analysisType object, its name, and the version rule."""
     atype = payload.get("analysisType")
     if atype is None:
-        raise BadRequest(
+        raise MalformedParameter(
             "The analysisType field cannot be null",
-            error_id="malformed.parameter",
+            name="analysisType",
             problems=[
                 problem("/analysisType", "required", "The analysisType field cannot be null")
             ],
         )
     if not isinstance(atype, dict) or not isinstance(atype.get("name"), str):
-        raise BadRequest(
+        raise MalformedParameter(
             "The analysisType name field cannot be null",
-            error_id="malformed.parameter",
+            name="analysisType.name",
             problems=[
                 problem(
                     "/analysisType/name", "required", "The analysisType name field cannot be null"
@@ -54,9 +69,10 @@ def resolve_type(
     name = atype["name"]
     version = atype.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-        raise BadRequest(
+        raise MalformedParameter(
             f"The analysisType version '{version}' must be an integer",
-            error_id="malformed.parameter",
+            name="analysisType.version",
+            value=version,
             problems=[
                 problem("/analysisType/version", "type", "version must be an integer or null")
             ],
@@ -65,12 +81,7 @@ def resolve_type(
     if latest is None:
         registry.get(name)  # raises analysis.type.not.found
     if enforce_latest and version is not None and version != latest:
-        raise Conflict(
-            f"Must use the latest version '{latest}' while enforceLatest=true, but using version "
-            f"'{version}' of analysisType '{name}' instead",
-            error_id="analysis.type.incorrect.version",
-            analysis_type=name,
-        )
+        raise IncorrectTypeVersion(name=name, latest=latest, version=version)
     return registry.compiled(name, version)
 
 
@@ -141,7 +152,11 @@ class Plan:
 
 
 class Planner:
-    """Validates the payloads of a batch and plans their rows; later payloads see earlier ones."""
+    """Validates the payloads of a batch and plans their rows; later payloads see earlier ones.
+
+    ``plan`` runs Song's steps in order, each a method below: the study, the analysis type and the
+    JSON Schema, the payload's studyId, duplicate md5s, entity matching (song-api.md §3.8), and
+    then the rows the accepted payload adds."""
 
     def __init__(
         self, model: ReadModel, registry: Registry, *, enforce_latest: bool = True
@@ -150,9 +165,9 @@ class Planner:
         self.registry = registry
         self.enforce_latest = enforce_latest
         # entities and md5s created by earlier payloads of this batch
-        self.new_donors: dict[str, tuple] = {}
-        self.new_specimens: dict[str, tuple] = {}
-        self.new_samples: dict[str, tuple] = {}
+        self.new_donors: dict[str, DonorRow] = {}
+        self.new_specimens: dict[str, SpecimenRow] = {}
+        self.new_samples: dict[str, SampleRow] = {}
         self.batch_md5s: set[str] = set()
 
     def plan(
@@ -166,139 +181,94 @@ class Planner:
         actor: str | None = None,
         source_paths: dict[str, str] | None = None,
     ) -> Plan:
-        if study_id not in self.model.studies:
-            raise NotFound(
-                f"The studyId '{study_id}' does not exist",
-                error_id="study.id.does.not.exist",
-                study_id=study_id,
-            )
+        self.model.check_study(study_id)
+        compiled = self._valid_type(payload)
+        self._check_study_id(payload, study_id)
+        files = _unique_files(payload["files"])
+        if not allow_duplicates:
+            self._check_duplicates(files, study_id, compiled.type.label)
+        entities = _Entities()
+        for sample in payload["samples"]:
+            self._match_sample(study_id, sample, entities)
+        plan = Plan(analysis_id, study_id, compiled.type.name, compiled.type.version)
+        base = {"study_id": study_id, "analysis_id": analysis_id, "created_at": created_at}
+        plan.rows = {
+            **entities.rows(base),
+            "files": _file_rows(files, analysis_id, base, source_paths or {}),
+            "analyses": [
+                {
+                    "analysis_id": analysis_id,
+                    "study_id": study_id,
+                    "version": 1,
+                    "analysis_type_name": compiled.type.name,
+                    "analysis_type_version": compiled.type.version,
+                    "data": dumps(dynamic_data(payload)),
+                    "created_at": created_at,
+                    "actor": actor,
+                    "reason": "submit",
+                }
+            ],
+        }
+        # the payload is accepted: make its entities and md5s visible to the rest of the batch
+        self.new_donors.update(entities.donors)
+        self.new_specimens.update(entities.specimens)
+        self.new_samples.update(entities.samples)
+        self.batch_md5s.update(f["fileMd5sum"] for f in files)
+        return plan
+
+    # -- Song's steps, in order -----------------------------------------------------------------
+
+    def _valid_type(self, payload: dict[str, Any]) -> CompiledType:
+        """Steps 3-6: the analysis type (and enforceLatest), fileTypes, the JSON Schema."""
         compiled = resolve_type(payload, self.registry, enforce_latest=self.enforce_latest)
         found = schema_problems(payload, compiled)
         if found:
             raise schema_violation(found)
+        return compiled
+
+    def _check_study_id(self, payload: dict[str, Any], study_id: str) -> None:
+        """Step 7: the payload names the study it is submitted to."""
         payload_study = payload.get("studyId")
         if not payload_study:
-            raise BadRequest("The studyId in the payload is missing", error_id="study.id.missing")
+            raise StudyIdMissing()
         if payload_study != study_id:
-            raise Conflict(
+            raise StudyIdMismatch(
                 f"The studyId '{payload_study}' in the payload does not match the studyId "
                 f"'{study_id}' of the request",
-                error_id="study.id.mismatch",
                 study_id=study_id,
             )
-        files = _unique_files(payload["files"])
-        if not allow_duplicates:
-            dupes = sorted(
-                {
-                    f["fileMd5sum"]
-                    for f in files
-                    if self.model.md5s.get(f["fileMd5sum"]) or f["fileMd5sum"] in self.batch_md5s
-                }
+
+    def _check_duplicates(self, files: list[dict[str, Any]], study_id: str, label: str) -> None:
+        """Step 8: no file's md5 is registered already (nor earlier in this batch)."""
+        dupes = sorted(
+            {
+                f["fileMd5sum"]
+                for f in files
+                if self.model.md5s.get(f["fileMd5sum"]) or f["fileMd5sum"] in self.batch_md5s
+            }
+        )
+        if dupes:
+            raise Conflict(
+                "File already exist",
+                study_id=study_id,
+                md5s=dupes,
+                problems=[
+                    problem(
+                        f"/files/{i}/fileMd5sum",
+                        "duplicateMd5",
+                        f"a file with md5 {f['fileMd5sum']} is already registered",
+                        label,
+                    )
+                    for i, f in enumerate(files)
+                    if f["fileMd5sum"] in dupes
+                ],
             )
-            if dupes:
-                raise Conflict(
-                    "File already exist",
-                    error_id="info.already.exists",
-                    study_id=study_id,
-                    md5s=dupes,
-                    problems=[
-                        problem(
-                            f"/files/{i}/fileMd5sum",
-                            "duplicateMd5",
-                            f"a file with md5 {f['fileMd5sum']} is already registered",
-                            compiled.type.label,
-                        )
-                        for i, f in enumerate(files)
-                        if f["fileMd5sum"] in dupes
-                    ],
-                )
-        plan = Plan(analysis_id, study_id, compiled.type.name, compiled.type.version)
-        donors: dict[str, tuple] = {}
-        specimens: dict[str, tuple] = {}
-        samples: dict[str, tuple] = {}
-        sample_ids: list[str] = []
-        for sample in payload["samples"]:
-            sid = self._match_sample(study_id, sample, donors, specimens, samples)
-            if sid not in sample_ids:
-                sample_ids.append(sid)
-        base = {"study_id": study_id, "analysis_id": analysis_id, "created_at": created_at}
-        plan.rows["donors"] = [
-            {"donor_id": d[0], "submitter_donor_id": d[2], "gender": d[3], "info": d[4], **base}
-            for d in donors.values()
-        ]
-        plan.rows["specimens"] = [
-            {
-                "specimen_id": s[0],
-                "donor_id": s[1],
-                "submitter_specimen_id": s[3],
-                "tumour_normal_designation": s[4],
-                "specimen_tissue_source": s[5],
-                "specimen_type": s[6],
-                "info": s[7],
-                **base,
-            }
-            for s in specimens.values()
-        ]
-        plan.rows["samples"] = [
-            {
-                "sample_id": s[0],
-                "specimen_id": s[1],
-                "submitter_sample_id": s[3],
-                "sample_type": s[4],
-                "matched_normal_submitter_sample_id": s[5],
-                "info": s[6],
-                **base,
-            }
-            for s in samples.values()
-        ]
-        plan.rows["analysis_samples"] = [
-            {
-                "analysis_id": analysis_id,
-                "sample_id": sid,
-                "study_id": study_id,
-                "created_at": created_at,
-            }
-            for sid in sample_ids
-        ]
-        file_rows = []
-        for f in files:
-            cols, info = split_entity(f, "file", FILE_FIELDS)
-            # JSON Schema counts 52.0 as an integer; store 52, as a re-read of the table would
-            cols["file_size"] = int(cols["file_size"])
-            file_rows.append(
-                {
-                    "object_id": object_id(analysis_id, cols["file_name"]),
-                    "version": 1,
-                    **cols,
-                    "info": dumps(info) if info else None,
-                    "source_path": (source_paths or {}).get(cols["file_name"]),
-                    **base,
-                }
-            )
-        plan.rows["files"] = file_rows
-        plan.rows["analyses"] = [
-            {
-                "analysis_id": analysis_id,
-                "study_id": study_id,
-                "version": 1,
-                "analysis_type_name": compiled.type.name,
-                "analysis_type_version": compiled.type.version,
-                "data": dumps(dynamic_data(payload)),
-                "created_at": created_at,
-                "actor": actor,
-                "reason": "submit",
-            }
-        ]
-        # the payload is accepted: make its entities and md5s visible to the rest of the batch
-        self.new_donors.update(donors)
-        self.new_specimens.update(specimens)
-        self.new_samples.update(samples)
-        self.batch_md5s.update(f["fileMd5sum"] for f in files)
-        return plan
 
     # -- entity matching (song-api.md §3.8) ----------------------------------------------------
 
-    def _find(self, kind: str, key: str, local: dict[str, tuple]) -> tuple | None:
+    def _find(self, kind: str, key: str, local: dict[str, Any]) -> Any:
+        """The entity with this id: of this payload, of an earlier payload of the batch, or
+        registered (None when new)."""
         if key in local:
             return local[key]
         batch = {
@@ -314,111 +284,178 @@ class Planner:
             "sample": self.model.samples,
         }[kind].get(key)
 
-    def _match_sample(
-        self, study_id: str, sample: dict[str, Any], donors: dict, specimens: dict, samples: dict
-    ) -> str:
-        d_cols, d_info = split_entity(sample["donor"], "donor", DONOR_FIELDS)
-        p_cols, p_info = split_entity(sample["specimen"], "specimen", SPECIMEN_FIELDS)
-        s_cols, s_info = split_entity(sample, "sample", SAMPLE_FIELDS)
-        donor_id = entity_id(study_id, d_cols["submitter_donor_id"])
-        specimen_id = entity_id(study_id, p_cols["submitter_specimen_id"])
-        sample_id = entity_id(study_id, s_cols["submitter_sample_id"])
-        for kind, given, computed in (
-            ("donor", sample["donor"].get("donorId"), donor_id),
-            ("specimen", sample["specimen"].get("specimenId"), specimen_id),
-            ("sample", sample.get("sampleId"), sample_id),
-        ):
-            if given is not None and given != computed:
-                raise Internal(
-                    f"The {kind}Id '{given}' in the payload is not the id Song computes for it "
-                    f"('{computed}')",
-                    error_id=f"{kind}.id.is.corrupted",
-                    study_id=study_id,
-                )
-        donor = (
-            donor_id,
-            study_id,
-            d_cols["submitter_donor_id"],
-            d_cols["gender"],
-            dumps(d_info) if d_info else None,
-        )
-        specimen = (
-            specimen_id,
-            donor_id,
-            study_id,
-            p_cols["submitter_specimen_id"],
-            p_cols["tumour_normal_designation"],
-            p_cols["specimen_tissue_source"],
-            p_cols["specimen_type"],
-            dumps(p_info) if p_info else None,
-        )
-        new_sample = (
-            sample_id,
-            specimen_id,
-            study_id,
-            s_cols["submitter_sample_id"],
-            s_cols["sample_type"],
-            s_cols["matched_normal_submitter_sample_id"],
-            dumps(s_info) if s_info else None,
-        )
-
-        existing_specimen = self._find("specimen", specimen_id, specimens)
+    def _match_sample(self, study_id: str, sample: dict[str, Any], found: _Entities) -> None:
+        """Step 9 for one sample: its donor, specimen and sample are new, or equal to the
+        registered ones, and hang together as registered."""
+        donor, specimen, new_sample = _sample_entities(study_id, sample)
+        existing_specimen = self._find("specimen", specimen.specimen_id, found.specimens)
         if existing_specimen is not None:
-            owner = self._find("donor", existing_specimen[1], donors)
-            if owner is not None and owner[2] != donor[2]:
-                raise Conflict(
-                    f"The existing specimen with submitterSpecimenId '{specimen[3]}' belongs to "
-                    f"the donor with submitterDonorId '{owner[2]}', not '{donor[2]}'",
-                    error_id="specimen.to.donor.id.mismatch",
+            owner = self._find("donor", existing_specimen.donor_id, found.donors)
+            if owner is not None and owner.submitter_donor_id != donor.submitter_donor_id:
+                raise SpecimenToDonorMismatch(
+                    "The existing specimen with submitterSpecimenId "
+                    f"'{specimen.submitter_specimen_id}' belongs to the donor with "
+                    f"submitterDonorId '{owner.submitter_donor_id}', not "
+                    f"'{donor.submitter_donor_id}'",
                     study_id=study_id,
                 )
-        self._check_or_add("donor", donor, donors, 1, "Donor", "submitterDonorId")
+        self._check_or_add("donor", donor, found.donors)
         if existing_specimen is None:
-            specimens[specimen_id] = specimen
+            found.specimens[specimen.specimen_id] = specimen
         else:
-            self._check_or_add(
-                "specimen", specimen, specimens, 1, "Specimen", "submitterSpecimenId"
-            )
-        existing_sample = self._find("sample", sample_id, samples)
+            self._check_or_add("specimen", specimen, found.specimens)
+        existing_sample = self._find("sample", new_sample.sample_id, found.samples)
         if existing_sample is not None:
-            parent = self._find("specimen", existing_sample[1], specimens)
-            if parent is not None and parent[3] != specimen[3]:
-                raise Conflict(
-                    f"The existing sample with submitterSampleId '{new_sample[3]}' belongs to the "
-                    f"specimen with submitterSpecimenId '{parent[3]}', not '{specimen[3]}'",
-                    error_id="sample.to.specimen.id.mismatch",
+            parent = self._find("specimen", existing_sample.specimen_id, found.specimens)
+            if (
+                parent is not None
+                and parent.submitter_specimen_id != specimen.submitter_specimen_id
+            ):
+                raise SampleToSpecimenMismatch(
+                    "The existing sample with submitterSampleId "
+                    f"'{new_sample.submitter_sample_id}' belongs to the specimen with "
+                    f"submitterSpecimenId '{parent.submitter_specimen_id}', not "
+                    f"'{specimen.submitter_specimen_id}'",
                     study_id=study_id,
                 )
-        self._check_or_add("sample", new_sample, samples, 1, "Sample", "submitterSampleId")
-        return sample_id
+        self._check_or_add("sample", new_sample, found.samples)
+        if new_sample.sample_id not in found.sample_ids:
+            found.sample_ids.append(new_sample.sample_id)
 
-    def _check_or_add(
-        self,
-        kind: str,
-        entity: tuple,
-        local: dict[str, tuple],
-        _start: int,
-        label: str,
-        id_name: str,
-    ) -> None:
-        existing = self._find(kind, entity[0], local)
+    def _check_or_add(self, kind: str, entity: Any, local: dict[str, Any]) -> None:
+        """A new entity joins the payload's; a known one must be equal to it (mismatching.*)."""
+        key = getattr(entity, f"{kind}_id")
+        existing = self._find(kind, key, local)
         if existing is None:
-            local[entity[0]] = entity
+            local[key] = entity
             return
-        if tuple(existing) != entity:
-            submitter = entity[3] if kind != "donor" else entity[2]
-            raise Conflict(
+        if tuple(existing) != tuple(entity):
+            label, id_name, error = _MISMATCH[kind]
+            submitter = getattr(entity, f"submitter_{kind}_id")
+            raise error(
                 f"Input {label} data does not match the existing {label} data for {id_name} "
                 f"'{submitter}'. Ensure the data matches.",
-                error_id=f"mismatching.{kind}.data",
                 problems=[
                     problem(
                         "",
-                        f"mismatching.{kind}.data",
+                        error.error_id,
                         f"{label} '{submitter}' differs from the registered one",
                     )
                 ],
             )
+
+
+#: kind -> (label in messages, submitter id name, error)
+_MISMATCH: dict[str, tuple[str, str, type[Conflict]]] = {
+    "donor": ("Donor", "submitterDonorId", MismatchingDonorData),
+    "specimen": ("Specimen", "submitterSpecimenId", MismatchingSpecimenData),
+    "sample": ("Sample", "submitterSampleId", MismatchingSampleData),
+}
+
+
+@dataclass
+class _Entities:
+    """The donors, specimens and samples one payload names, and its sample ids in order."""
+
+    donors: dict[str, DonorRow] = field(default_factory=dict)
+    specimens: dict[str, SpecimenRow] = field(default_factory=dict)
+    samples: dict[str, SampleRow] = field(default_factory=dict)
+    sample_ids: list[str] = field(default_factory=list)
+
+    def rows(self, base: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """The table rows of the new entities and the sample links (``base``: study, analysis
+        and creation time)."""
+        return {
+            "donors": [{**d._asdict(), **base} for d in self.donors.values()],
+            "specimens": [{**s._asdict(), **base} for s in self.specimens.values()],
+            "samples": [{**s._asdict(), **base} for s in self.samples.values()],
+            "analysis_samples": [
+                {
+                    "analysis_id": base["analysis_id"],
+                    "sample_id": sid,
+                    "study_id": base["study_id"],
+                    "created_at": base["created_at"],
+                }
+                for sid in self.sample_ids
+            ],
+        }
+
+
+def _sample_entities(
+    study_id: str, sample: dict[str, Any]
+) -> tuple[DonorRow, SpecimenRow, SampleRow]:
+    """A payload sample's donor, specimen and sample as rows, with the ids Song computes (a
+    payload that gives another id is corrupted)."""
+    d_cols, d_info = split_entity(sample["donor"], "donor", DONOR_FIELDS)
+    p_cols, p_info = split_entity(sample["specimen"], "specimen", SPECIMEN_FIELDS)
+    s_cols, s_info = split_entity(sample, "sample", SAMPLE_FIELDS)
+    donor_id = entity_id(study_id, d_cols["submitter_donor_id"])
+    specimen_id = entity_id(study_id, p_cols["submitter_specimen_id"])
+    sample_id = entity_id(study_id, s_cols["submitter_sample_id"])
+    for kind, given, computed in (
+        ("donor", sample["donor"].get("donorId"), donor_id),
+        ("specimen", sample["specimen"].get("specimenId"), specimen_id),
+        ("sample", sample.get("sampleId"), sample_id),
+    ):
+        if given is not None and given != computed:
+            raise CorruptedId(
+                f"The {kind}Id '{given}' in the payload is not the id Song computes for it "
+                f"('{computed}')",
+                kind=kind,
+                study_id=study_id,
+            )
+    donor = DonorRow(
+        donor_id,
+        study_id,
+        d_cols["submitter_donor_id"],
+        d_cols["gender"],
+        dumps(d_info) if d_info else None,
+    )
+    specimen = SpecimenRow(
+        specimen_id,
+        donor_id,
+        study_id,
+        p_cols["submitter_specimen_id"],
+        p_cols["tumour_normal_designation"],
+        p_cols["specimen_tissue_source"],
+        p_cols["specimen_type"],
+        dumps(p_info) if p_info else None,
+    )
+    new_sample = SampleRow(
+        sample_id,
+        specimen_id,
+        study_id,
+        s_cols["submitter_sample_id"],
+        s_cols["sample_type"],
+        s_cols["matched_normal_submitter_sample_id"],
+        dumps(s_info) if s_info else None,
+    )
+    return donor, specimen, new_sample
+
+
+def _file_rows(
+    files: list[dict[str, Any]],
+    analysis_id: str,
+    base: dict[str, Any],
+    source_paths: dict[str, str],
+) -> list[dict[str, Any]]:
+    """The ``files`` rows of an accepted payload (version 1 of each file)."""
+    rows = []
+    for f in files:
+        cols, info = split_entity(f, "file", FILE_FIELDS)
+        # JSON Schema counts 52.0 as an integer; store 52, as a re-read of the table would
+        cols["file_size"] = int(cols["file_size"])
+        rows.append(
+            {
+                "object_id": object_id(analysis_id, cols["file_name"]),
+                "version": 1,
+                **cols,
+                "info": dumps(info) if info else None,
+                "source_path": source_paths.get(cols["file_name"]),
+                **base,
+            }
+        )
+    return rows
 
 
 def _unique_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
