@@ -52,6 +52,9 @@
         ├── StorageServiceError         storage.service.error (S3 failed or refused)
         └── OutboxGap                   a commit's log entry is gone (events)
 
+    DeliveryFailed                      not a request's error: one attempt of an events sink
+                                        failed, and its retry policy decides what follows
+
 The HTTP status of each error id lives in one table in the API layer (``api/errors.py``), and a
 test checks that every id raised anywhere has one; the CLI prints ``error [<error_id>]: <message>``
 and exits 1; the watcher writes ``problems`` into the errors file. A problem is a plain dict
@@ -393,3 +396,10 @@ class StorageServiceError(Internal):
 
 class OutboxGap(Internal):
     """A commit's log entry is gone (Delta log retention) or unreadable."""
+
+
+# -- signals between parts, never shown to a user -------------------------------------------------
+
+
+class DeliveryFailed(Exception):
+    """One attempt of an events sink failed; the message says how."""

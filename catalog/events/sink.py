@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import DeliveryFailed
+
 
 @dataclass(frozen=True)
 class SinkSpec:
@@ -64,10 +66,6 @@ class RetryPolicy:
 
     def gives_up(self, failures: int) -> bool:
         return bool(self.max_attempts) and failures >= self.max_attempts
-
-
-class DeliveryFailed(Exception):
-    """One attempt failed; the message says how."""
 
 
 class Sink:

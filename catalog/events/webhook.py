@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from .sink import Delivery, DeliveryFailed, Record, RetryPolicy, Sink, SinkSpec, send_with_retries
+from ..errors import DeliveryFailed
+from .sink import Delivery, Record, RetryPolicy, Sink, SinkSpec, send_with_retries
 
 SIGNATURE_HEADER = "X-Songlake-Signature-256"
 _MAX_HEADERS = 100

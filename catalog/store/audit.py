@@ -220,7 +220,7 @@ def verify_storage(
         listed = {"Size": entry.blob_size, "ETag": entry.blob_etag}
         mismatch = store.blob_mismatch(spec, listed)
         if mismatch is not None:
-            report.findings.append(_finding(f, "mismatching.blob", mismatch[1]))
+            report.findings.append(_finding(f, "mismatching.blob", mismatch.message))
             continue
         intact.append((f, spec))
 

@@ -31,6 +31,7 @@ from ..errors import (
     InvalidStorageResponse,
     MismatchingObjectSize,
     SonglakeError,
+    StorageCheckFailed,
 )
 from .hashing import hash_stream
 from .layout import DEFAULT_PART_SIZE, ObjectSpec, check_object_id
@@ -214,16 +215,19 @@ class ObjectStore(abc.ABC):
         """The spec a listed .meta is known to hold without reading it, else None."""
         return None
 
-    def blob_problem(self, object_id: str, spec: ObjectSpec) -> tuple[str, str] | None:
-        """(error id, reason) when the blob contradicts its spec (missing, size, checksum)."""
+    def blob_problem(self, object_id: str, spec: ObjectSpec) -> StorageCheckFailed | None:
+        """When the blob contradicts its spec, the error saying why (missing: StorageCheckFailed,
+        size: MismatchingObjectSize, checksum: MismatchingObjectChecksum), its message the reason;
+        else None."""
         return None
 
-    def blob_mismatch(self, spec: ObjectSpec, listed: Mapping[str, Any]) -> tuple[str, str] | None:
+    def blob_mismatch(
+        self, spec: ObjectSpec, listed: Mapping[str, Any]
+    ) -> StorageCheckFailed | None:
         """Like blob_problem, from a listing entry ({"Size", "ETag"}) instead of a request."""
         if listed.get("Size") != spec.object_size:
-            return (
-                "mismatching.storage.object.sizes",
-                f"the blob has {listed.get('Size')} bytes, the .meta says {spec.object_size}",
+            return MismatchingObjectSize(
+                f"the blob has {listed.get('Size')} bytes, the .meta says {spec.object_size}"
             )
         return None
 

@@ -335,9 +335,9 @@ class LocalObjectStore(ObjectStore):
             for oid in blobs.keys() | metas
         }
 
-    def blob_problem(self, object_id: str, spec: ObjectSpec) -> tuple[str, str] | None:
+    def blob_problem(self, object_id: str, spec: ObjectSpec) -> StorageCheckFailed | None:
         try:
             size = self._blob(object_id).stat().st_size
         except FileNotFoundError:
-            return ("missing.storage.objects", f"the blob {self._blob(object_id)} is missing")
+            return StorageCheckFailed(f"the blob {self._blob(object_id)} is missing")
         return self.blob_mismatch(spec, {"Size": size})

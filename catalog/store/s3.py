@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO
@@ -606,10 +606,9 @@ class S3ObjectStore(ObjectStore):
             head = self.head_blob(spec.object_id, bucket) or head
         problem = self.blob_mismatch(spec, head)
         if problem is not None:
-            raise StorageCheckFailed(
+            raise type(problem)(
                 f"After upload, s3://{bucket}/{self.data_key(spec.object_id)} does not match: "
-                f"{problem[1]}",
-                error_id=problem[0],
+                f"{problem.message}",
                 object_id=spec.object_id,
             )
 
@@ -619,19 +618,17 @@ class S3ObjectStore(ObjectStore):
 
     # -- checking ---------------------------------------------------------------------------------
 
-    def blob_mismatch(self, spec: ObjectSpec, head: dict[str, Any]) -> tuple[str, str] | None:
-        """(error id, reason) when a blob's HEAD (or listing entry) contradicts its spec."""
+    def blob_mismatch(self, spec: ObjectSpec, head: Mapping[str, Any]) -> StorageCheckFailed | None:
+        """The error when a blob's HEAD (or listing entry) contradicts its spec, else None."""
         size = head.get("ContentLength", head.get("Size"))
         if size != spec.object_size:
-            return (
-                "mismatching.storage.object.sizes",
-                f"the blob has {size} bytes, the .meta says {spec.object_size}",
+            return MismatchingObjectSize(
+                f"the blob has {size} bytes, the .meta says {spec.object_size}"
             )
         stored = (head.get("Metadata") or {}).get(MD5_METADATA)
         if stored is not None and spec.object_md5 and stored != _b64(spec.object_md5):
-            return (
-                "mismatching.storage.object.checksums",
-                f"the blob's {MD5_METADATA} is {stored}, the .meta's md5 is {spec.object_md5}",
+            return MismatchingObjectChecksum(
+                f"the blob's {MD5_METADATA} is {stored}, the .meta's md5 is {spec.object_md5}"
             )
         etag = _etag(head)
         if self.verify_etag and etag and spec.object_md5:
@@ -641,21 +638,19 @@ class S3ObjectStore(ObjectStore):
             elif etag.endswith(f"-{len(spec.parts)}"):
                 expected = multipart_etag(spec.parts)  # uploaded in the .meta's parts
             if expected is not None and etag != expected:
-                return (
-                    "mismatching.storage.object.checksums",
+                return MismatchingObjectChecksum(
                     f"the blob's ETag is {etag}, its bytes should give {expected}: it was "
-                    "rewritten or damaged after upload",
+                    "rewritten or damaged after upload"
                 )
         return None
 
-    def blob_problem(self, object_id: str, spec: ObjectSpec) -> tuple[str, str] | None:
+    def blob_problem(self, object_id: str, spec: ObjectSpec) -> StorageCheckFailed | None:
         located = self._located_spec(object_id)
         bucket = located[1] if located else self.object_bucket(object_id)
         head = self.head_blob(object_id, bucket)
         if head is None:
-            return (
-                "missing.storage.objects",
-                f"the blob s3://{bucket}/{self.data_key(object_id)} is missing",
+            return StorageCheckFailed(
+                f"the blob s3://{bucket}/{self.data_key(object_id)} is missing"
             )
         return self.blob_mismatch(spec, head)
 

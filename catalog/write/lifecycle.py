@@ -340,11 +340,10 @@ def _check_blobs(store: ObjectStore, analysis_id: str, stored: dict[str, ObjectS
     for oid, spec in stored.items():
         found = store.blob_problem(oid, spec)
         if found is not None:
-            error_id, reason = found
-            raise StorageCheckFailed(
-                f"The storage object '{oid}' does not match its object specification: {reason}. "
-                f"The analysisId '{analysis_id}' cannot be published until it is uploaded again",
-                error_id=error_id,
+            raise type(found)(
+                f"The storage object '{oid}' does not match its object specification: "
+                f"{found.message}. The analysisId '{analysis_id}' cannot be published until it "
+                "is uploaded again",
                 analysis_id=analysis_id,
                 object_ids=[oid],
             )
