@@ -122,6 +122,7 @@ class Payload(dict):  # type: ignore[type-arg]
     """A payload dict that ``parse_payload`` has already checked (it is not checked again)."""
 
     __slots__ = ("max_depth",)
+    max_depth: int
 
 
 def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_depth: int) -> dict:

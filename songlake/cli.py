@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from catalog.errors import SonglakeError, StudyIdMissing
+from catalog.model import STATES
 from catalog.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -417,7 +418,7 @@ def _payload_study(raw: bytes, c: Context) -> str:
     payload = parse_payload(raw, max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
     sid = payload.get("studyId")
     if not isinstance(sid, str) or not sid:
-        raise StudyIdMissing("The studyId in the payload is missing")
+        raise StudyIdMissing()
     return sid
 
 
@@ -482,7 +483,7 @@ def analysis_show(c: Context, analysis_id: str) -> None:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(["UNPUBLISHED", "PUBLISHED", "SUPPRESSED"]),
+    type=click.Choice(STATES),
     help="Repeatable; default: every state.",
 )
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0))
@@ -494,7 +495,7 @@ def analysis_list(
 ) -> None:
     """List a study's analyses, sorted by analysisId."""
     page = c.catalog.page_analyses(
-        study_id, states or ("UNPUBLISHED", "PUBLISHED", "SUPPRESSED"), limit=limit, offset=offset
+        study_id, states or STATES, limit=limit, offset=offset
     )
     if as_json:
         echo_json(page)

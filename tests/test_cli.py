@@ -78,6 +78,20 @@ def test_validation_errors_print_every_problem(root: Path, tmp_path: Path) -> No
     assert Catalog(load_settings(root)).count_analyses("DEMO") == 0
 
 
+def test_submit_without_a_study_names_songs_error(root: Path, tmp_path: Path) -> None:
+    """No --study and no studyId in the payload: Song's study.id.missing, nothing registered."""
+    run(root, "init")
+    run(root, "study", "create", "DEMO")
+    payload = json.loads((EXAMPLE / "variant-call.song.json").read_text())
+    del payload["studyId"]
+    bad = tmp_path / "no-study.json"
+    bad.write_text(json.dumps(payload))
+    result = run(root, "submit", str(bad), ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == "error [study.id.missing]: The studyId in the payload is missing\n"
+    assert Catalog(load_settings(root)).count_analyses("DEMO") == 0
+
+
 def test_sql_refuses_writes_and_files(root: Path) -> None:
     run(root, "init")
     for query in ["COPY (SELECT 1) TO 'x.csv'", "SELECT * FROM read_csv('/etc/passwd')"]:

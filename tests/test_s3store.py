@@ -22,6 +22,7 @@ from s3support import CREDENTIALS, MotoS3, TcpProxy
 from catalog import Catalog, SubmitItem
 from catalog.errors import Internal, StorageCheckFailed
 from catalog.settings import Settings, load_settings
+from catalog.store import s3 as s3module
 from catalog.store.s3 import S3ObjectStore, bucket_for, multipart_etag
 from catalog.write.lifecycle import verify_for_publish
 from songlake.cli import main
@@ -190,6 +191,22 @@ def test_inventory_of_a_large_store_is_listed_by_prefix(s3, bucket, tmp_path, mo
     assert set(found) == set(ids)
     assert [found[oid].blob_size for oid in ids] == [1, 2, 3, 4]
     assert [found[oid].has_meta for oid in ids] == [True, True, False, True]
+
+
+def test_a_prefix_listing_longer_than_one_page_is_followed(
+    s3, bucket, tmp_path, moto, monkeypatch
+) -> None:
+    """AWS answers at most 1,000 keys a page: the listing of one prefix follows its continuation
+    tokens (each page asking for the same page size) until every key is found."""
+    monkeypatch.setattr(s3module, "LIST_MAX_KEYS", 2)  # moto then pages as AWS does past 1,000
+    store = make_store(moto.url, bucket)
+    store.first_page = 3
+    ids = [f"0{n}000000-0000-4000-8000-000000000000" for n in range(5)]
+    for oid in ids:
+        store.put_file(oid, write(tmp_path, b"y"))
+    found = store.inventory()
+    assert sorted(found) == ids
+    assert all(found[oid].has_meta and found[oid].blob_size == 1 for oid in ids)
 
 
 # -- faults ----------------------------------------------------------------------------------------

@@ -263,20 +263,22 @@ class SinkWorker:
             pos = Position(
                 pos.start, self.d.outbox.batch_end(pos.start, head, self.d.config.batch_commits)
             )
-        changes = self.d.outbox.changes(pos.start, pos.end)
+        end = pos.end
+        assert end is not None  # a batch's end was just fixed, or saved with the cursor
+        changes = self.d.outbox.changes(pos.start, end)
         offset = pos.offset
         while offset < len(changes):
             if self.stopping() or self._rewind is not None:
                 return True
             chunk = changes[offset : offset + self.d.config.chunk_events]
-            records = self.d.messages.records(chunk, pos.end)
+            records = self.d.messages.records(chunk, end)
             sendable = [(i, r) for i, r in enumerate(records) if r is not None]
             dead_before = self.stats["dead_letters"]
             n = self.sink.deliver([r for _, r in sendable], self) if sendable else 0
             taken = len(chunk) if n == len(sendable) else sendable[n][0]
             offset += taken
             with self._lock:
-                self.position = Position(pos.start, pos.end, offset)
+                self.position = Position(pos.start, end, offset)
                 sent = n - (self.stats["dead_letters"] - dead_before)
                 self.stats["delivered"] += sent
                 self.sent += sent
@@ -286,7 +288,7 @@ class SinkWorker:
             if taken < len(chunk):
                 return True  # stopping
         with self._lock:
-            self.position = Position(pos.end)
+            self.position = Position(end)
             self._save_locked()
         return True
 

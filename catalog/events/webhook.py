@@ -20,6 +20,7 @@ import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -245,7 +246,7 @@ class WebhookSink(Sink):
     ) -> None:
         for i in idxs:
             record = records[i]
-            if not send_with_retries(self.policy, record, ctx, lambda r=record: self._post(r)):
+            if not send_with_retries(self.policy, record, ctx, partial(self._post, record)):
                 return
             done[i] = True
 

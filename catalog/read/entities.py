@@ -10,6 +10,7 @@ deleting one that an analysis references is refused, as Song's foreign keys refu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -54,12 +55,20 @@ def entity_row(model: ReadModel, kind: str, study_id: str, entity_id: str) -> En
 
 
 def entity_json(model: ReadModel, kind: str, row: EntityRow) -> dict[str, Any]:
-    return {
+    as_json: dict[str, Callable[[Any], dict[str, Any]]] = {
         "donor": model.donor_json,
         "specimen": model.specimen_json,
         "sample": model.sample_json,
         "file": model.file_json,
-    }[kind](row)
+    }
+    return as_json[kind](row)
+
+
+def file_row(model: ReadModel, study_id: str, object_id: str) -> FileRow:
+    """A file's row, checked as ``entity_row`` checks it."""
+    row = entity_row(model, "file", study_id, object_id)
+    assert isinstance(row, FileRow)
+    return row
 
 
 def study_tree(model: ReadModel, study: dict[str, Any]) -> dict[str, Any]:
@@ -67,20 +76,20 @@ def study_tree(model: ReadModel, study: dict[str, Any]) -> dict[str, Any]:
     sid = study["studyId"]
     with model.lock:
         samples_of: dict[str, list[dict[str, Any]]] = {}
-        for row in model.samples.values():
-            if row.study_id == sid:
-                samples_of.setdefault(row.specimen_id, []).append(model.sample_json(row))
+        for sample in model.samples.values():
+            if sample.study_id == sid:
+                samples_of.setdefault(sample.specimen_id, []).append(model.sample_json(sample))
         specimens_of: dict[str, list[dict[str, Any]]] = {}
-        for row in model.specimens.values():
-            if row.study_id == sid:
-                doc = model.specimen_json(row)
-                doc["samples"] = samples_of.get(row.specimen_id, [])
-                specimens_of.setdefault(row.donor_id, []).append(doc)
+        for specimen in model.specimens.values():
+            if specimen.study_id == sid:
+                doc = model.specimen_json(specimen)
+                doc["samples"] = samples_of.get(specimen.specimen_id, [])
+                specimens_of.setdefault(specimen.donor_id, []).append(doc)
         donors = []
-        for row in model.donors.values():
-            if row.study_id == sid:
-                doc = model.donor_json(row)
-                doc["specimens"] = specimens_of.get(row.donor_id, [])
+        for donor in model.donors.values():
+            if donor.study_id == sid:
+                doc = model.donor_json(donor)
+                doc["specimens"] = specimens_of.get(donor.donor_id, [])
                 donors.append(doc)
     donors.sort(key=lambda d: d["donorId"])
     return {**study, "donors": donors}

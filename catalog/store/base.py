@@ -25,6 +25,7 @@ import io
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from io import RawIOBase
 from typing import Any, BinaryIO
 
 from ..errors import (
@@ -133,10 +134,10 @@ class ObjectStore(abc.ABC):
     def _present(
         self,
         oid: str,
-        src: BinaryIO,
+        src: RawIOBase,
         want_md5: str | None,
         expected_size: int | None,
-        ctx: dict[str, str],
+        ctx: dict[str, Any],
     ) -> tuple[int, ObjectSpec | None]:
         """The source's size, checked against the expected one, and the stored spec when the
         object is already stored with this content (then nothing needs copying)."""
@@ -165,7 +166,7 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def _store(
-        self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
+        self, oid: str, src: RawIOBase, size: int, want_md5: str | None, ctx: dict[str, Any]
     ) -> ObjectSpec:
         """Copy src into storage (hashing while copying), verify it, write the .meta last."""
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from ..errors import MismatchingObjectSize
 from .layout import DEFAULT_PART_SIZE, MIB, Part, part_plan
@@ -27,6 +27,12 @@ def _md5() -> Any:
     return hashlib.md5(usedforsecurity=False)
 
 
+class Source(Protocol):
+    """What a copy reads from: a file opened unbuffered, a buffered reader, any raw stream."""
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
 def md5_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     """(lowercase hex md5, size) of a file, streamed with a 1 MiB buffer."""
     with open(path, "rb", buffering=0) as src:
@@ -34,7 +40,7 @@ def md5_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     return digest, size
 
 
-def hash_stream(src: BinaryIO) -> tuple[str, int]:
+def hash_stream(src: Source) -> tuple[str, int]:
     h = _md5()
     buf = bytearray(BUFFER_SIZE)
     view = memoryview(buf)
@@ -46,7 +52,7 @@ def hash_stream(src: BinaryIO) -> tuple[str, int]:
 
 
 def copy_with_hashes(
-    src: BinaryIO,
+    src: Source,
     size: int,
     write: Callable[[memoryview], object] | None = None,
     *,
@@ -88,7 +94,7 @@ def copy_with_hashes(
     return digest, parts.done if parts is not None else plan
 
 
-def _pipeline(src: BinaryIO, stages: list[Callable[[memoryview], object]]) -> int:
+def _pipeline(src: Source, stages: list[Callable[[memoryview], object]]) -> int:
     """Feed ``src`` chunk by chunk to each stage, every stage in its own thread and in order.
 
     The md5s and the write overlap one another and the next reads (hashlib and file writes release

@@ -14,6 +14,7 @@ import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from io import RawIOBase
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -174,10 +175,10 @@ class LocalObjectStore(ObjectStore):
     def _copy_in(
         self,
         oid: str,
-        src: BinaryIO,
+        src: RawIOBase,
         size: int,
         want_md5: str | None,
-        ctx: dict[str, str],
+        ctx: dict[str, Any],
         out: BinaryIO,
     ) -> ObjectSpec:
         """Copy ``src`` into the new file ``out`` while hashing it; verify size and md5."""
@@ -208,10 +209,10 @@ class LocalObjectStore(ObjectStore):
         self,
         item: _Staged,
         folder: Folder,
-        src: BinaryIO,
+        src: RawIOBase,
         size: int,
         want_md5: str | None,
-        ctx: dict[str, str],
+        ctx: dict[str, Any],
     ) -> None:
         """Copy and verify ``src`` into the item's nameless blob, then write its .meta."""
         item.spec = self._copy_in(ctx["object_id"], src, size, want_md5, ctx, item.blob.file)
@@ -219,7 +220,7 @@ class LocalObjectStore(ObjectStore):
         item.meta.file.write(item.spec.to_json().encode())
 
     def _store(
-        self, oid: str, src: BinaryIO, size: int, want_md5: str | None, ctx: dict[str, str]
+        self, oid: str, src: RawIOBase, size: int, want_md5: str | None, ctx: dict[str, Any]
     ) -> ObjectSpec:
         with Folder(self._data) as folder:
             item = _Staged(0, folder.new())

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from io import RawIOBase
 from typing import Any, BinaryIO
 
 import boto3
@@ -405,7 +406,7 @@ class S3ObjectStore(ObjectStore):
         return current
 
     def _store(
-        self, oid: str, src: BinaryIO, size: int, want: str | None, ctx: dict[str, str]
+        self, oid: str, src: RawIOBase, size: int, want: str | None, ctx: dict[str, Any]
     ) -> ObjectSpec:
         self.ensure_sentinel()
         try:
@@ -428,7 +429,7 @@ class S3ObjectStore(ObjectStore):
             "nothing was changed in storage",
         )
 
-    def _put_single(self, oid: str, src: BinaryIO, size: int, want: str | None) -> ObjectSpec:
+    def _put_single(self, oid: str, src: RawIOBase, size: int, want: str | None) -> ObjectSpec:
         body = bytearray()
         md5, parts = copy_with_hashes(src, size, body.extend, part_size=self.part_size)
         if want is not None and md5 != want:
@@ -447,7 +448,7 @@ class S3ObjectStore(ObjectStore):
         self._final_check(spec, bucket, etag=_etag(response))
         return spec
 
-    def _put_multipart(self, oid: str, src: BinaryIO, size: int, want: str) -> ObjectSpec:
+    def _put_multipart(self, oid: str, src: RawIOBase, size: int, want: str) -> ObjectSpec:
         plan = part_plan(size, self.part_size)
         bucket, key = self.object_bucket(oid), self.data_key(oid)
         upload_id, stored = self._resume_or_start(bucket, key, plan, want)
@@ -533,7 +534,8 @@ class S3ObjectStore(ObjectStore):
                 bucket=bucket,
                 key=key,
             )
-        return replace(part, source_md5=digest), etag
+        # S3 names each part by its ETag on completion (an answer without one: its md5)
+        return replace(part, source_md5=digest), etag or digest
 
     def _resume_or_start(
         self, bucket: str, key: str, plan: list[Part], md5: str
@@ -689,7 +691,7 @@ class S3ObjectStore(ObjectStore):
             # one page per bucket first: a small store is listed with one request
             firsts = list(
                 pool.map(
-                    lambda b: self._list(b, prefix, None, max_pages=1, page=self.first_page),
+                    lambda b: self._list(b, prefix, None, max_pages=1, page_size=self.first_page),
                     buckets,
                 )
             )
@@ -707,7 +709,7 @@ class S3ObjectStore(ObjectStore):
             if progress is not None:
                 progress(sum(len(keys) for _, keys in small))
             listings = small + list(
-                pool.map(lambda job: (job[0], self._list(*job, progress)[0]), jobs)
+                pool.map(lambda job: (job[0], self._list(job[0], job[1], progress)[0]), jobs)
             )
             # base buckets first, so that an object's partition entries win (Score's lookup order)
             for bucket, keys in sorted(listings, key=lambda item: item[0] not in base):
@@ -737,13 +739,15 @@ class S3ObjectStore(ObjectStore):
         prefix: str,
         progress: Callable[[int], object] | None,
         max_pages: int | None = None,
-        page: int = 0,
+        page_size: int = 0,
     ) -> tuple[list[tuple[str, int, str | None]], bool]:
         """(key, size, ETag) under a prefix, and whether max_pages stopped before the end."""
         out: list[tuple[str, int, str | None]] = []
         token = None
         for _ in itertools.count() if max_pages is None else range(max_pages):
-            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page or LIST_MAX_KEYS}
+            # (page_size was once named like the answer below, which then became the next MaxKeys:
+            # a listing longer than one page failed on AWS)
+            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size or LIST_MAX_KEYS}
             if token:
                 kwargs["ContinuationToken"] = token
             try:
@@ -806,12 +810,12 @@ def _code(exc: bex.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _etag(response: dict[str, Any]) -> str | None:
+def _etag(response: Mapping[str, Any]) -> str | None:
     etag = response.get("ETag")
     return etag.strip('"') if etag else None
 
 
-def _read_fully(src: BinaryIO, buf: bytearray) -> int:
+def _read_fully(src: RawIOBase, buf: bytearray) -> int:
     view = memoryview(buf)
     got = 0
     while got < len(buf):

@@ -131,7 +131,7 @@ class Lifecycle:
                 except SonglakeError as exc:
                     refused[i] = exc
         with self.committer.latest():
-            rows = []
+            rows: list[dict[str, Any]] = []
             at = now()
             states: dict[str, str] = {}
             for i, t in enumerate(transitions):

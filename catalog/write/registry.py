@@ -13,6 +13,7 @@ import copy
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -175,6 +176,7 @@ class CompiledType:
         self.validator = Draft7Validator(
             self.rendered, format_checker=Draft7Validator.FORMAT_CHECKER
         )
+        self._fast: Callable[[Any], Any] | None
         try:
             self._fast = fastjsonschema.compile(self.rendered)
         except Exception:  # a schema fastjsonschema cannot compile still validates slowly

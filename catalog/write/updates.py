@@ -22,7 +22,7 @@ from ..errors import (
     problem,
 )
 from ..model import dumps, now
-from ..read.entities import entity_row
+from ..read.entities import file_row
 from ..settings import Settings
 from .commit import Committer
 from .validation import resolve_type, schema_violation
@@ -110,7 +110,7 @@ class Updates:
         """Song's file update: appends the file's next version unless nothing changes."""
         given = check_file_update_request(body)
         with self.committer.latest():
-            row = entity_row(self.model, "file", study_id, object_id)
+            row = file_row(self.model, study_id, object_id)
             original = self.model.file_json(row)
             check_file_update_request(body, original)
             aid = row.analysis_id
@@ -161,7 +161,7 @@ class Updates:
         """Delete files of UNPUBLISHED analyses (tombstone rows); an analysis keeps >= 1 file."""
         with self.committer.latest():
             wanted = list(dict.fromkeys(object_ids))
-            rows = [entity_row(self.model, "file", study_id, o) for o in wanted]
+            rows = [file_row(self.model, study_id, o) for o in wanted]
             per_analysis: dict[str, int] = {}
             for row in rows:
                 per_analysis[row.analysis_id] = per_analysis.get(row.analysis_id, 0) + 1

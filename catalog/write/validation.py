@@ -271,18 +271,20 @@ class Planner:
         registered (None when new)."""
         if key in local:
             return local[key]
-        batch = {
+        batches: dict[str, dict[str, Any]] = {
             "donor": self.new_donors,
             "specimen": self.new_specimens,
             "sample": self.new_samples,
-        }[kind]
+        }
+        batch = batches[kind]
         if key in batch:
             return batch[key]
-        return {
+        registered: dict[str, dict[str, Any]] = {
             "donor": self.model.donors,
             "specimen": self.model.specimens,
             "sample": self.model.samples,
-        }[kind].get(key)
+        }
+        return registered[kind].get(key)
 
     def _match_sample(self, study_id: str, sample: dict[str, Any], found: _Entities) -> None:
         """Step 9 for one sample: its donor, specimen and sample are new, or equal to the
