@@ -118,7 +118,7 @@ def song_time(value: datetime | None) -> str | None:
 # --- payload parsing -------------------------------------------------------------------------
 
 
-class Payload(dict):  # type: ignore[type-arg]
+class Payload(dict[str, Any]):
     """A payload dict that ``parse_payload`` has already checked (it is not checked again)."""
 
     __slots__ = ("max_depth",)

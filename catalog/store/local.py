@@ -301,7 +301,7 @@ class LocalObjectStore(ObjectStore):
                 object_id=object_id,
             ) from None
         f.seek(offset)
-        return io.BufferedReader(RangeReader(f, end - offset), BUFFER_SIZE)  # type: ignore[return-value]
+        return io.BufferedReader(RangeReader(f, end - offset), BUFFER_SIZE)
 
     def delete(self, object_id: str) -> None:
         self._meta(object_id).unlink(missing_ok=True)

@@ -341,7 +341,7 @@ class S3ObjectStore(ObjectStore):
         current, bucket = self._located_spec(object_id) or (None, "")
         end = range_end(object_id, current, offset, length)  # raises when current is None
         if end == offset:
-            return io.BytesIO(b"")  # type: ignore[return-value]
+            return io.BytesIO(b"")
         try:
             body = self._call(
                 "get_object", bucket, self.data_key(object_id), Range=f"bytes={offset}-{end - 1}"
@@ -353,7 +353,7 @@ class S3ObjectStore(ObjectStore):
                 f"The data of objectId '{object_id}' is missing from s3://{bucket}",
                 object_id=object_id,
             ) from None
-        return io.BufferedReader(RangeReader(body), 1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(RangeReader(body), 1024 * 1024)
 
     # -- writing ----------------------------------------------------------------------------------
 
