@@ -357,15 +357,6 @@ def current_caller() -> Caller | None:
     return caller
 
 
-def scopes_from_request() -> set[str] | None:
-    """The scopes of this request's bearer token; None when it has none (or auth is off).
-
-    A token that no source accepts (bad signature, expired, unknown) raises 401 unauthorized.token.
-    """
-    caller = current_caller()
-    return None if caller is None else set(caller.scopes)
-
-
 def require_write(study_id: str | None) -> Caller | None:
     """Refuse the request unless its token may write to `study_id` (None: needs the system scope).
 
@@ -390,15 +381,6 @@ def require_write(study_id: str | None) -> Caller | None:
 def require_system() -> Caller | None:
     """Refuse the request unless its token holds the system scope."""
     return require_write(None)
-
-
-def can_write(study_id: str | None) -> bool:
-    """Whether the request may write to `study_id`, without refusing it (bad tokens still 401)."""
-    auth = authenticator()
-    if not auth.enabled:
-        return True
-    caller = current_caller()
-    return caller is not None and auth.allows(caller.scopes, study_id)
 
 
 def actor() -> str | None:
