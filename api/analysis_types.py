@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 from catalog.write.registry import AnalysisType, registration_schema
 
 from .auth import actor, require_system
@@ -34,14 +34,17 @@ def list_types() -> Response:
     sort = csv_list("sort") or ["version"]
     bad = [s for s in sort if s not in SORT_FIELDS]
     if bad:
-        raise BadRequest(
+        raise MalformedParameter(
             f"The sort fields {', '.join(bad)} are not among {', '.join(SORT_FIELDS)}",
-            error_id="malformed.parameter",
+            name="sort",
+            value=",".join(sort),
         )
     order = csv_list("sortOrder") or ["DESC"]
     if len(order) != 1 or order[0].upper() not in ("ASC", "DESC"):
-        raise BadRequest(
-            f"The sortOrder '{','.join(order)}' must be ASC or DESC", error_id="malformed.parameter"
+        raise MalformedParameter(
+            f"The sortOrder '{','.join(order)}' must be ASC or DESC",
+            name="sortOrder",
+            value=",".join(order),
         )
     matched = [
         t
@@ -100,8 +103,8 @@ def _versions() -> list[int]:
         except ValueError:
             version = 0
         if version < 1:
-            raise BadRequest(
-                f"The version '{item}' must be an integer >= 1", error_id="malformed.parameter"
+            raise MalformedParameter(
+                f"The version '{item}' must be an integer >= 1", name="versions", value=item
             )
         out.append(version)
     return out

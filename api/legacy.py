@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from catalog.errors import BadRequest
+from catalog.errors import IllegalFilterParameter, IllegalQueryParameter
 from catalog.read.entities import legacy_page
 
 from .params import current_catalog, integer
@@ -35,17 +35,18 @@ def get_entity(entity_id: str) -> Response:
 def list_entities() -> Response:
     unknown = sorted(set(request.args) - set(FILTERS) - {"page", "size", "fields", "sort"})
     if unknown:
-        raise BadRequest(
+        raise IllegalQueryParameter(
             f"Unknown query parameters {', '.join(unknown)}: the filters are "
             f"{', '.join(FILTERS)}, with page, size and fields",
-            error_id="illegal.query.parameter",
+            name=",".join(unknown),
         )
     fields = [f for value in request.args.getlist("fields") for f in value.split(",") if f]
     bad = [f for f in fields if f not in FIELDS]
     if bad:
-        raise BadRequest(
+        raise IllegalFilterParameter(
             f"Unknown fields {', '.join(bad)}: fields are {', '.join(FIELDS)}",
-            error_id="illegal.filter.parameter",
+            name="fields",
+            value=",".join(bad),
         )
     page = integer("page", 0, minimum=0)
     size = integer("size", 20, minimum=1)

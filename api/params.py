@@ -13,7 +13,7 @@ from typing import Any
 from flask import current_app, request
 
 from catalog.catalog import Catalog
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 from catalog.model import parse_payload
 from catalog.settings import Settings
 
@@ -49,9 +49,8 @@ def flag(name: str, default: bool = False) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise BadRequest(
-        f"The parameter '{name}' must be true or false, not '{value}'",
-        error_id="malformed.parameter",
+    raise MalformedParameter(
+        f"The parameter '{name}' must be true or false, not '{value}'", name=name, value=value
     )
 
 
@@ -61,9 +60,8 @@ def integer(name: str, default: int, *, minimum: int | None = None) -> int:
     if number is None:
         return default
     if minimum is not None and number < minimum:
-        raise BadRequest(
-            f"The parameter '{name}' must be >= {minimum}, not {number}",
-            error_id="malformed.parameter",
+        raise MalformedParameter(
+            f"The parameter '{name}' must be >= {minimum}, not {number}", name=name, value=number
         )
     return number
 
@@ -76,9 +74,8 @@ def optional_integer(name: str) -> int | None:
     try:
         return int(value.strip())
     except ValueError:
-        raise BadRequest(
-            f"The parameter '{name}' must be an integer, not '{value}'",
-            error_id="malformed.parameter",
+        raise MalformedParameter(
+            f"The parameter '{name}' must be an integer, not '{value}'", name=name, value=value
         ) from None
 
 
@@ -111,14 +108,16 @@ def check_path_args() -> None:
         if not isinstance(value, str):
             continue
         if len(value) > MAX_PATH_LIST or any(len(v) > MAX_ID_LENGTH for v in value.split(",")):
-            raise BadRequest(
+            raise MalformedParameter(
                 f"The path parameter '{name}' is too long ({len(value):,} characters)",
-                error_id="malformed.parameter",
+                name=name,
+                value=value,
             )
         if any(ord(c) < 32 or c == "\x7f" for c in value) or value in (".", ".."):
-            raise BadRequest(
+            raise MalformedParameter(
                 f"The path parameter '{name}' holds characters no id can have",
-                error_id="malformed.parameter",
+                name=name,
+                value=value,
             )
 
 
@@ -126,7 +125,7 @@ def id_list(value: str) -> list[str]:
     """A comma-joined list of ids from a path (Song's DELETE and export), empty items dropped."""
     items = [v for v in value.split(",") if v]
     if not items:
-        raise BadRequest("At least one id is needed", error_id="malformed.parameter")
+        raise MalformedParameter("At least one id is needed", value=value)
     return items
 
 
@@ -138,8 +137,9 @@ def time_param(name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest(
+        raise MalformedParameter(
             f"The parameter '{name}' must be an ISO-8601 date or time, not '{value}'",
-            error_id="malformed.parameter",
+            name=name,
+            value=value,
         ) from None
     return parsed if parsed.tzinfo is not None else parsed.astimezone()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 from catalog.read.search import Filters
 
 from .params import csv_list, current_catalog, integer, time_param
@@ -59,17 +59,17 @@ def _filters(default_states: tuple[str, ...]) -> Filters:
 def _paging(sorts: tuple[str, ...]) -> tuple[str, bool, int, int]:
     sort = (csv_list("sort") or [sorts[0]])[0]
     if sort not in sorts:
-        raise BadRequest(
-            f"sort must be one of {', '.join(sorts)}, not '{sort}'", error_id="malformed.parameter"
+        raise MalformedParameter(
+            f"sort must be one of {', '.join(sorts)}, not '{sort}'", name="sort", value=sort
         )
     order = (csv_list("order") or ["asc"])[0].lower()
     if order not in ("asc", "desc"):
-        raise BadRequest(
-            f"order must be asc or desc, not '{order}'", error_id="malformed.parameter"
+        raise MalformedParameter(
+            f"order must be asc or desc, not '{order}'", name="order", value=order
         )
     limit = integer("limit", 100, minimum=0)
     if limit > MAX_LIMIT:
-        raise BadRequest(f"limit must be <= {MAX_LIMIT}", error_id="malformed.parameter")
+        raise MalformedParameter(f"limit must be <= {MAX_LIMIT}", name="limit", value=limit)
     return sort, order == "desc", limit, integer("offset", 0, minimum=0)
 
 

@@ -8,7 +8,7 @@ from importlib import metadata
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from catalog.errors import SonglakeError
+from catalog.errors import Unavailable
 
 from .params import current_catalog
 
@@ -57,7 +57,7 @@ def health() -> Response:
         "checkedInMs": round((time.perf_counter() - started) * 1000, 1),
     }
     if problems:
-        raise SonglakeError("; ".join(problems), error_id="service.unavailable", health=body)
+        raise Unavailable("; ".join(problems), health=body)
     return jsonify(body)
 
 
