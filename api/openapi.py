@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, redirect
 
+from catalog.model import STATES
+
 from .jsonio import dumps_bytes
 from .search import LIST_PARAMS, TIME_PARAMS
 
@@ -36,7 +38,7 @@ _I = {"type": "integer"}
 _B = {"type": "boolean"}
 _OBJ = {"type": "object", "additionalProperties": True}
 _DT = {"type": "string", "nullable": True, "description": "naive ISO-8601, server local time"}
-STATES = ["UNPUBLISHED", "PUBLISHED", "SUPPRESSED"]
+_STATE = {"type": "string", "enum": list(STATES)}
 
 
 def _props(**props: Any) -> dict[str, Any]:
@@ -129,8 +131,8 @@ SCHEMAS: dict[str, Any] = {
         info=_OBJ,
     ),
     "StateChange": _props(
-        initialState={"type": "string", "enum": STATES},
-        updatedState={"type": "string", "enum": STATES},
+        initialState=_STATE,
+        updatedState=_STATE,
         updatedAt=_S,
     ),
     "Analysis": {
@@ -140,7 +142,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "analysisId": _S,
             "studyId": _S,
-            "analysisState": {"type": "string", "enum": STATES},
+            "analysisState": _STATE,
             "analysisType": _props(name=_S, version=_I),
             "createdAt": _DT,
             "updatedAt": _DT,
@@ -169,9 +171,7 @@ SCHEMAS: dict[str, Any] = {
         limit=_I,
         offset=_I,
     ),
-    "SearchFile": {
-        "allOf": [_ref("File"), _props(analysisState={"type": "string", "enum": STATES})]
-    },
+    "SearchFile": {"allOf": [_ref("File"), _props(analysisState=_STATE)]},
     "SearchFilesPage": _props(
         files=_arr(_ref("SearchFile")), totalFiles=_I, currentTotalFiles=_I, limit=_I, offset=_I
     ),
@@ -213,7 +213,7 @@ SCHEMAS: dict[str, Any] = {
             "type": "string",
             "enum": ["NO_UPDATE", "METADATA_UPDATE", "CONTENT_UPDATE"],
         },
-        originalAnalysisState={"type": "string", "enum": STATES},
+        originalAnalysisState=_STATE,
         unpublishedAnalysis=_B,
         message=_S,
         originalFile=_ref("File"),
@@ -303,9 +303,7 @@ def _csv(name: str, description: str, item: dict[str, Any] | None = None) -> dic
     )
 
 
-_STATES_PARAM = _csv(
-    "analysisStates", "states, default PUBLISHED", {"type": "string", "enum": STATES}
-)
+_STATES_PARAM = _csv("analysisStates", "states, default PUBLISHED", _STATE)
 _SEARCH_ID_PARAMS = [
     _q(n, _S, "case-insensitive POSIX regex, substring match")
     for n in (
