@@ -8,16 +8,31 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from catalog.model import STATES
 from catalog.read.idsearch import ID_SEARCH_PARAMS
 from catalog.write.lifecycle import Transition
 
 from .auth import actor, require_write
 from .groupcommit import GroupCommitter
-from .params import csv_list, current_catalog, flag, integer, json_body
+from .params import Csv, Flag, Int, Params, Text, current_catalog, json_body
 
 bp = Blueprint("analyses", __name__)
 
-#: the query parameters of GET .../analysis/search/id, each a case-insensitive substring regex
+#: the query parameters of this blueprint, read by its views and listed in /openapi.json
+PARAMS = Params(
+    Csv(
+        "analysisStates",
+        "states, default PUBLISHED",
+        enum=STATES,
+        default=("PUBLISHED",),  # the catalog refuses unknown states
+    ),
+    Int("limit", default=100, minimum=0),
+    Int("offset", default=0, minimum=0),
+    Flag("allowDuplicates", "accept md5s already known"),
+    Flag("ignoreUndefinedMd5"),
+    # GET .../analysis/search/id: each a case-insensitive substring regex
+    *(Text(name, "case-insensitive POSIX regex, substring match") for name in ID_SEARCH_PARAMS),
+)
 #: POST .../search/id body keys (Song's IdSearchRequest, plural quirks included) -> query names
 SEARCH_BODY_KEYS = {
     "donorId": "donorId",
@@ -31,11 +46,6 @@ SEARCH_BODY_KEYS = {
 COMMITTER = "songlake.groupcommit"
 
 
-def _states() -> list[str]:
-    """`analysisStates`, default PUBLISHED; the catalog refuses unknown states."""
-    return csv_list("analysisStates") or ["PUBLISHED"]
-
-
 def committer() -> GroupCommitter:
     return current_app.extensions[COMMITTER]
 
@@ -45,14 +55,14 @@ def committer() -> GroupCommitter:
 
 @bp.get("/studies/<study_id>/analysis")
 def list_analyses(study_id: str) -> Response:
-    return jsonify(current_catalog().list_analyses(study_id, _states()))
+    return jsonify(current_catalog().list_analyses(study_id, PARAMS["analysisStates"].read()))
 
 
 @bp.get("/studies/<study_id>/analysis/paginated")
 def page_analyses(study_id: str) -> Response:
-    states = _states()
-    limit = integer("limit", 100, minimum=0)
-    offset = integer("offset", 0, minimum=0)
+    states = PARAMS["analysisStates"].read()
+    limit = PARAMS["limit"].read()
+    offset = PARAMS["offset"].read()
     return jsonify(current_catalog().page_analyses(study_id, states, limit=limit, offset=offset))
 
 
@@ -64,7 +74,7 @@ def _search(study_id: str, terms: dict[str, str | None]) -> Response:
 
 @bp.get("/studies/<study_id>/analysis/search/id")
 def search_ids(study_id: str) -> Response:
-    return _search(study_id, {name: request.args.get(name) or None for name in ID_SEARCH_PARAMS})
+    return _search(study_id, {name: PARAMS[name].read() for name in ID_SEARCH_PARAMS})
 
 
 @bp.post("/studies/<study_id>/analysis/search/id")
@@ -94,7 +104,7 @@ def analysis_files(study_id: str, analysis_id: str) -> Response:
 def submit(study_id: str) -> Response:
     """Register a payload; the body is read raw, as Song reads it, whatever its content type."""
     require_write(study_id)
-    allow_duplicates = flag("allowDuplicates")
+    allow_duplicates = PARAMS["allowDuplicates"].read()
     analysis_id = current_catalog().submit(
         request.get_data(cache=False), study_id, allow_duplicates=allow_duplicates, actor=actor()
     )
@@ -129,7 +139,7 @@ def _change(study_id: str, analysis_id: str, action: str, ignore_md5: bool = Fal
 @bp.put("/studies/<study_id>/analysis/publish/<analysis_id>")
 def publish(study_id: str, analysis_id: str) -> Response:
     require_write(study_id)
-    return _change(study_id, analysis_id, "publish", flag("ignoreUndefinedMd5"))
+    return _change(study_id, analysis_id, "publish", PARAMS["ignoreUndefinedMd5"].read())
 
 
 @bp.put("/studies/<study_id>/analysis/unpublish/<analysis_id>")

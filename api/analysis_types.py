@@ -15,23 +15,36 @@ from catalog.errors import MalformedParameter
 from catalog.write.registry import AnalysisType, registration_schema
 
 from .auth import actor, require_system
-from .params import csv_list, current_catalog, flag, integer, json_body, optional_integer
+from .params import Choice, Csv, Flag, Int, Params, current_catalog, json_body
 
 bp = Blueprint("schemas", __name__)
 
 SORT_FIELDS = ("version", "name")
+#: the query parameters of this blueprint, read by its views and listed in /openapi.json
+PARAMS = Params(
+    Csv("names", "type names"),
+    Csv("versions", "versions >= 1", of="integer"),
+    Flag("hideSchema"),
+    Flag("unrenderedOnly"),
+    Int("offset", default=0, minimum=0),
+    Int("limit", default=20, minimum=0),
+    Csv("sort", "version and/or name", enum=SORT_FIELDS, default=("version",)),
+    Choice("sortOrder", choices=("ASC", "DESC"), default="DESC"),
+    # the registry checks it, naming the type in its message
+    Int("version", minimum=1, checked=False),
+)
 
 
 @bp.get("/schemas")
 def list_types() -> Response:
     """Song's PageDTO: ``{limit, offset, count, resultSet}``; like Java, ``offset`` reads 0."""
-    names = set(csv_list("names"))
+    names = set(PARAMS["names"].read())
     versions = set(_versions())
-    hide_schema = flag("hideSchema")
-    unrendered = flag("unrenderedOnly")
-    offset = integer("offset", 0, minimum=0)
-    limit = integer("limit", 20, minimum=0)
-    sort = csv_list("sort") or ["version"]
+    hide_schema = PARAMS["hideSchema"].read()
+    unrendered = PARAMS["unrenderedOnly"].read()
+    offset = PARAMS["offset"].read()
+    limit = PARAMS["limit"].read()
+    sort = PARAMS["sort"].read()
     bad = [s for s in sort if s not in SORT_FIELDS]
     if bad:
         raise MalformedParameter(
@@ -39,7 +52,7 @@ def list_types() -> Response:
             name="sort",
             value=",".join(sort),
         )
-    order = csv_list("sortOrder") or ["DESC"]
+    order = PARAMS["sortOrder"].values()
     if len(order) != 1 or order[0].upper() not in ("ASC", "DESC"):
         raise MalformedParameter(
             f"The sortOrder '{','.join(order)}' must be ASC or DESC",
@@ -80,8 +93,8 @@ def registration() -> Response:
 
 @bp.get("/schemas/<name>")
 def get_type(name: str) -> Response:
-    atype = current_catalog().registry.get(name, optional_integer("version"))
-    return jsonify(atype.to_json(rendered=not flag("unrenderedOnly")))
+    atype = current_catalog().registry.get(name, PARAMS["version"].read())
+    return jsonify(atype.to_json(rendered=not PARAMS["unrenderedOnly"].read()))
 
 
 @bp.post("/schemas")
@@ -97,7 +110,7 @@ def register_type() -> Response:
 
 def _versions() -> list[int]:
     out = []
-    for item in csv_list("versions"):
+    for item in PARAMS["versions"].read():
         try:
             version = int(item)
         except ValueError:

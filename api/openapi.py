@@ -16,9 +16,11 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, redirect
 
 from catalog.model import STATES
+from catalog.read.idsearch import ID_SEARCH_PARAMS
 
+from . import analyses, analysis_types, legacy, search
 from .jsonio import dumps_bytes
-from .search import LIST_PARAMS, TIME_PARAMS
+from .params import Params, Query
 
 bp = Blueprint("openapi", __name__)
 
@@ -285,52 +287,14 @@ _PATH_NAMES = {
 }
 
 
-def _q(name: str, schema: dict[str, Any], description: str = "", **extra: Any) -> dict[str, Any]:
-    out = {"name": name, "in": "query", "required": False, "schema": schema}
-    if description:
-        out["description"] = description
-    out.update(extra)
-    return out
+def _specs(table: Params, *keys: str) -> list[dict[str, Any]]:
+    return [p.spec() for p in table.of(*keys)]
 
 
-def _csv(name: str, description: str, item: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _q(
-        name,
-        _arr(item or _S),
-        description + " (comma-joined or repeated)",
-        style="form",
-        explode=False,
+def _portal_params(sort: Query) -> list[dict[str, Any]]:
+    return [p.spec() for p in (*search.PARAMS.of(*search.FILTER_FIELDS), sort)] + _specs(
+        search.PARAMS, "order", "limit", "offset"
     )
-
-
-_STATES_PARAM = _csv("analysisStates", "states, default PUBLISHED", _STATE)
-_SEARCH_ID_PARAMS = [
-    _q(n, _S, "case-insensitive POSIX regex, substring match")
-    for n in (
-        "donorId",
-        "sampleId",
-        "specimenId",
-        "fileId",
-        "submitterSampleId",
-        "submitterDonorId",
-        "submitterSpecimenId",
-    )
-]
-
-
-def _portal_params(sorts: list[str]) -> list[dict[str, Any]]:
-    params = [_csv(name, desc) for name, (_, desc) in LIST_PARAMS.items()]
-    params += [
-        _q(name, {"type": "string", "format": "date-time"}, desc)
-        for name, (_, desc) in TIME_PARAMS.items()
-    ]
-    params += [
-        _q("sort", {"type": "string", "enum": sorts, "default": sorts[0]}),
-        _q("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"}),
-        _q("limit", {**_I, "minimum": 0, "maximum": 1000, "default": 100}),
-        _q("offset", {**_I, "minimum": 0, "default": 0}),
-    ]
-    return params
 
 
 def _body(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
@@ -365,30 +329,26 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Register a payload as a new UNPUBLISHED analysis",
         "tag": "analyses",
         "scope": "study",
-        "params": [_q("allowDuplicates", {**_B, "default": False}, "accept md5s already known")],
+        "params": _specs(analyses.PARAMS, "allowDuplicates"),
         "body": _body(_ref("Payload")),
         "ok": _ok(_ref("SubmitResponse")),
     },
     ("GET", "/studies/<study_id>/analysis"): {
         "summary": "Every analysis of a study in the given states",
         "tag": "analyses",
-        "params": [_STATES_PARAM],
+        "params": _specs(analyses.PARAMS, "analysisStates"),
         "ok": _ok(_arr(_ref("Analysis"))),
     },
     ("GET", "/studies/<study_id>/analysis/paginated"): {
         "summary": "A page of a study's analyses, sorted by analysisId",
         "tag": "analyses",
-        "params": [
-            _STATES_PARAM,
-            _q("limit", {**_I, "minimum": 0, "default": 100}),
-            _q("offset", {**_I, "minimum": 0, "default": 0}),
-        ],
+        "params": _specs(analyses.PARAMS, "analysisStates", "limit", "offset"),
         "ok": _ok(_ref("AnalysisPage")),
     },
     ("GET", "/studies/<study_id>/analysis/search/id"): {
         "summary": "Song's id search: analyses whose (sample x file) rows match every regex",
         "tag": "analyses",
-        "params": _SEARCH_ID_PARAMS,
+        "params": _specs(analyses.PARAMS, *ID_SEARCH_PARAMS),
         "ok": _ok(_arr(_ref("Analysis"))),
     },
     ("POST", "/studies/<study_id>/analysis/search/id"): {
@@ -425,7 +385,7 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Publish: every file must be in object storage with its size and md5",
         "tag": "lifecycle",
         "scope": "study",
-        "params": [_q("ignoreUndefinedMd5", {**_B, "default": False})],
+        "params": _specs(analyses.PARAMS, "ignoreUndefinedMd5"),
         "ok": _ok(_ref("Message")),
     },
     ("PUT", "/studies/<study_id>/analysis/unpublish/<analysis_id>"): {
@@ -512,16 +472,17 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/schemas"): {
         "summary": "Analysis types, paged (PageDTO)",
         "tag": "schemas",
-        "params": [
-            _csv("names", "type names"),
-            _csv("versions", "versions >= 1", _I),
-            _q("hideSchema", {**_B, "default": False}),
-            _q("unrenderedOnly", {**_B, "default": False}),
-            _q("offset", {**_I, "minimum": 0, "default": 0}),
-            _q("limit", {**_I, "minimum": 0, "default": 20}),
-            _csv("sort", "version and/or name", {"type": "string", "enum": ["version", "name"]}),
-            _q("sortOrder", {"type": "string", "enum": ["ASC", "DESC"], "default": "DESC"}),
-        ],
+        "params": _specs(
+            analysis_types.PARAMS,
+            "names",
+            "versions",
+            "hideSchema",
+            "unrenderedOnly",
+            "offset",
+            "limit",
+            "sort",
+            "sortOrder",
+        ),
         "ok": _ok(_ref("AnalysisTypePage")),
     },
     ("GET", "/schemas/registration"): {
@@ -532,10 +493,7 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/schemas/<name>"): {
         "summary": "One analysis type (default: latest version, rendered)",
         "tag": "schemas",
-        "params": [
-            _q("version", {**_I, "minimum": 1}),
-            _q("unrenderedOnly", {**_B, "default": False}),
-        ],
+        "params": _specs(analysis_types.PARAMS, "version", "unrenderedOnly"),
         "ok": _ok(_ref("AnalysisType")),
     },
     ("POST", "/schemas"): {
@@ -563,25 +521,19 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/entities"): {
         "summary": "Score's legacy file listing (Spring Page), sorted by id",
         "tag": "score",
-        "params": [_q(n, _S, "exact match") for n in ("id", "gnosId", "fileName", "projectCode")]
-        + [
-            _q("access", {"type": "string", "enum": ["open", "controlled"]}),
-            _q("page", {**_I, "minimum": 0, "default": 0}),
-            _q("size", {**_I, "minimum": 1, "default": 20}),
-            _csv("fields", "keys to keep in each item"),
-        ],
+        "params": _specs(legacy.PARAMS, *legacy.PARAMS),
         "ok": _ok(_ref("LegacyEntityPage")),
     },
     ("GET", "/search/analyses"): {
         "summary": "Portal search of analyses: filters, sorting, paging",
         "tag": "search",
-        "params": _portal_params(["analysisId", "createdAt", "updatedAt"]),
+        "params": _portal_params(search.ANALYSIS_SORT),
         "ok": _ok(_ref("SearchAnalysesPage")),
     },
     ("GET", "/search/files"): {
         "summary": "Portal search of files; analysis filters apply to each file's analysis",
         "tag": "search",
-        "params": _portal_params(["objectId", "fileSize"]),
+        "params": _portal_params(search.FILE_SORT),
         "ok": _ok(_ref("SearchFilesPage")),
     },
     ("POST", "/sql"): {
