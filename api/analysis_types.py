@@ -15,12 +15,13 @@ from catalog.errors import MalformedParameter
 from catalog.write.registry import AnalysisType, registration_schema
 
 from .auth import actor, require_system
+from .docs import OBJECT, doc, ref, request_body
 from .params import Choice, Csv, Flag, Int, Params, current_catalog, json_body
 
 bp = Blueprint("schemas", __name__)
 
 SORT_FIELDS = ("version", "name")
-#: the query parameters of this blueprint, read by its views and listed in /openapi.json
+#: the query parameters of this blueprint: the views read them, @doc lists them
 PARAMS = Params(
     Csv("names", "type names"),
     Csv("versions", "versions >= 1", of="integer"),
@@ -36,6 +37,13 @@ PARAMS = Params(
 
 
 @bp.get("/schemas")
+@doc(
+    "Analysis types, paged (PageDTO)",
+    params=PARAMS.of(
+        "names", "versions", "hideSchema", "unrenderedOnly", "offset", "limit", "sort", "sortOrder"
+    ),
+    ok=ref("AnalysisTypePage"),
+)
 def list_types() -> Response:
     """Song's PageDTO: ``{limit, offset, count, resultSet}``; like Java, ``offset`` reads 0."""
     names = set(PARAMS["names"].read())
@@ -86,18 +94,30 @@ def list_types() -> Response:
 
 
 @bp.get("/schemas/registration")
+@doc("The meta-schema every analysis type must satisfy", ok=OBJECT)
 def registration() -> Response:
     """The meta-schema every registered analysis type must satisfy, pretty-printed as Song does."""
     return Response(json.dumps(registration_schema(), indent=2), mimetype="application/json")
 
 
 @bp.get("/schemas/<name>")
+@doc(
+    "One analysis type (default: latest version, rendered)",
+    params=PARAMS.of("version", "unrenderedOnly"),
+    ok=ref("AnalysisType"),
+)
 def get_type(name: str) -> Response:
     atype = current_catalog().registry.get(name, PARAMS["version"].read())
     return jsonify(atype.to_json(rendered=not PARAMS["unrenderedOnly"].read()))
 
 
 @bp.post("/schemas")
+@doc(
+    "Register an analysis type's next version",
+    scope="system",
+    body=request_body(ref("RegisterAnalysisType")),
+    ok=ref("AnalysisType"),
+)
 def register_type() -> Response:
     """Register a type's next version; answers with the rendered schema and the options sent."""
     require_system()

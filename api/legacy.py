@@ -17,13 +17,14 @@ from flask import Blueprint, Response, jsonify, request
 from catalog.errors import IllegalFilterParameter, IllegalQueryParameter
 from catalog.read.entities import legacy_page
 
+from .docs import doc, ref
 from .params import Csv, Int, Params, Text, current_catalog
 
 bp = Blueprint("legacy", __name__)
 
 FILTERS = ("id", "gnosId", "fileName", "projectCode", "access")
 FIELDS = FILTERS
-#: the query parameters of GET /entities, read by the view and listed in /openapi.json
+#: the query parameters of GET /entities: the view reads them, @doc lists them
 PARAMS = Params(
     *(Text(name, "exact match") for name in FILTERS[:-1]),
     Text("access", enum=("open", "controlled")),
@@ -35,11 +36,18 @@ _SORT = {"sorted": True, "unsorted": False, "empty": False}
 
 
 @bp.get("/entities/<entity_id>")
+@doc("Score's legacy view of one file", tag="score", ok=ref("LegacyEntity"))
 def get_entity(entity_id: str) -> Response:
     return jsonify(current_catalog().legacy_entity(entity_id))
 
 
 @bp.get("/entities")
+@doc(
+    "Score's legacy file listing (Spring Page), sorted by id",
+    tag="score",
+    params=PARAMS.of(*PARAMS),
+    ok=ref("LegacyEntityPage"),
+)
 def list_entities() -> Response:
     # sort is taken and ignored: the page is always sorted by id
     unknown = sorted(set(request.args) - set(PARAMS) - {"sort"})

@@ -6,8 +6,8 @@ parameters accept a comma-joined value (the Java SDK's form) and repeated keys, 
 
 Each blueprint declares its query parameters once, as a ``Params`` table of ``Query`` objects
 (``Flag``, ``Int``, ``Text``, ``Choice``, ``Csv``, ``Time``): its views read them with
-``PARAMS["name"].read()`` and ``/openapi.json`` lists them from the same table
-(``PARAMS.of(...)``), so the document describes exactly what the views read.
+``PARAMS["name"].read()`` and list them in ``@doc(params=PARAMS.of(...))`` (api/docs.py), so
+``/openapi.json`` describes exactly what the views read.
 """
 
 from __future__ import annotations

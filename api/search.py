@@ -15,7 +15,8 @@ from flask import Blueprint, Response, jsonify
 from catalog.errors import MalformedParameter
 from catalog.read.search import Filters
 
-from .params import Choice, Csv, Int, Params, Time, current_catalog
+from .docs import doc, ref
+from .params import Choice, Csv, Int, Params, Query, Time, current_catalog
 
 bp = Blueprint("search", __name__)
 
@@ -58,6 +59,10 @@ PARAMS = Params(
 FILTER_FIELDS = tuple(f.name for f in fields(Filters))
 
 
+def _params(sort: str) -> tuple[Query, ...]:
+    return PARAMS.of(*FILTER_FIELDS, sort, "order", "limit", "offset")
+
+
 def _filters() -> Filters:
     values = {field: PARAMS[field].read() for field in FILTER_FIELDS}
     return Filters(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
@@ -78,6 +83,11 @@ def _paging(sorts: Choice) -> tuple[str, bool, int, int]:
 
 
 @bp.get("/search/analyses")
+@doc(
+    "Portal search of analyses: filters, sorting, paging",
+    params=_params("analysis_sort"),
+    ok=ref("SearchAnalysesPage"),
+)
 def search_analyses() -> Response:
     """Analyses matching the filters (PUBLISHED unless analysisStates says otherwise), paged."""
     filters = _filters()
@@ -90,6 +100,11 @@ def search_analyses() -> Response:
 
 
 @bp.get("/search/files")
+@doc(
+    "Portal search of files; analysis filters apply to each file's analysis",
+    params=_params("file_sort"),
+    ok=ref("SearchFilesPage"),
+)
 def search_files() -> Response:
     """Files matching the filters; analysis filters apply to each file's analysis."""
     filters = _filters()

@@ -10,12 +10,20 @@ from catalog import sql
 from catalog.errors import MalformedParameter
 
 from .auth import require_system
+from .docs import doc, ref, request_body
 from .params import current_catalog, current_settings, json_body
 
 bp = Blueprint("sql", __name__)
 
 
 @bp.post("/sql")
+@doc(
+    "Read-only SQL over the catalog views (one SELECT, row and time limits)",
+    tag="admin",
+    scope="system",
+    body=request_body(ref("SqlRequest"), plain_text=True),
+    ok=ref("SqlResult"),
+)
 def run_sql() -> Response:
     """Body: ``{"query": "SELECT ...", "limit": 100, "asOf": "<version or ISO time>"}``, or the
     query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""

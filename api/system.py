@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from catalog.errors import Unavailable
 
+from .docs import BOOLEAN, doc, ref
 from .params import current_catalog
 
 bp = Blueprint("system", __name__)
@@ -19,12 +20,17 @@ SONG_API_VERSION = "5.1.2"
 
 
 @bp.get("/isAlive")
+@doc("Song's ping: true", ok=BOOLEAN)
 def is_alive() -> Response:
     """Song's ping: the JSON boolean ``true``."""
     return jsonify(True)
 
 
 @bp.get("/health")
+@doc(
+    "Table versions, read model and object-store reachability (503 when down)",
+    ok=ref("Health"),
+)
 def health() -> Response:
     """Table versions, read-model state and object-store reachability; 503 when a part is down."""
     catalog = current_catalog()
@@ -62,6 +68,7 @@ def health() -> Response:
 
 
 @bp.get("/version")
+@doc("songlake's version", ok=ref("Version"))
 def version() -> Response:
     """songlake's version and the Song API it is compatible with."""
     try:
