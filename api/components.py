@@ -1,5 +1,6 @@
 """The shared schemas of the OpenAPI document (``#/components/schemas``): Song's entities, the
-answers' pages, the request bodies and the payload.
+answers' pages, the request bodies, and the payload, which is ``schemas/analysisBase.json``
+itself, translated from JSON Schema (draft-07) to OpenAPI 3.0's dialect.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog.model import STATES
+from catalog.write.registry import base_schema
 
 from .docs import BOOLEAN, INTEGER, OBJECT, STRING, array, ref
 
@@ -132,12 +134,6 @@ SCHEMAS: dict[str, Any] = {
             "files": array(ref("File")),
         },
     },
-    "Payload": {
-        "type": "object",
-        "additionalProperties": True,
-        "description": "A Song payload: studyId, analysisType{name,version}, samples, files and "
-        "the analysis type's dynamic data (see GET /schemas/{name}).",
-    },
     "SubmitResponse": _object(analysisId=STRING, status={**STRING, "example": "OK"}),
     "Message": _object(message=STRING),
     "AnalysisPage": _object(
@@ -262,6 +258,79 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def payload_schema() -> dict[str, Any]:
+    """A Song payload: the base schema every analysis type extends, open to the dynamic data."""
+    base = base_schema()
+    schema = from_json_schema(base)
+    schema["additionalProperties"] = True
+    schema["description"] = (
+        "A Song payload: studyId, analysisType{name,version}, samples, files and the analysis "
+        "type's dynamic data (see GET /schemas/{name}). " + base.get("description", "")
+    ).strip()
+    return schema
+
+
 def components() -> dict[str, Any]:
-    """Every component schema."""
-    return SCHEMAS
+    """Every component schema, the payload included."""
+    return {**SCHEMAS, "Payload": payload_schema()}
+
+
+# -- JSON Schema (draft-07) -> OpenAPI 3.0 --------------------------------------------------------
+
+#: keywords whose value is one schema, a list of schemas, or a map of name -> schema
+_ONE = ("items", "not", "additionalProperties")
+_LIST = ("allOf", "anyOf", "oneOf")
+_MAP = ("properties",)
+_NULL = {"type": "null"}
+
+
+def from_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` in OpenAPI 3.0's dialect: local ``$ref``s inlined, ``null`` types and branches
+    as ``nullable``, ``const`` as a one-value enum, ``if/then/else`` as ``anyOf`` of the two
+    cases; ``$schema`` and ``definitions`` dropped."""
+
+    def resolve(pointer: str) -> Any:
+        node: Any = schema
+        for part in pointer.removeprefix("#/").split("/"):
+            node = node[part]
+        return node
+
+    def convert(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return convert(resolve(node["$ref"]))
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("$schema", "definitions", "if", "then", "else"):
+                continue
+            if key == "type" and isinstance(value, list):
+                types = [t for t in value if t != "null"]
+                out["type"] = types[0]
+                if len(types) < len(value):
+                    out["nullable"] = True
+            elif key == "const":
+                out["enum"] = [value]
+                if value is None:
+                    out["nullable"] = True
+            elif key == "anyOf" and _NULL in value:
+                rest = [convert(v) for v in value if v != _NULL]
+                out.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+                out["nullable"] = True
+            elif key in _ONE:
+                out[key] = convert(value)
+            elif key in _LIST:
+                out[key] = [convert(v) for v in value]
+            elif key in _MAP:
+                out[key] = {name: convert(v) for name, v in value.items()}
+            else:
+                out[key] = value
+        if "if" in node:
+            case = convert(node["if"])
+            out["anyOf"] = [
+                {"allOf": [case, convert(node.get("then", {}))]},
+                {"allOf": [{"not": case}, convert(node.get("else", {}))]},
+            ]
+        return out
+
+    return convert(schema)
