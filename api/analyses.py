@@ -21,12 +21,8 @@ bp = Blueprint("analyses", __name__)
 
 #: the query parameters of this blueprint: the views read them, @doc lists them
 PARAMS = Params(
-    Csv(
-        "analysisStates",
-        "states, default PUBLISHED",
-        enum=STATES,
-        default=("PUBLISHED",),  # the catalog refuses unknown states
-    ),
+    # the enum only documents: the catalog checks the states
+    Csv("analysisStates", "states, default PUBLISHED", enum=STATES, default=("PUBLISHED",)),
     Int("limit", default=100, minimum=0),
     Int("offset", default=0, minimum=0),
     Flag("allowDuplicates", "accept md5s already known"),

@@ -255,7 +255,8 @@ class Choice(Query):
 
 @dataclass(frozen=True, kw_only=True)
 class Csv(Query):
-    """A list: comma-joined, repeated, or both; ``default`` when none is given."""
+    """A list: comma-joined, repeated, or both; ``default`` when none is given. The items stay
+    strings; ``of`` and ``enum`` document them, the view or the catalog checks them."""
 
     of: str = "string"
     enum: tuple[str, ...] = ()
