@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from catalog.model import STATES
 from catalog.read.idsearch import ID_SEARCH_PARAMS
 from catalog.write.lifecycle import Transition
 
 from .auth import actor, require_write
+from .docs import OBJECT, answer, array, doc, ref, request_body
 from .groupcommit import GroupCommitter
-from .params import csv_list, current_catalog, flag, integer, json_body
+from .params import Csv, Flag, Int, Params, Text, current_catalog, json_body
 
 bp = Blueprint("analyses", __name__)
 
-#: the query parameters of GET .../analysis/search/id, each a case-insensitive substring regex
+#: the query parameters of this blueprint: the views read them, @doc lists them
+PARAMS = Params(
+    # the enum only documents: the catalog checks the states
+    Csv("analysisStates", "states, default PUBLISHED", enum=STATES, default=("PUBLISHED",)),
+    Int("limit", default=100, minimum=0),
+    Int("offset", default=0, minimum=0),
+    Flag("allowDuplicates", "accept md5s already known"),
+    Flag("ignoreUndefinedMd5"),
+    # GET .../analysis/search/id: each a case-insensitive substring regex
+    *(Text(name, "case-insensitive POSIX regex, substring match") for name in ID_SEARCH_PARAMS),
+)
 #: POST .../search/id body keys (Song's IdSearchRequest, plural quirks included) -> query names
 SEARCH_BODY_KEYS = {
     "donorId": "donorId",
@@ -29,11 +41,7 @@ SEARCH_BODY_KEYS = {
     "submitterSpecimenIds": "submitterSpecimenId",
 }
 COMMITTER = "songlake.groupcommit"
-
-
-def _states() -> list[str]:
-    """`analysisStates`, default PUBLISHED; the catalog refuses unknown states."""
-    return csv_list("analysisStates") or ["PUBLISHED"]
+_UPDATED = {200: answer(description="updated (empty body)")}
 
 
 def committer() -> GroupCommitter:
@@ -44,15 +52,25 @@ def committer() -> GroupCommitter:
 
 
 @bp.get("/studies/<study_id>/analysis")
+@doc(
+    "Every analysis of a study in the given states",
+    params=PARAMS.of("analysisStates"),
+    ok=array(ref("Analysis")),
+)
 def list_analyses(study_id: str) -> Response:
-    return jsonify(current_catalog().list_analyses(study_id, _states()))
+    return jsonify(current_catalog().list_analyses(study_id, PARAMS["analysisStates"].read()))
 
 
 @bp.get("/studies/<study_id>/analysis/paginated")
+@doc(
+    "A page of a study's analyses, sorted by analysisId",
+    params=PARAMS.of("analysisStates", "limit", "offset"),
+    ok=ref("AnalysisPage"),
+)
 def page_analyses(study_id: str) -> Response:
-    states = _states()
-    limit = integer("limit", 100, minimum=0)
-    offset = integer("offset", 0, minimum=0)
+    states = PARAMS["analysisStates"].read()
+    limit = PARAMS["limit"].read()
+    offset = PARAMS["offset"].read()
     return jsonify(current_catalog().page_analyses(study_id, states, limit=limit, offset=offset))
 
 
@@ -63,11 +81,21 @@ def _search(study_id: str, terms: dict[str, str | None]) -> Response:
 
 
 @bp.get("/studies/<study_id>/analysis/search/id")
+@doc(
+    "Song's id search: analyses whose (sample x file) rows match every regex",
+    params=PARAMS.of(*ID_SEARCH_PARAMS),
+    ok=array(ref("Analysis")),
+)
 def search_ids(study_id: str) -> Response:
-    return _search(study_id, {name: request.args.get(name) or None for name in ID_SEARCH_PARAMS})
+    return _search(study_id, {name: PARAMS[name].read() for name in ID_SEARCH_PARAMS})
 
 
 @bp.post("/studies/<study_id>/analysis/search/id")
+@doc(
+    "Song's id search with the terms in the body",
+    body=request_body(ref("IdSearchRequest")),
+    ok=array(ref("Analysis")),
+)
 def search_ids_post(study_id: str) -> Response:
     """Song's IdSearchRequest body; list-valued keys take their first item."""
     body = json_body()
@@ -81,20 +109,29 @@ def search_ids_post(study_id: str) -> Response:
 
 
 @bp.get("/studies/<study_id>/analysis/<analysis_id>")
+@doc("One analysis (Score reads its analysisState)", ok=ref("Analysis"))
 def get_analysis(study_id: str, analysis_id: str) -> Response:
     return jsonify(current_catalog().get_analysis(study_id, analysis_id))
 
 
 @bp.get("/studies/<study_id>/analysis/<analysis_id>/files")
+@doc("The analysis' files (the source of a manifest)", ok=array(ref("File")))
 def analysis_files(study_id: str, analysis_id: str) -> Response:
     return jsonify(current_catalog().analysis_files(study_id, analysis_id))
 
 
 @bp.post("/submit/<study_id>")
+@doc(
+    "Register a payload as a new UNPUBLISHED analysis",
+    scope="study",
+    params=PARAMS.of("allowDuplicates"),
+    body=request_body(ref("Payload")),
+    ok=ref("SubmitResponse"),
+)
 def submit(study_id: str) -> Response:
     """Register a payload; the body is read raw, as Song reads it, whatever its content type."""
     require_write(study_id)
-    allow_duplicates = flag("allowDuplicates")
+    allow_duplicates = PARAMS["allowDuplicates"].read()
     analysis_id = current_catalog().submit(
         request.get_data(cache=False), study_id, allow_duplicates=allow_duplicates, actor=actor()
     )
@@ -102,6 +139,12 @@ def submit(study_id: str) -> Response:
 
 
 @bp.put("/studies/<study_id>/analysis/<analysis_id>")
+@doc(
+    "Replace the analysis' dynamic data (needs analysisType); 200, empty body",
+    scope="study",
+    body=request_body(OBJECT),
+    responses=_UPDATED,
+)
 def update_analysis(study_id: str, analysis_id: str) -> Response:
     """Replace the analysis' dynamic data; Song answers 200 with an empty body."""
     require_write(study_id)
@@ -110,6 +153,12 @@ def update_analysis(study_id: str, analysis_id: str) -> Response:
 
 
 @bp.patch("/studies/<study_id>/analysis/<analysis_id>")
+@doc(
+    "JSON merge patch (RFC 7386) of the dynamic data; 200, empty body",
+    scope="study",
+    body=request_body(OBJECT),
+    responses=_UPDATED,
+)
 def patch_analysis(study_id: str, analysis_id: str) -> Response:
     """RFC 7386 merge patch of the dynamic data; Song answers 200 with an empty body."""
     require_write(study_id)
@@ -127,18 +176,27 @@ def _change(study_id: str, analysis_id: str, action: str, ignore_md5: bool = Fal
 
 
 @bp.put("/studies/<study_id>/analysis/publish/<analysis_id>")
+@doc(
+    "Publish: every file must be in object storage with its size and md5",
+    tag="lifecycle",
+    scope="study",
+    params=PARAMS.of("ignoreUndefinedMd5"),
+    ok=ref("Message"),
+)
 def publish(study_id: str, analysis_id: str) -> Response:
     require_write(study_id)
-    return _change(study_id, analysis_id, "publish", flag("ignoreUndefinedMd5"))
+    return _change(study_id, analysis_id, "publish", PARAMS["ignoreUndefinedMd5"].read())
 
 
 @bp.put("/studies/<study_id>/analysis/unpublish/<analysis_id>")
+@doc("Unpublish (refused for SUPPRESSED)", tag="lifecycle", scope="study", ok=ref("Message"))
 def unpublish(study_id: str, analysis_id: str) -> Response:
     require_write(study_id)
     return _change(study_id, analysis_id, "unpublish")
 
 
 @bp.put("/studies/<study_id>/analysis/suppress/<analysis_id>")
+@doc("Suppress: withdraw the analysis for good", tag="lifecycle", scope="study", ok=ref("Message"))
 def suppress(study_id: str, analysis_id: str) -> Response:
     require_write(study_id)
     return _change(study_id, analysis_id, "suppress")

@@ -11,37 +11,61 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 from catalog.write.registry import AnalysisType, registration_schema
 
 from .auth import actor, require_system
-from .params import csv_list, current_catalog, flag, integer, json_body, optional_integer
+from .docs import OBJECT, doc, ref, request_body
+from .params import Choice, Csv, Flag, Int, Params, current_catalog, json_body
 
 bp = Blueprint("schemas", __name__)
 
 SORT_FIELDS = ("version", "name")
+#: the query parameters of this blueprint: the views read them, @doc lists them
+PARAMS = Params(
+    Csv("names", "type names"),
+    Csv("versions", "versions >= 1", of="integer"),
+    Flag("hideSchema"),
+    Flag("unrenderedOnly"),
+    Int("offset", default=0, minimum=0),
+    Int("limit", default=20, minimum=0),
+    Csv("sort", "version and/or name", enum=SORT_FIELDS, default=("version",)),
+    Choice("sortOrder", choices=("ASC", "DESC"), default="DESC"),
+    # the registry checks it, naming the type in its message
+    Int("version", minimum=1, checked=False),
+)
 
 
 @bp.get("/schemas")
+@doc(
+    "Analysis types, paged (PageDTO)",
+    params=PARAMS.of(
+        "names", "versions", "hideSchema", "unrenderedOnly", "offset", "limit", "sort", "sortOrder"
+    ),
+    ok=ref("AnalysisTypePage"),
+)
 def list_types() -> Response:
     """Song's PageDTO: ``{limit, offset, count, resultSet}``; like Java, ``offset`` reads 0."""
-    names = set(csv_list("names"))
+    names = set(PARAMS["names"].read())
     versions = set(_versions())
-    hide_schema = flag("hideSchema")
-    unrendered = flag("unrenderedOnly")
-    offset = integer("offset", 0, minimum=0)
-    limit = integer("limit", 20, minimum=0)
-    sort = csv_list("sort") or ["version"]
+    hide_schema = PARAMS["hideSchema"].read()
+    unrendered = PARAMS["unrenderedOnly"].read()
+    offset = PARAMS["offset"].read()
+    limit = PARAMS["limit"].read()
+    sort = PARAMS["sort"].read()
     bad = [s for s in sort if s not in SORT_FIELDS]
     if bad:
-        raise BadRequest(
+        raise MalformedParameter(
             f"The sort fields {', '.join(bad)} are not among {', '.join(SORT_FIELDS)}",
-            error_id="malformed.parameter",
+            name="sort",
+            value=",".join(sort),
         )
-    order = csv_list("sortOrder") or ["DESC"]
+    order = PARAMS["sortOrder"].values()
     if len(order) != 1 or order[0].upper() not in ("ASC", "DESC"):
-        raise BadRequest(
-            f"The sortOrder '{','.join(order)}' must be ASC or DESC", error_id="malformed.parameter"
+        raise MalformedParameter(
+            f"The sortOrder '{','.join(order)}' must be ASC or DESC",
+            name="sortOrder",
+            value=",".join(order),
         )
     matched = [
         t
@@ -70,18 +94,30 @@ def list_types() -> Response:
 
 
 @bp.get("/schemas/registration")
+@doc("The meta-schema every analysis type must satisfy", ok=OBJECT)
 def registration() -> Response:
     """The meta-schema every registered analysis type must satisfy, pretty-printed as Song does."""
     return Response(json.dumps(registration_schema(), indent=2), mimetype="application/json")
 
 
 @bp.get("/schemas/<name>")
+@doc(
+    "One analysis type (default: latest version, rendered)",
+    params=PARAMS.of("version", "unrenderedOnly"),
+    ok=ref("AnalysisType"),
+)
 def get_type(name: str) -> Response:
-    atype = current_catalog().registry.get(name, optional_integer("version"))
-    return jsonify(atype.to_json(rendered=not flag("unrenderedOnly")))
+    atype = current_catalog().registry.get(name, PARAMS["version"].read())
+    return jsonify(atype.to_json(rendered=not PARAMS["unrenderedOnly"].read()))
 
 
 @bp.post("/schemas")
+@doc(
+    "Register an analysis type's next version",
+    scope="system",
+    body=request_body(ref("RegisterAnalysisType")),
+    ok=ref("AnalysisType"),
+)
 def register_type() -> Response:
     """Register a type's next version; answers with the rendered schema and the options sent."""
     require_system()
@@ -94,14 +130,14 @@ def register_type() -> Response:
 
 def _versions() -> list[int]:
     out = []
-    for item in csv_list("versions"):
+    for item in PARAMS["versions"].read():
         try:
             version = int(item)
         except ValueError:
             version = 0
         if version < 1:
-            raise BadRequest(
-                f"The version '{item}' must be an integer >= 1", error_id="malformed.parameter"
+            raise MalformedParameter(
+                f"The version '{item}' must be an integer >= 1", name="versions", value=item
             )
         out.append(version)
     return out

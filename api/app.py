@@ -20,7 +20,9 @@ from . import (
     analyses,
     analysis_types,
     auth,
+    downloads,
     entities,
+    events,
     export,
     legacy,
     openapi,
@@ -88,6 +90,6 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
     app.register_blueprint(sql.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(__import__("api.events", fromlist=["bp"]).bp)  # GET /events (SSE)
-    app.register_blueprint(__import__("api.downloads", fromlist=["bp"]).bp)  # Score downloads
+    app.register_blueprint(events.bp)  # GET /events (SSE)
+    app.register_blueprint(downloads.bp)  # Score downloads
     return app

@@ -60,12 +60,16 @@ class AuthError(SonglakeError):
     error_id = "unauthorized.token"
 
 
-def _unauthorized(text: str) -> AuthError:
-    return AuthError(text, error_id="unauthorized.token")
+class UnauthorizedToken(AuthError):
+    """No token, or a token no source accepts (401)."""
+
+    error_id = "unauthorized.token"
 
 
-def _forbidden(text: str) -> AuthError:
-    return AuthError(text, error_id="forbidden.token")
+class ForbiddenToken(AuthError):
+    """A valid token without the scope needed (403)."""
+
+    error_id = "forbidden.token"
 
 
 @dataclass(frozen=True)
@@ -192,24 +196,24 @@ class Authenticator:
     def caller(self, token: str) -> Caller:
         """The Caller a token stands for; AuthError (401) when no source accepts it."""
         if not token or len(token) > _MAX_TOKEN:
-            raise _unauthorized("The bearer token is empty or too long")
+            raise UnauthorizedToken("The bearer token is empty or too long")
         for source in self._files:
             found = source.lookup(token, self.system_scope)
             if found is not None:
                 return found
         if _JWT_RE.match(token) and self.jwt_configured:
             return self._jwt_caller(token)
-        raise _unauthorized("The bearer token is not valid")
+        raise UnauthorizedToken("The bearer token is not valid")
 
     def _jwt_caller(self, token: str) -> Caller:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise _unauthorized(f"The bearer token is not a valid JWT: {exc}") from None
+            raise UnauthorizedToken(f"The bearer token is not a valid JWT: {exc}") from None
         kid = header.get("kid")
         candidates = [self._by_kid[kid]] if kid in self._by_kid else list(self._keys)
         if not candidates:
-            raise _unauthorized("The bearer token is signed with an unknown key")
+            raise UnauthorizedToken("The bearer token is signed with an unknown key")
         options = {"require": ["exp"], "verify_aud": self.audience is not None}
         last: jwt.PyJWTError | None = None
         for key, algorithms in candidates:
@@ -218,12 +222,12 @@ class Authenticator:
                     token, key, algorithms=algorithms, audience=self.audience, options=options
                 )
             except jwt.ExpiredSignatureError:
-                raise _unauthorized("The bearer token has expired") from None
+                raise UnauthorizedToken("The bearer token has expired") from None
             except jwt.PyJWTError as exc:
                 last = exc
                 continue
             return Caller(_jwt_name(claims), frozenset(jwt_scopes(claims)), "jwt")
-        raise _unauthorized(f"The bearer token is not valid: {last}")
+        raise UnauthorizedToken(f"The bearer token is not valid: {last}")
 
     # -- scopes ---------------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ def _bearer() -> str | None:
         return None
     kind, _, token = header.strip().partition(" ")
     if kind.lower() != "bearer":
-        raise _unauthorized("The Authorization header must be 'Bearer <token>'")
+        raise UnauthorizedToken("The Authorization header must be 'Bearer <token>'")
     return token.strip()
 
 
@@ -357,15 +361,6 @@ def current_caller() -> Caller | None:
     return caller
 
 
-def scopes_from_request() -> set[str] | None:
-    """The scopes of this request's bearer token; None when it has none (or auth is off).
-
-    A token that no source accepts (bad signature, expired, unknown) raises 401 unauthorized.token.
-    """
-    caller = current_caller()
-    return None if caller is None else set(caller.scopes)
-
-
 def require_write(study_id: str | None) -> Caller | None:
     """Refuse the request unless its token may write to `study_id` (None: needs the system scope).
 
@@ -376,29 +371,20 @@ def require_write(study_id: str | None) -> Caller | None:
         return None
     caller = current_caller()
     if caller is None:
-        raise _unauthorized("This endpoint needs 'Authorization: Bearer <token>'")
+        raise UnauthorizedToken("This endpoint needs 'Authorization: Bearer <token>'")
     if not auth.allows(caller.scopes, study_id):
         needed = (
             f"'{auth.system_scope}'"
             if study_id is None
             else f"'{auth.system_scope}' or '{auth.study_scope(study_id)}'"
         )
-        raise _forbidden(f"The token's scopes do not include {needed}")
+        raise ForbiddenToken(f"The token's scopes do not include {needed}")
     return caller
 
 
 def require_system() -> Caller | None:
     """Refuse the request unless its token holds the system scope."""
     return require_write(None)
-
-
-def can_write(study_id: str | None) -> bool:
-    """Whether the request may write to `study_id`, without refusing it (bad tokens still 401)."""
-    auth = authenticator()
-    if not auth.enabled:
-        return True
-    caller = current_caller()
-    return caller is not None and auth.allows(caller.scopes, study_id)
 
 
 def actor() -> str | None:

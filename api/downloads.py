@@ -33,11 +33,17 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from catalog.errors import BadRequest, NotFound
+from catalog.errors import (
+    IllegalAnalysisState,
+    LegacyEntityNotFound,
+    MalformedParameter,
+    NotFound,
+    StorageObjectNotFound,
+)
 from catalog.store.layout import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
 
 from . import auth
-from .errors import error_response, song_error
+from .errors import error_response, http_error_id, song_error
 from .params import current_catalog, flag, integer
 
 bp = Blueprint("downloads", __name__)
@@ -61,27 +67,26 @@ def check_access(study_id: str, access: str | None, action: str = "READ") -> Non
     if action == "READ" and access == "open":
         return
     if action == "READ" and access not in ("controlled", "", None):
-        raise BadRequest(
+        raise MalformedParameter(
             f"The file access '{access}' is neither open nor controlled",
-            error_id="malformed.parameter",
+            name="fileAccess",
+            value=access,
         )
     authn = _authenticator()
     if authn is not None and not authn.enabled:
         return  # auth = false: like Score's non-secure profile
     caller = auth.current_caller() if authn is not None else None
     if caller is None:
-        raise auth.AuthError(
+        raise auth.UnauthorizedToken(
             f"A {'controlled file' if action == 'READ' else 'storage write'} needs "
-            "'Authorization: Bearer <token>'",
-            error_id="unauthorized.token",
+            "'Authorization: Bearer <token>'"
         )
     prefix = authn.study_prefix if authn is not None else "PROGRAMDATA-"
     wanted = {f"score.{action}".lower(), f"{prefix}{study_id}.{action}".lower()}
     if caller.source == "admin" or any(s.lower() in wanted for s in caller.scopes):
         return
-    raise auth.AuthError(
-        f"The token's scopes include neither 'score.{action}' nor '{prefix}{study_id}.{action}'",
-        error_id="forbidden.token",
+    raise auth.ForbiddenToken(
+        f"The token's scopes include neither 'score.{action}' nor '{prefix}{study_id}.{action}'"
     )
 
 
@@ -92,10 +97,8 @@ def _entity(object_id: str) -> tuple[str, str, str | None]:
         row = model.files.get(object_id)
         rec = model.analyses.get(row[1]) if row is not None else None
         if row is None or rec is None:
-            raise NotFound(
-                f"The entity with objectId '{object_id}' is not registered",
-                error_id="legacy.entity.not.found",
-                object_id=object_id,
+            raise LegacyEntityNotFound(
+                f"The entity with objectId '{object_id}' is not registered", object_id=object_id
             )
         return rec.study_id, rec.state, row[8]
 
@@ -141,9 +144,7 @@ def _check_signature(name: str) -> None:
     except ValueError:
         valid = False
     if not (valid and hmac.compare_digest(sig, _signature(name, date, expires))):
-        raise auth.AuthError(
-            "The download URL is not valid or has expired", error_id="forbidden.token"
-        )
+        raise auth.ForbiddenToken("The download URL is not valid or has expired")
 
 
 def _url(object_id: str, expires: int) -> str:
@@ -174,21 +175,16 @@ def download(object_id: str) -> Response:
     study_id, state, access = _entity(object_id)
     check_access(study_id, access)
     if not exclude_urls and state != "PUBLISHED":
-        raise BadRequest(
+        raise IllegalAnalysisState(
             f"Can only download objects that have the analysisState 'PUBLISHED' or when the "
             f"'exclude-urls=true' flag is set; objectId '{object_id}' belongs to a {state} "
             "analysis",
-            error_id="illegal.analysis.state",
             object_id=object_id,
         )
     catalog = current_catalog()
     raw = catalog.store.read_meta(object_id)
     if raw is None:
-        raise NotFound(
-            f"The object with objectId '{object_id}' does not exist in the storage server",
-            error_id="storage.object.not.found",
-            object_id=object_id,
-        )
+        raise StorageObjectNotFound(object_id=object_id)
     size = int(raw["objectSize"])
     if (
         offset < 0
@@ -197,10 +193,11 @@ def download(object_id: str) -> Response:
         or offset + max(length, 0) > size
         or (length == -1 and offset > size)
     ):
-        raise BadRequest(
+        raise MalformedParameter(
             f"The range offset={offset} length={length} is outside objectId '{object_id}' "
             f"({size} bytes)",
-            error_id="malformed.parameter",
+            name="offset,length",
+            value=f"{offset},{length}",
             object_id=object_id,
         )
     expires = catalog.settings.s3_url_expiration
@@ -254,11 +251,7 @@ def blob(name: str) -> Response:
     check_object_id(name)
     raw = store.read_meta(name)
     if raw is None:
-        raise NotFound(
-            f"The object with objectId '{name}' does not exist in the storage server",
-            error_id="storage.object.not.found",
-            object_id=name,
-        )
+        raise StorageObjectNotFound(object_id=name)
     size = ObjectSpec.from_json(raw).object_size
     start, stop, status = 0, size, 200
     headers: dict[str, Any] = {"Accept-Ranges": "bytes"}
@@ -266,7 +259,7 @@ def blob(name: str) -> Response:
         span = request.range.range_for_length(size)
         if span is None:
             body = song_error(
-                "requested.range.not.satisfiable",
+                http_error_id(416),
                 416,
                 f"The range {request.headers.get('Range')} is outside objectId '{name}' "
                 f"({size} bytes)",

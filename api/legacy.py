@@ -14,43 +14,60 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from catalog.errors import BadRequest
+from catalog.errors import IllegalFilterParameter, IllegalQueryParameter
 from catalog.read.entities import legacy_page
 
-from .params import current_catalog, integer
+from .docs import doc, ref
+from .params import Csv, Int, Params, Text, current_catalog
 
 bp = Blueprint("legacy", __name__)
 
 FILTERS = ("id", "gnosId", "fileName", "projectCode", "access")
 FIELDS = FILTERS
+#: the query parameters of GET /entities: the view reads them, @doc lists them
+PARAMS = Params(
+    *(Text(name, "exact match") for name in FILTERS[:-1]),
+    Text("access", enum=("open", "controlled")),
+    Int("page", default=0, minimum=0),
+    Int("size", default=20, minimum=1),
+    Csv("fields", "keys to keep in each item"),
+)
 _SORT = {"sorted": True, "unsorted": False, "empty": False}
 
 
 @bp.get("/entities/<entity_id>")
+@doc("Score's legacy view of one file", tag="score", ok=ref("LegacyEntity"))
 def get_entity(entity_id: str) -> Response:
     return jsonify(current_catalog().legacy_entity(entity_id))
 
 
 @bp.get("/entities")
+@doc(
+    "Score's legacy file listing (Spring Page), sorted by id",
+    tag="score",
+    params=PARAMS.of(*PARAMS),
+    ok=ref("LegacyEntityPage"),
+)
 def list_entities() -> Response:
-    unknown = sorted(set(request.args) - set(FILTERS) - {"page", "size", "fields", "sort"})
+    # sort is taken and ignored: the page is always sorted by id
+    unknown = sorted(set(request.args) - set(PARAMS) - {"sort"})
     if unknown:
-        raise BadRequest(
+        raise IllegalQueryParameter(
             f"Unknown query parameters {', '.join(unknown)}: the filters are "
             f"{', '.join(FILTERS)}, with page, size and fields",
-            error_id="illegal.query.parameter",
+            name=",".join(unknown),
         )
-    fields = [f for value in request.args.getlist("fields") for f in value.split(",") if f]
+    fields = PARAMS["fields"].read()
     bad = [f for f in fields if f not in FIELDS]
     if bad:
-        raise BadRequest(
+        raise IllegalFilterParameter(
             f"Unknown fields {', '.join(bad)}: fields are {', '.join(FIELDS)}",
-            error_id="illegal.filter.parameter",
+            name="fields",
+            value=",".join(bad),
         )
-    page = integer("page", 0, minimum=0)
-    size = integer("size", 20, minimum=1)
-    size = min(size, 10_000)
-    filters = {k: request.args[k] for k in FILTERS if request.args.get(k)}
+    page = PARAMS["page"].read()
+    size = min(PARAMS["size"].read(), 10_000)
+    filters = {k: value for k in FILTERS if (value := PARAMS[k].read()) is not None}
     catalog = current_catalog()
     items, total = legacy_page(catalog.model, catalog.search_index(), filters, page=page, size=size)
     if fields:

@@ -8,76 +8,90 @@ offset}``. Reads are public, like the rest of Song's reads.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from flask import Blueprint, Response, jsonify
 
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 from catalog.read.search import Filters
 
-from .params import csv_list, current_catalog, integer, time_param
+from .docs import doc, ref
+from .params import Choice, Csv, Int, Params, Query, Time, current_catalog
 
 bp = Blueprint("search", __name__)
 
 MAX_LIMIT = 1000
-
-#: query parameter -> Filters field (documented in the OpenAPI spec from this table)
-LIST_PARAMS = {
-    "studyId": ("study_ids", "study ids"),
-    "analysisStates": ("states", "PUBLISHED (default for analyses), UNPUBLISHED, SUPPRESSED"),
-    "analysisType": ("analysis_types", "analysis type names, or name:version"),
-    "analysisId": ("analysis_ids", "analysis ids"),
-    "donorId": ("donor_ids", "donor ids"),
-    "specimenId": ("specimen_ids", "specimen ids"),
-    "sampleId": ("sample_ids", "sample ids"),
-    "submitterDonorId": ("submitter_donor_ids", "submitter donor ids"),
-    "submitterSpecimenId": ("submitter_specimen_ids", "submitter specimen ids"),
-    "submitterSampleId": ("submitter_sample_ids", "submitter sample ids"),
-    "objectId": ("object_ids", "file object ids"),
-    "fileType": ("file_types", "file types, e.g. VCF,BAM"),
-    "dataType": ("data_types", "data types"),
-    "fileAccess": ("file_access", "open or controlled"),
-}
-TIME_PARAMS = {
-    "createdAfter": ("created_after", "created at or after (ISO-8601)"),
-    "createdBefore": ("created_before", "created before (ISO-8601)"),
-    "updatedAfter": ("updated_after", "updated at or after (ISO-8601)"),
-    "updatedBefore": ("updated_before", "updated before (ISO-8601)"),
-}
 ANALYSIS_SORTS = ("analysisId", "createdAt", "updatedAt")
 FILE_SORTS = ("objectId", "fileSize")
+ANALYSIS_SORT = Choice("sort", choices=ANALYSIS_SORTS, default=ANALYSIS_SORTS[0])
+FILE_SORT = Choice("sort", choices=FILE_SORTS, default=FILE_SORTS[0])
+
+#: the query parameters of this blueprint; a filter's key is the Filters field it fills
+PARAMS = Params(
+    study_ids=Csv("studyId", "study ids"),
+    states=Csv(
+        "analysisStates",
+        "PUBLISHED (default for analyses), UNPUBLISHED, SUPPRESSED",
+        default=("PUBLISHED",),
+    ),
+    analysis_types=Csv("analysisType", "analysis type names, or name:version"),
+    analysis_ids=Csv("analysisId", "analysis ids"),
+    donor_ids=Csv("donorId", "donor ids"),
+    specimen_ids=Csv("specimenId", "specimen ids"),
+    sample_ids=Csv("sampleId", "sample ids"),
+    submitter_donor_ids=Csv("submitterDonorId", "submitter donor ids"),
+    submitter_specimen_ids=Csv("submitterSpecimenId", "submitter specimen ids"),
+    submitter_sample_ids=Csv("submitterSampleId", "submitter sample ids"),
+    object_ids=Csv("objectId", "file object ids"),
+    file_types=Csv("fileType", "file types, e.g. VCF,BAM"),
+    data_types=Csv("dataType", "data types"),
+    file_access=Csv("fileAccess", "open or controlled"),
+    created_after=Time("createdAfter", "created at or after (ISO-8601)"),
+    created_before=Time("createdBefore", "created before (ISO-8601)"),
+    updated_after=Time("updatedAfter", "updated at or after (ISO-8601)"),
+    updated_before=Time("updatedBefore", "updated before (ISO-8601)"),
+    analysis_sort=ANALYSIS_SORT,
+    file_sort=FILE_SORT,
+    order=Choice("order", choices=("asc", "desc"), default="asc"),
+    limit=Int("limit", default=100, minimum=0, maximum=MAX_LIMIT),
+    offset=Int("offset", default=0, minimum=0),
+)
+FILTER_FIELDS = tuple(f.name for f in fields(Filters))
 
 
-def _filters(default_states: tuple[str, ...]) -> Filters:
-    values: dict[str, object] = {
-        field: tuple(csv_list(name)) for name, (field, _) in LIST_PARAMS.items()
-    }
-    values["states"] = values["states"] or default_states
-    for name, (field, _) in TIME_PARAMS.items():
-        values[field] = time_param(name)
-    return Filters(**values)  # type: ignore[arg-type]
+def _params(sort: str) -> tuple[Query, ...]:
+    return PARAMS.of(*FILTER_FIELDS, sort, "order", "limit", "offset")
 
 
-def _paging(sorts: tuple[str, ...]) -> tuple[str, bool, int, int]:
-    sort = (csv_list("sort") or [sorts[0]])[0]
-    if sort not in sorts:
-        raise BadRequest(
-            f"sort must be one of {', '.join(sorts)}, not '{sort}'", error_id="malformed.parameter"
+def _filters() -> Filters:
+    values = {field: PARAMS[field].read() for field in FILTER_FIELDS}
+    return Filters(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _paging(sorts: Choice) -> tuple[str, bool, int, int]:
+    sort = sorts.read()
+    if sort not in sorts.choices:
+        raise MalformedParameter(
+            f"sort must be one of {', '.join(sorts.choices)}, not '{sort}'", name="sort", value=sort
         )
-    order = (csv_list("order") or ["asc"])[0].lower()
+    order = PARAMS["order"].read().lower()
     if order not in ("asc", "desc"):
-        raise BadRequest(
-            f"order must be asc or desc, not '{order}'", error_id="malformed.parameter"
+        raise MalformedParameter(
+            f"order must be asc or desc, not '{order}'", name="order", value=order
         )
-    limit = integer("limit", 100, minimum=0)
-    if limit > MAX_LIMIT:
-        raise BadRequest(f"limit must be <= {MAX_LIMIT}", error_id="malformed.parameter")
-    return sort, order == "desc", limit, integer("offset", 0, minimum=0)
+    return sort, order == "desc", PARAMS["limit"].read(), PARAMS["offset"].read()
 
 
 @bp.get("/search/analyses")
+@doc(
+    "Portal search of analyses: filters, sorting, paging",
+    params=_params("analysis_sort"),
+    ok=ref("SearchAnalysesPage"),
+)
 def search_analyses() -> Response:
     """Analyses matching the filters (PUBLISHED unless analysisStates says otherwise), paged."""
-    filters = _filters(("PUBLISHED",))
-    sort, descending, limit, offset = _paging(ANALYSIS_SORTS)
+    filters = _filters()
+    sort, descending, limit, offset = _paging(ANALYSIS_SORT)
     return jsonify(
         current_catalog().search_analyses(
             filters, sort=sort, descending=descending, limit=limit, offset=offset
@@ -86,10 +100,15 @@ def search_analyses() -> Response:
 
 
 @bp.get("/search/files")
+@doc(
+    "Portal search of files; analysis filters apply to each file's analysis",
+    params=_params("file_sort"),
+    ok=ref("SearchFilesPage"),
+)
 def search_files() -> Response:
     """Files matching the filters; analysis filters apply to each file's analysis."""
-    filters = _filters(("PUBLISHED",))
-    sort, descending, limit, offset = _paging(FILE_SORTS)
+    filters = _filters()
+    sort, descending, limit, offset = _paging(FILE_SORT)
     return jsonify(
         current_catalog().search_files(
             filters, sort=sort, descending=descending, limit=limit, offset=offset

@@ -7,15 +7,23 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from catalog import sql
-from catalog.errors import BadRequest
+from catalog.errors import MalformedParameter
 
 from .auth import require_system
+from .docs import doc, ref, request_body
 from .params import current_catalog, current_settings, json_body
 
 bp = Blueprint("sql", __name__)
 
 
 @bp.post("/sql")
+@doc(
+    "Read-only SQL over the catalog views (one SELECT, row and time limits)",
+    tag="admin",
+    scope="system",
+    body=request_body(ref("SqlRequest"), plain_text=True),
+    ok=ref("SqlResult"),
+)
 def run_sql() -> Response:
     """Body: ``{"query": "SELECT ...", "limit": 100, "asOf": "<version or ISO time>"}``, or the
     query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""
@@ -28,10 +36,10 @@ def run_sql() -> Response:
         body = json_body()
     query = body.get("query")
     if not isinstance(query, str) or not query.strip():
-        raise BadRequest("The body needs a 'query' string", error_id="malformed.parameter")
+        raise MalformedParameter("The body needs a 'query' string", name="query")
     limit = body.get("limit", settings.sql_row_limit)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise BadRequest("'limit' must be an integer >= 0", error_id="malformed.parameter")
+        raise MalformedParameter("'limit' must be an integer >= 0", name="limit", value=limit)
     limit = min(limit, settings.sql_row_limit)
     as_of = body.get("asOf")
     versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None

@@ -8,8 +8,9 @@ from importlib import metadata
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from catalog.errors import SonglakeError
+from catalog.errors import Unavailable
 
+from .docs import BOOLEAN, doc, ref
 from .params import current_catalog
 
 bp = Blueprint("system", __name__)
@@ -19,12 +20,17 @@ SONG_API_VERSION = "5.1.2"
 
 
 @bp.get("/isAlive")
+@doc("Song's ping: true", ok=BOOLEAN)
 def is_alive() -> Response:
     """Song's ping: the JSON boolean ``true``."""
     return jsonify(True)
 
 
 @bp.get("/health")
+@doc(
+    "Table versions, read model and object-store reachability (503 when down)",
+    ok=ref("Health"),
+)
 def health() -> Response:
     """Table versions, read-model state and object-store reachability; 503 when a part is down."""
     catalog = current_catalog()
@@ -57,11 +63,12 @@ def health() -> Response:
         "checkedInMs": round((time.perf_counter() - started) * 1000, 1),
     }
     if problems:
-        raise SonglakeError("; ".join(problems), error_id="service.unavailable", health=body)
+        raise Unavailable("; ".join(problems), health=body)
     return jsonify(body)
 
 
 @bp.get("/version")
+@doc("songlake's version", ok=ref("Version"))
 def version() -> Response:
     """songlake's version and the Song API it is compatible with."""
     try:
