@@ -15,7 +15,7 @@ from catalog.write.lifecycle import Transition
 from .auth import actor, require_write
 from .docs import OBJECT, answer, array, doc, ref, request_body
 from .groupcommit import GroupCommitter
-from .params import Csv, Flag, Int, Params, Text, current_catalog, json_body
+from .params import COMMITTER, Csv, Flag, Int, Params, Text, current_catalog, json_body
 
 bp = Blueprint("analyses", __name__)
 
@@ -40,7 +40,6 @@ SEARCH_BODY_KEYS = {
     "submitterDonorIds": "submitterDonorId",
     "submitterSpecimenIds": "submitterSpecimenId",
 }
-COMMITTER = "songlake.groupcommit"
 _UPDATED = {200: answer(description="updated (empty body)")}
 
 

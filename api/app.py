@@ -34,7 +34,7 @@ from . import (
 from .errors import register_error_handlers
 from .groupcommit import GroupCommitter
 from .jsonio import FastJSONProvider
-from .params import EXTENSION, SETTINGS, check_path_args
+from .params import COMMITTER, EXTENSION, SETTINGS, check_path_args
 
 log = logging.getLogger("songlake.api")
 
@@ -83,7 +83,7 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.before_request(check_path_args)
     register_error_handlers(app)
     auth.init_app(app, settings)
-    app.extensions[analyses.COMMITTER] = GroupCommitter(
+    app.extensions[COMMITTER] = GroupCommitter(
         lambda batch: catalog.change_states(batch, storage_checked=True)
     )
     for module in (system, studies, analyses, analysis_types, entities, export, legacy, search):

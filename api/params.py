@@ -25,6 +25,7 @@ from catalog.settings import Settings
 
 EXTENSION = "songlake"
 SETTINGS = "songlake.settings"
+COMMITTER = "songlake.groupcommit"  # the app's GroupCommitter of lifecycle changes
 
 _TRUE = {"true", "on", "yes", "1"}
 _FALSE = {"false", "off", "no", "0"}

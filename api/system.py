@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from catalog.errors import Unavailable
 
 from .docs import BOOLEAN, doc, ref
-from .params import current_catalog
+from .params import COMMITTER, current_catalog
 
 bp = Blueprint("system", __name__)
 
@@ -59,7 +59,7 @@ def health() -> Response:
             "pendingRows": catalog.model.pending_rows,
         },
         "objectStore": {"reachable": reachable, "store": catalog.store.describe()},
-        "groupCommit": current_app.extensions["songlake.groupcommit"].stats(),
+        "groupCommit": current_app.extensions[COMMITTER].stats(),
         "checkedInMs": round((time.perf_counter() - started) * 1000, 1),
     }
     if problems:

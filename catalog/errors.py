@@ -25,7 +25,7 @@
     │       └── DispatcherBusy          dispatcher.already.running
     ├── BadRequest                      malformed.parameter
     │   ├── MalformedParameter          malformed.parameter              (name=, value=)
-    │   ├── IllegalQueryParameter       illegal.query.parameter          (name=)
+    │   ├── IllegalQueryParameter       illegal.query.parameter
     │   ├── IllegalFilterParameter      illegal.filter.parameter
     │   ├── SearchTermSyntax            search.term.syntax
     │   ├── StudyIdMissing              study.id.missing

@@ -201,18 +201,30 @@ def test_core_modules_stay_readable(name: str) -> None:
 
 
 def test_every_error_class_lives_in_the_one_tree() -> None:
-    """Exceptions are defined in catalog/errors.py (the API's AuthError derives from it)."""
+    """Exceptions are defined in catalog/errors.py; the API's AuthError family may live beside
+    the auth code as long as it derives from the tree. (OSError subclasses are transport signals
+    inside a sink; click's exception is how the CLI prints an error of the tree.)"""
+    import importlib
+
+    import click
+
+    from catalog.errors import SonglakeError
+
     elsewhere = []
-    for name, path in MODULES.items():
-        if name == "catalog.errors":
-            continue  # where they belong
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef):
-                bases = {ast.unparse(b) for b in node.bases}
-                if any(b.endswith(("Error", "Exception", "Busy", "Gap")) for b in bases) and not (
-                    bases & {"SonglakeError", "OSError", "click.ClickException"}
-                ):
-                    elsewhere.append(f"{name}.{node.name}({', '.join(sorted(bases))})")
+    for name in MODULES:
+        if name.endswith("__main__"):
+            continue  # running it is its job
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if not (isinstance(value, type) and issubclass(value, BaseException)):
+                continue
+            if value.__module__ != name or name == "catalog.errors":
+                continue
+            if issubclass(value, SonglakeError) and name == "api.auth":
+                continue
+            if issubclass(value, (OSError, click.ClickException)):
+                continue
+            elsewhere.append(f"{name}.{value.__name__}")
     assert elsewhere == []
 
 
