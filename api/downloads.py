@@ -95,12 +95,12 @@ def _entity(object_id: str) -> tuple[str, str, str | None]:
     model = current_catalog().model
     with model.lock:
         row = model.files.get(object_id)
-        rec = model.analyses.get(row[1]) if row is not None else None
+        rec = model.analyses.get(row.analysis_id) if row is not None else None
         if row is None or rec is None:
             raise LegacyEntityNotFound(
                 f"The entity with objectId '{object_id}' is not registered", object_id=object_id
             )
-        return rec.study_id, rec.state, row[8]
+        return rec.study_id, rec.state, row.file_access
 
 
 # -- local URLs ---------------------------------------------------------------------------------
