@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from catalog.errors import Internal
 from catalog.settings import Settings
 
 from .hashcache import HashCache
@@ -329,7 +330,7 @@ class Coordinator:
                         sidecar=path,
                         sha256=v.sha256,
                         study_id=v.study_id,
-                        error_id=v.error_id or "unknown.error",
+                        error_id=v.error_id or Internal.error_id,
                         message=v.message or "",
                         problems=v.problems,
                         analysis_id=aid,

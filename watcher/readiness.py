@@ -27,7 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import PayloadParsing, problem
+from catalog.errors import (
+    FileNotFound,
+    PayloadParsing,
+    StudyIdMismatch,
+    StudyIdMissing,
+    problem,
+)
 from catalog.model import parse_payload
 from catalog.settings import Settings
 
@@ -169,7 +175,8 @@ def check(
             f"Unable to read the input payload: it is {st.st_size:,} bytes, over the limit of "
             f"{rules.max_bytes:,} bytes"
         )
-        return v.reject("payload.parsing", msg, [_p("payload.parsing", "", "maxBytes", msg)])
+        error_id = PayloadParsing.error_id
+        return v.reject(error_id, msg, [_p(error_id, "", "maxBytes", msg)])
     with open(path, "rb") as f:  # as large as stat said (not a max_bytes buffer), then the rest
         raw = f.read(st.st_size + 1)
         if len(raw) > st.st_size:  # it grew since
@@ -203,7 +210,7 @@ def check(
         if v.study_id is None:
             problems.append(
                 _p(
-                    "study.id.mismatch",
+                    StudyIdMismatch.error_id,
                     "/studyId",
                     "studyFolder",
                     "A sidecar must sit in a study folder: "
@@ -213,7 +220,7 @@ def check(
         elif declared != v.study_id:
             problems.append(
                 _p(
-                    "study.id.mismatch",
+                    StudyIdMismatch.error_id,
                     "/studyId",
                     "studyFolder",
                     f"The sidecar is in the folder of study '{v.study_id}' but its studyId is "
@@ -224,7 +231,12 @@ def check(
         v.study_id = declared
     else:
         problems.append(
-            _p("study.id.missing", "/studyId", "required", "The studyId in the payload is missing")
+            _p(
+                StudyIdMissing.error_id,
+                "/studyId",
+                "required",
+                "The studyId in the payload is missing",
+            )
         )
 
     if row is not None and row.analysis_id and row.status in ("registered", "rejected", "pending"):
@@ -287,7 +299,7 @@ def _check_one(v: Verdict, fc: FileCheck, rules: Rules, cache: HashCache, now: f
     except (FileNotFoundError, NotADirectoryError):
         fc.status = "missing"
         fc.problem = _p(
-            "file.not.found",
+            FileNotFound.error_id,
             f"{pointer}/fileName",
             "missing",
             f"'{fc.name}' is not in the sidecar's folder",

@@ -29,7 +29,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from catalog import Catalog, SubmitItem
-from catalog.errors import SonglakeError, problem
+from catalog.errors import (
+    IllegalAnalysisUpdate,
+    SonglakeError,
+    StudyAlreadyExists,
+    StudyNotFound,
+    problem,
+)
 from catalog.model import (
     FILE_FIELDS,
     dumps,
@@ -281,7 +287,7 @@ class Registrar(threading.Thread):
 
     def _reject(self, v: Verdict, err: SonglakeError) -> None:
         message = err.message
-        if err.error_id == "study.id.does.not.exist" and v.study_id:
+        if err.error_id == StudyNotFound.error_id and v.study_id:
             message += (
                 f". Create it with 'songlake study create {v.study_id}' (or set "
                 "auto_create_studies = true); the watcher then retries this sidecar by itself"
@@ -300,7 +306,7 @@ class Registrar(threading.Thread):
             self.catalog.create_study({"studyId": study_id}, actor=ACTOR)
             log.info("created study", extra={"event": "study", "studyId": study_id})
         except SonglakeError as exc:
-            if exc.error_id != "study.already.exists":
+            if exc.error_id != StudyAlreadyExists.error_id:
                 log.warning("could not create study %s: %s", study_id, exc.message)
 
     def _registered_elsewhere(self, v: Verdict, rows: Iterable[Row]) -> str | None:
@@ -421,7 +427,7 @@ class Registrar(threading.Thread):
     def _refuse(
         self, v: Verdict, aid: str, pointer: str, message: str, rule: str = "immutable"
     ) -> None:
-        error_id = "illegal.analysis.update.request"
+        error_id = IllegalAnalysisUpdate.error_id
         v.analysis_id = aid
         v.reject(error_id, message, [{"errorId": error_id, **problem(pointer, rule, message)}])
         log.info("update refused", extra={"event": "refused", "path": v.path, "analysisId": aid})
