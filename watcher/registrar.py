@@ -47,7 +47,7 @@ from catalog.model import (
 from catalog.settings import Settings
 
 from .layout import receipt_path
-from .ledger import Ledger, Row
+from .ledger import Ledger, Row, marked
 from .readiness import Verdict
 from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
 from .uploader import UploadJob
@@ -227,17 +227,7 @@ class Registrar(threading.Thread):
                 )
             )
         if submit:
-            with self.ledger.transaction() as tx:  # the intent, durable before the commit
-                for v, item in submit:
-                    tx.upsert(
-                        v.path,
-                        folder=v.folder.path,
-                        study_id=v.study_id,
-                        status="registering",
-                        sha256=v.sha256,
-                        analysis_id=item.analysis_id,
-                        **_stat_cols(v),
-                    )
+            self._record_intents([v for v, _ in submit])
             t0 = time.perf_counter()
             results = cat.submit_batch([item for _, item in submit], actor=ACTOR)
             self.batches += 1
@@ -265,6 +255,13 @@ class Registrar(threading.Thread):
                 self.post(("retry", v.path, 0.0, "twin was refused"))
         for v, aid in settled:
             self._registered(v, aid)
+
+    def _record_intents(self, verdicts: list[Verdict]) -> None:
+        """Each sidecar is being registered as its ``analysis_id``: durable before the commit, so
+        a retry after a crash re-uses that analysisId."""
+        with self.ledger.transaction() as tx:
+            for v in verdicts:
+                tx.upsert(v.path, **marked("registering", v, analysis_id=v.analysis_id))
 
     def _registered(self, v: Verdict, aid: str) -> None:
         summary = analysis_summary(self.catalog.model, aid)
@@ -335,16 +332,7 @@ class Registrar(threading.Thread):
         if row and row.status == "registering" and row.sha256 == v.sha256:
             aid = row.analysis_id
         v.analysis_id = aid or new_analysis_id()
-        with self.ledger.transaction() as tx:
-            tx.upsert(
-                v.path,
-                folder=v.folder.path,
-                study_id=v.study_id,
-                status="registering",
-                sha256=v.sha256,
-                analysis_id=v.analysis_id,
-                **_stat_cols(v),
-            )
+        self._record_intents([v])
         self.stage(v)
 
     def _drop_staged(self, v: Verdict) -> None:
@@ -519,11 +507,6 @@ class Registrar(threading.Thread):
             "receipt refreshed",
             extra={"event": "receipt", "path": path, "analysisId": aid, "state": summary["state"]},
         )
-
-
-def _stat_cols(v: Verdict) -> dict[str, Any]:
-    fp = v.fingerprint or (None, None, None)
-    return {"size": fp[0], "mtime_ns": fp[1], "inode": fp[2]}
 
 
 def _file_key(f: dict[str, Any], info: dict[str, Any]) -> tuple:
