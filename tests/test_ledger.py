@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from watcher.ledger import Ledger
+import json
+
+from watcher.layout import Folder
+from watcher.ledger import Ledger, marked
+from watcher.readiness import Trigger, Verdict
 
 
 def test_registered_rows_are_found_for_many_contents_at_once(tmp_path):
@@ -21,4 +25,33 @@ def test_registered_rows_are_found_for_many_contents_at_once(tmp_path):
     assert "nothing" not in found
     assert all(row.status == "registered" for rows in found.values() for row in rows)
     assert ledger.registered_with_any([]) == {}
+    ledger.close()
+
+
+def test_a_marked_sidecar_keeps_its_recorded_stat_when_none_was_taken(tmp_path):
+    ledger = Ledger(tmp_path / "watcher.sqlite3")
+    path = str(tmp_path / "inbox" / "S1" / "a.song.json")
+    v = Verdict(path, Folder.at(tmp_path / "inbox"), Trigger("scan"), "ready", None)
+    v.study_id, v.sha256, v.fingerprint = "S1", "sha-a", (10, 20, 30)
+    with ledger.transaction() as tx:
+        tx.upsert(path, **marked("registering", v, analysis_id="A1"))
+    row = ledger.get(path)
+    assert row is not None
+    assert (row.folder, row.study_id, row.status, row.sha256, row.analysis_id) == (
+        str(tmp_path / "inbox"),
+        "S1",
+        "registering",
+        "sha-a",
+        "A1",
+    )
+    assert row.fingerprint == (10, 20, 30)
+
+    v.fingerprint = None  # e.g. a sidecar refused before its stat was taken
+    problems = [{"errorId": "x.y", "message": "no"}]
+    with ledger.transaction() as tx:
+        tx.upsert(path, **marked("rejected", v, analysis_id="A1", message="no", problems=problems))
+    row = ledger.get(path)
+    assert row is not None
+    assert (row.status, row.message, row.fingerprint) == ("rejected", "no", (10, 20, 30))
+    assert json.loads(row.problems or "") == problems
     ledger.close()

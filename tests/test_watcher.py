@@ -24,6 +24,7 @@ from watcher_kit import (
 )
 
 from catalog.catalog import Catalog
+from catalog.errors import Busy
 from catalog.model import object_id
 from watcher import WatcherBusy
 
@@ -369,8 +370,10 @@ def test_polling_mode_sees_drops_without_inotify(catalog, start_watcher, inbox, 
 
 def test_one_watcher_per_root(catalog, start_watcher) -> None:
     start_watcher()
-    with pytest.raises(WatcherBusy):
+    with pytest.raises(WatcherBusy) as raised:
         start_watcher()
+    assert isinstance(raised.value, Busy)  # the error tree's leaf, not a class of the watcher's
+    assert raised.value.error_id == "watcher.already.running"
 
 
 # -- where uploads run (watcher/uploadpool.py) ----------------------------------------------------

@@ -30,11 +30,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from catalog.errors import Internal
 from catalog.settings import Settings
 
 from .hashcache import HashCache
 from .layout import Folder, errors_path, fingerprint, is_outcome, is_sidecar, receipt_path
-from .ledger import Known, Ledger
+from .ledger import Known, Ledger, marked
 from .readiness import Rules, Trigger, Verdict, check
 from .receipts import OutcomeWriter, errors_doc
 from .registrar import Registrar
@@ -290,15 +291,14 @@ class Coordinator:
                 )
             self._set(
                 path,
-                folder=v.folder.path,
-                study_id=v.study_id,
-                status="pending",
-                sha256=v.sha256,
-                since=v.since,
-                problems=v.problems,
-                file_dependent=1,
-                **_fp_cols(v.fingerprint),
-                analysis_id=self._kept_analysis(path),
+                **marked(
+                    "pending",
+                    v,
+                    analysis_id=self._kept_analysis(path),
+                    since=v.since,
+                    problems=v.problems,
+                    file_dependent=1,
+                ),
             )
             self._watch_files(path, v.waits_on)
             assert v.since is not None
@@ -329,7 +329,7 @@ class Coordinator:
                         sidecar=path,
                         sha256=v.sha256,
                         study_id=v.study_id,
-                        error_id=v.error_id or "unknown.error",
+                        error_id=v.error_id or Internal.error_id,
                         message=v.message or "",
                         problems=v.problems,
                         analysis_id=aid,
@@ -339,17 +339,16 @@ class Coordinator:
                 log.warning("could not write the errors file of %s: %s", path, exc)
         self._set(
             path,
-            folder=v.folder.path,
-            study_id=v.study_id,
-            status="rejected",
-            sha256=v.sha256,
-            analysis_id=aid,
-            error_id=v.error_id,
-            message=v.message,
-            problems=v.problems,
-            file_dependent=int(v.file_dependent),
-            since=None,
-            **_fp_cols(v.fingerprint),
+            **marked(
+                "rejected",
+                v,
+                analysis_id=aid,
+                error_id=v.error_id,
+                message=v.message,
+                problems=v.problems,
+                file_dependent=int(v.file_dependent),
+                since=None,
+            ),
         )
         self._watch_files(path, v.waits_on if v.file_dependent else {})
         log.info(
@@ -366,17 +365,16 @@ class Coordinator:
     def _on_registered(self, v: Verdict, aid: str) -> None:
         self._set(
             v.path,
-            folder=v.folder.path,
-            study_id=v.study_id,
-            status="registered",
-            sha256=v.sha256,
-            analysis_id=aid,
-            error_id=None,
-            message=None,
-            problems=None,
-            file_dependent=0,
-            since=None,
-            **_fp_cols(v.fingerprint),
+            **marked(
+                "registered",
+                v,
+                analysis_id=aid,
+                error_id=None,
+                message=None,
+                problems=None,
+                file_dependent=0,
+                since=None,
+            ),
         )
         self._set_deps(v.path, {})
 
@@ -540,12 +538,6 @@ class Coordinator:
             self._writes = {**writes, **self._writes}
             self._forget |= forget
             raise
-
-
-def _fp_cols(fp: tuple[int, int, int] | None) -> dict[str, Any]:
-    if fp is None:
-        return {}
-    return {"size": fp[0], "mtime_ns": fp[1], "inode": fp[2]}
 
 
 def _json(value: Any) -> str | None:

@@ -79,9 +79,6 @@ class Folder:
             return None
         return parts[0]
 
-    def relative(self, path: str) -> str:
-        return os.path.relpath(path, self.path)
-
 
 def data_file_path(folder: Folder, sidecar: str, index: int, name: str) -> tuple[str, dict | None]:
     """Where a listed fileName lives, or a problem when the name would leave the sidecar's folder.

@@ -13,7 +13,8 @@ lookups by content hash and by analysis are indexed; and there is no journal to 
     rejected      sha256 was refused (problems)                the path's analysis, if any
 
 The intent row is committed (fsync) before ``submit_batch`` runs, so a retry after a crash re-uses
-the same analysisId and the catalog's own ID rules make the retry idempotent.
+the same analysisId and the catalog's own ID rules make the retry idempotent. ``marked`` gives the
+columns of a status for a judged sidecar: the registrar's intents, the coordinator's verdicts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .readiness import Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sidecars (
@@ -150,6 +154,24 @@ class Known:
         if self.size is None or self.mtime_ns is None or self.inode is None:
             return None
         return (self.size, self.mtime_ns, self.inode)
+
+
+def marked(
+    status: str, sidecar: Verdict, *, analysis_id: str | None, **more: Any
+) -> dict[str, Any]:
+    """The columns that put a judged sidecar in ``status``: its folder, study, content hash and
+    stat (a stat not taken leaves the row's as it was), its analysis, then ``more``."""
+    cols: dict[str, Any] = {
+        "folder": sidecar.folder.path,
+        "study_id": sidecar.study_id,
+        "status": status,
+        "sha256": sidecar.sha256,
+        "analysis_id": analysis_id,
+    }
+    if sidecar.fingerprint is not None:
+        cols["size"], cols["mtime_ns"], cols["inode"] = sidecar.fingerprint
+    cols.update(more)
+    return cols
 
 
 class Transaction:

@@ -27,7 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import PayloadParsing, problem
+from catalog.errors import (
+    FileNotFound,
+    PayloadParsing,
+    StudyIdMismatch,
+    StudyIdMissing,
+    problem,
+)
 from catalog.model import parse_payload
 from catalog.settings import Settings
 
@@ -144,76 +150,121 @@ def check(
     """Look at one sidecar and its files (never raises for a bad sidecar: returns a verdict)."""
     now = time.time()
     v = Verdict(path, folder, trigger, "gone", row)
+    st = _stat_sidecar(v)
+    if st is None:
+        return v  # gone, or a symbolic link leaving the folder (rejected)
+    raw = _read_sidecar(v, st, rules)
+    if raw is None:
+        return v  # over the size limit (rejected)
+    if _content_registered(v):
+        return v  # noop or unchanged
+    payload = _parse_sidecar(v, raw, st, rules, now)
+    if payload is None:
+        return v  # unsettled or rejected
+    problems = _study_problems(v, payload)
+    if _updates_its_analysis(v, problems):
+        return v  # ready, or rejected for its study
+    v.files = _check_files(v, payload, rules, cache, now)
+    return _classify(v, problems, rules, now)
+
+
+def _stat_sidecar(v: Verdict) -> os.stat_result | None:
+    """The sidecar's stat (through a symbolic link that stays in the folder), its fingerprint and
+    study folder noted; None when it is no regular file (gone) or a link leaving the folder."""
     try:
-        lst = os.lstat(path)
+        lst = os.lstat(v.path)
     except (FileNotFoundError, NotADirectoryError):
-        return v
+        return None
     st = lst
     if stat.S_ISLNK(lst.st_mode):
-        bad = symlink_problem(folder, path, "", "The sidecar")
+        bad = symlink_problem(v.folder, v.path, "", "The sidecar")
         if bad is not None:
-            return v.reject(
+            v.reject(
                 "file.symlink.outside", bad["message"], [{"errorId": "file.symlink.outside", **bad}]
             )
+            return None
         try:
-            st = os.stat(path)
+            st = os.stat(v.path)
         except FileNotFoundError:
-            return v
+            return None
     if not is_regular(st):
-        return v
+        return None
     v.fingerprint = fingerprint(st)
-    if folder.study_from_folder:
-        v.study_id = folder.study_of(path)
+    if v.folder.study_from_folder:
+        v.study_id = v.folder.study_of(v.path)
+    return st
+
+
+def _read_sidecar(v: Verdict, st: os.stat_result, rules: Rules) -> bytes | None:
+    """The sidecar's bytes, hashed; None (rejected) when it is over the size limit."""
     if st.st_size > rules.max_bytes:
         msg = (
             f"Unable to read the input payload: it is {st.st_size:,} bytes, over the limit of "
             f"{rules.max_bytes:,} bytes"
         )
-        return v.reject("payload.parsing", msg, [_p("payload.parsing", "", "maxBytes", msg)])
-    with open(path, "rb") as f:  # as large as stat said (not a max_bytes buffer), then the rest
+        error_id = PayloadParsing.error_id
+        v.reject(error_id, msg, [_p(error_id, "", "maxBytes", msg)])
+        return None
+    with open(v.path, "rb") as f:  # as large as stat said (not a max_bytes buffer), then the rest
         raw = f.read(st.st_size + 1)
         if len(raw) > st.st_size:  # it grew since
             raw += f.read(rules.max_bytes + 1 - len(raw))
     v.raw = raw
     v.sha256 = hashlib.sha256(raw).hexdigest()
-    young = now - st.st_mtime_ns / 1e9 < rules.settle
+    return raw
 
-    if row is not None and row.status == "registered" and row.sha256 == v.sha256:
-        receipt = os.path.exists(receipt_path(path))
-        v.kind = "noop" if (receipt and row.uploaded and not trigger.force) else "unchanged"
-        v.study_id = row.study_id
-        v.analysis_id = row.analysis_id
-        return v
 
+def _content_registered(v: Verdict) -> bool:
+    """True (noop or unchanged) when this very content is registered at this path."""
+    row = v.row
+    if row is None or row.status != "registered" or row.sha256 != v.sha256:
+        return False
+    receipt = os.path.exists(receipt_path(v.path))
+    v.kind = "noop" if (receipt and row.uploaded and not v.trigger.force) else "unchanged"
+    v.study_id = row.study_id
+    v.analysis_id = row.analysis_id
+    return True
+
+
+def _parse_sidecar(
+    v: Verdict, raw: bytes, st: os.stat_result, rules: Rules, now: float
+) -> dict[str, Any] | None:
+    """The payload; None when it does not parse: unsettled while the sidecar may still be being
+    written, else rejected."""
     try:
         payload = parse_payload(raw, max_bytes=rules.max_bytes, max_depth=rules.max_depth)
     except PayloadParsing as exc:
-        if young and not trigger.final_for(path):
+        young = now - st.st_mtime_ns / 1e9 < rules.settle
+        if young and not v.trigger.final_for(v.path):
             v.kind = "unsettled"
             v.recheck_at = st.st_mtime_ns / 1e9 + rules.settle
-            return v
-        return v.reject(
-            exc.error_id, exc.message, [{"errorId": exc.error_id, **p} for p in exc.problems]
-        )
+            return None
+        v.reject(exc.error_id, exc.message, [{"errorId": exc.error_id, **p} for p in exc.problems])
+        return None
     v.payload = payload
+    return payload
 
+
+def _study_problems(v: Verdict, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sidecar's study: its study folder's, which the payload must name, or (outside study
+    folders) the payload's own; the problems with it."""
     problems: list[dict[str, Any]] = []
     declared = payload.get("studyId")
-    if folder.study_from_folder:
+    if v.folder.study_from_folder:
         if v.study_id is None:
             problems.append(
                 _p(
-                    "study.id.mismatch",
+                    StudyIdMismatch.error_id,
                     "/studyId",
                     "studyFolder",
                     "A sidecar must sit in a study folder: "
-                    + os.path.join(folder.path, "<studyId>", "…"),
+                    + os.path.join(v.folder.path, "<studyId>", "…"),
                 )
             )
         elif declared != v.study_id:
             problems.append(
                 _p(
-                    "study.id.mismatch",
+                    StudyIdMismatch.error_id,
                     "/studyId",
                     "studyFolder",
                     f"The sidecar is in the folder of study '{v.study_id}' but its studyId is "
@@ -224,20 +275,35 @@ def check(
         v.study_id = declared
     else:
         problems.append(
-            _p("study.id.missing", "/studyId", "required", "The studyId in the payload is missing")
+            _p(
+                StudyIdMissing.error_id,
+                "/studyId",
+                "required",
+                "The studyId in the payload is missing",
+            )
         )
+    return problems
 
-    if row is not None and row.analysis_id and row.status in ("registered", "rejected", "pending"):
-        # a changed sidecar of a registered analysis can only update its dynamic data; its files
-        # are already in storage (and may have been archived), so they are not looked for
-        v.files_checked = False
-        v.analysis_id = row.analysis_id
-        if problems:
-            return v.reject(problems[0]["errorId"], _summary(problems), problems)
+
+def _updates_its_analysis(v: Verdict, problems: list[dict[str, Any]]) -> bool:
+    """True (ready, or rejected for ``problems``) when the path has an analysis already.
+
+    A changed sidecar of a registered analysis can only update its dynamic data; its files are
+    already in storage (and may have been archived), so they are not looked for."""
+    row = v.row
+    if (
+        row is None
+        or not row.analysis_id
+        or row.status not in ("registered", "rejected", "pending")
+    ):
+        return False
+    v.files_checked = False
+    v.analysis_id = row.analysis_id
+    if problems:
+        v.reject(problems[0]["errorId"], _summary(problems), problems)
+    else:
         v.kind = "ready"
-        return v
-    v.files = _check_files(v, payload, rules, cache, now)
-    return _classify(v, problems, rules, now)
+    return True
 
 
 def _check_files(
@@ -287,7 +353,7 @@ def _check_one(v: Verdict, fc: FileCheck, rules: Rules, cache: HashCache, now: f
     except (FileNotFoundError, NotADirectoryError):
         fc.status = "missing"
         fc.problem = _p(
-            "file.not.found",
+            FileNotFound.error_id,
             f"{pointer}/fileName",
             "missing",
             f"'{fc.name}' is not in the sidecar's folder",

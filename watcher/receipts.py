@@ -1,26 +1,25 @@
-"""The outcome files next to a sidecar, always written atomically (temporary file + rename).
+"""The outcome files next to a sidecar, always written whole or not at all (newfiles.write_file).
 
     <name>.song.receipt.json   analysisId, studyId, state, analysis type and version, analysis
                                version, objectId and upload status per file, times
     <name>.song.errors.json    every problem: errorId, JSON pointer, rule, plain message, schema
 
-Temporary files go to ``<root>/state/tmp`` when that is on the same file system as the sidecar
-(so the inbox sees a single rename, not three events), else beside the sidecar under a hidden
-name no watcher takes for a sidecar. Outcome files are derived data: the ledger and the catalog are
-the truth, and a restart or ``songlake ingest`` rewrites them, so they are not fsynced.
+A new outcome file is a nameless file hard-linked into place. Replacing one needs a temporary
+name: it is made in ``<root>/state/tmp`` when that is on the same file system as the sidecar (so
+the inbox sees a single rename, not three events), else beside the sidecar under a hidden name no
+watcher takes for a sidecar. Outcome files are derived data: the ledger and the catalog are the
+truth, and a restart or ``songlake ingest`` rewrites them, so they are not fsynced.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from catalog.errors import SonglakeError, problem
-from catalog.store.newfiles import Folder
+from catalog.store.newfiles import write_file
 
 from .layout import TMP_PREFIX, errors_path, receipt_path
 
@@ -44,68 +43,19 @@ class OutcomeWriter:
         self.tmp_dir = os.fspath(tmp_dir) if tmp_dir is not None else None
         if self.tmp_dir is not None:
             os.makedirs(self.tmp_dir, exist_ok=True)
-        self._same_device: dict[int, bool] = {}
-
-    def _tmp_for(self, target: str) -> str:
-        name = f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        if self.tmp_dir is not None:
-            dev = os.stat(os.path.dirname(target)).st_dev
-            same = self._same_device.get(dev)
-            if same is None:
-                same = self._same_device[dev] = os.stat(self.tmp_dir).st_dev == dev
-            if same:
-                return os.path.join(self.tmp_dir, name)
-        return os.path.join(os.path.dirname(target), name)
 
     def write_json(self, target: str, doc: dict[str, Any]) -> None:
         """Write ``target`` whole or not at all. A new file is hard-linked into place, so the
         inbox sees one create event; a rename would be a move event, and watchdog matches every
         move against its whole queue of pending events (quadratic in a burst of receipts)."""
         data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
-        if self._write_new(target, data):
-            return
-        tmp = self._tmp_for(target)
-        try:
-            with open(tmp, "xb") as out:
-                out.write(data)
-            try:
-                try:
-                    os.link(tmp, target)
-                except FileExistsError:
-                    os.replace(tmp, target)
-                else:
-                    os.unlink(tmp)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                os.unlink(tmp)
-                tmp = os.path.join(os.path.dirname(target), os.path.basename(tmp))
-                with open(tmp, "xb") as out:
-                    out.write(data)
-                os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-
-    @staticmethod
-    def _write_new(target: str, data: bytes) -> bool:
-        """Write a file that does not exist yet as a nameless file linked into place (no
-        temporary name anywhere); False when it exists or the file system cannot do that."""
-        with Folder(os.path.dirname(target)) as folder:
-            new = folder.new_anonymous()
-            if new is None:
-                return False
-            try:
-                new.file.write(data)
-                new.name_as(os.path.basename(target))
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                new.close()
+        write_file(
+            target,
+            data,
+            durable=False,  # derived data: rewritten on restart, not worth an fsync each
+            staging_dir=self.tmp_dir or os.path.dirname(target),
+            tmp_prefix=TMP_PREFIX,
+        )
 
     def write_receipt(self, sidecar: str, doc: dict[str, Any]) -> None:
         """Write the receipt, then remove a stale errors file (success wins)."""

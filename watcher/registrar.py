@@ -26,10 +26,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from catalog import Catalog, SubmitItem
-from catalog.errors import SonglakeError, problem
+from catalog.errors import (
+    IllegalAnalysisUpdate,
+    SonglakeError,
+    StudyAlreadyExists,
+    StudyNotFound,
+    problem,
+)
 from catalog.model import (
     FILE_FIELDS,
     dumps,
@@ -41,7 +48,7 @@ from catalog.model import (
 from catalog.settings import Settings
 
 from .layout import receipt_path
-from .ledger import Ledger, Row
+from .ledger import Ledger, Row, marked
 from .readiness import Verdict
 from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
 from .uploader import UploadJob
@@ -51,6 +58,15 @@ log = logging.getLogger("songlake.watcher")
 ACTOR = "songlake watcher"
 STOP = object()
 Post = Callable[[tuple[Any, ...]], None]
+
+
+@dataclass
+class _Plan:
+    """What a batch does with its sidecars (besides those staged, updated or looked at afresh)."""
+
+    submit: list[tuple[Verdict, SubmitItem]] = field(default_factory=list)
+    settled: list[tuple[Verdict, str]] = field(default_factory=list)  # registered, no submission
+    aliases: list[tuple[Verdict, Verdict]] = field(default_factory=list)  # a twin in the batch
 
 
 class Registrar(threading.Thread):
@@ -167,15 +183,28 @@ class Registrar(threading.Thread):
     # -- registration ---------------------------------------------------------------------------
 
     def _process(self, batch: list[Verdict]) -> None:
-        cat = self.catalog
+        """Register a batch: plan it, record the intents, submit them as one commit, then settle
+        every sidecar that is now registered (its upload and receipt follow)."""
+        self._refresh_catalog()
+        plan = self._plan(batch)
+        if plan.submit:
+            self._record_intents([v for v, _ in plan.submit])
+            self._submit(plan)
+        self._settle_aliases(plan)
+        for v, aid in plan.settled:
+            self._registered(v, aid)
+
+    def _refresh_catalog(self) -> None:
+        """Decide with other processes' commits seen (submit_batch refreshes again itself)."""
         if time.monotonic() - self._refreshed_at > 1.0:
-            # decide with other processes' commits seen; submit_batch refreshes again itself
-            cat.refresh()
+            self.catalog.refresh()
             self._refreshed_at = time.monotonic()
-        analyses = cat.model.analyses
-        submit: list[tuple[Verdict, SubmitItem]] = []
-        settled: list[tuple[Verdict, str]] = []  # registered without a new submission
-        aliases: list[tuple[Verdict, Verdict]] = []  # same content as another of this batch
+
+    def _plan(self, batch: list[Verdict]) -> _Plan:
+        """What to do with each sidecar (see the module's table); staging, updates and stale
+        ledger rows are handed on here, in the batch's order."""
+        analyses = self.catalog.model.analyses
+        plan = _Plan()
         by_sha: dict[tuple[str | None, str | None], Verdict] = {}
         elsewhere = self.ledger.registered_with_any(v.sha256 for v in batch if v.sha256)
         for v in batch:
@@ -186,79 +215,87 @@ class Registrar(threading.Thread):
                 continue
             if own is not None:
                 if v.kind == "unchanged" or (row and row.sha256 == v.sha256):
-                    settled.append((v, own))
+                    plan.settled.append((v, own))
                 else:
                     self._update(v, own)
                 continue
             alias = self._registered_elsewhere(v, elsewhere.get(v.sha256 or "", ()))
             if alias is not None:
-                settled.append((v, alias))
+                plan.settled.append((v, alias))
                 continue
             twin = by_sha.get((v.sha256, v.study_id))
             if twin is not None:
-                aliases.append((v, twin))
+                plan.aliases.append((v, twin))
                 continue
             by_sha[(v.sha256, v.study_id)] = v
             if v.payload is None or not v.files_checked:
                 # the ledger names an analysis the catalog does not have: look at it afresh
                 self.post(("stale", v.path))
                 continue
-            aid = v.analysis_id
-            if aid is None and row and row.status == "registering" and row.sha256 == v.sha256:
-                aid = row.analysis_id
-            v.analysis_id = aid or new_analysis_id()
-            self._ensure_study(v.study_id)
-            sources = {fc.name: fc.path for fc in v.files if fc.path}
-            submit.append(
-                (
-                    v,
-                    SubmitItem(
-                        v.payload,  # parsed by the readiness check: not parsed again
-                        v.study_id or "",
-                        analysis_id=v.analysis_id,
-                        source_paths=sources,
-                    ),
-                )
-            )
-        if submit:
-            with self.ledger.transaction() as tx:  # the intent, durable before the commit
-                for v, item in submit:
-                    tx.upsert(
-                        v.path,
-                        folder=v.folder.path,
-                        study_id=v.study_id,
-                        status="registering",
-                        sha256=v.sha256,
-                        analysis_id=item.analysis_id,
-                        **_stat_cols(v),
-                    )
-            t0 = time.perf_counter()
-            results = cat.submit_batch([item for _, item in submit], actor=ACTOR)
-            self.batches += 1
-            ms = (time.perf_counter() - t0) * 1000
-            ok = 0
-            for (v, _item), res in zip(submit, results, strict=True):
-                if res.ok and res.analysis_id:
-                    settled.append((v, res.analysis_id))
-                    ok += 1
-                else:
-                    assert res.error is not None
-                    self._drop_staged(v)
-                    v.analysis_id = None
-                    self._reject(v, res.error)
-            log.info(
-                "committed batch",
-                extra={"event": "batch", "size": len(submit), "registered": ok, "ms": round(ms, 1)},
-            )
-        registered = {v.path: aid for v, aid in settled}
-        for v, twin in aliases:
+            plan.submit.append((v, self._submission(v)))
+        return plan
+
+    def _submission(self, v: Verdict) -> SubmitItem:
+        """The sidecar as a new registration, under the analysisId it has, its intent's (a retry
+        after a crash) or a new one."""
+        assert v.payload is not None
+        row = v.row
+        aid = v.analysis_id
+        if aid is None and row and row.status == "registering" and row.sha256 == v.sha256:
+            aid = row.analysis_id
+        v.analysis_id = aid or new_analysis_id()
+        self._ensure_study(v.study_id)
+        sources = {fc.name: fc.path for fc in v.files if fc.path}
+        return SubmitItem(
+            v.payload,  # parsed by the readiness check: not parsed again
+            v.study_id or "",
+            analysis_id=v.analysis_id,
+            source_paths=sources,
+        )
+
+    def _submit(self, plan: _Plan) -> None:
+        """Commit the new registrations together; those refused are rejected."""
+        t0 = time.perf_counter()
+        results = self.catalog.submit_batch([item for _, item in plan.submit], actor=ACTOR)
+        self.batches += 1
+        ms = (time.perf_counter() - t0) * 1000
+        ok = 0
+        for (v, _item), res in zip(plan.submit, results, strict=True):
+            if res.ok and res.analysis_id:
+                plan.settled.append((v, res.analysis_id))
+                ok += 1
+            else:
+                assert res.error is not None
+                self._drop_staged(v)
+                v.analysis_id = None
+                self._reject(v, res.error)
+        log.info(
+            "committed batch",
+            extra={
+                "event": "batch",
+                "size": len(plan.submit),
+                "registered": ok,
+                "ms": round(ms, 1),
+            },
+        )
+
+    def _settle_aliases(self, plan: _Plan) -> None:
+        """A sidecar with the same content as an earlier one of the batch gets its analysis (or
+        is retried when that one was refused)."""
+        registered = {v.path: aid for v, aid in plan.settled}
+        for v, twin in plan.aliases:
             aid = registered.get(twin.path)
             if aid is not None:
-                settled.append((v, aid))
+                plan.settled.append((v, aid))
             else:
                 self.post(("retry", v.path, 0.0, "twin was refused"))
-        for v, aid in settled:
-            self._registered(v, aid)
+
+    def _record_intents(self, verdicts: list[Verdict]) -> None:
+        """Each sidecar is being registered as its ``analysis_id``: durable before the commit, so
+        a retry after a crash re-uses that analysisId."""
+        with self.ledger.transaction() as tx:
+            for v in verdicts:
+                tx.upsert(v.path, **marked("registering", v, analysis_id=v.analysis_id))
 
     def _registered(self, v: Verdict, aid: str) -> None:
         summary = analysis_summary(self.catalog.model, aid)
@@ -281,7 +318,7 @@ class Registrar(threading.Thread):
 
     def _reject(self, v: Verdict, err: SonglakeError) -> None:
         message = err.message
-        if err.error_id == "study.id.does.not.exist" and v.study_id:
+        if err.error_id == StudyNotFound.error_id and v.study_id:
             message += (
                 f". Create it with 'songlake study create {v.study_id}' (or set "
                 "auto_create_studies = true); the watcher then retries this sidecar by itself"
@@ -300,7 +337,7 @@ class Registrar(threading.Thread):
             self.catalog.create_study({"studyId": study_id}, actor=ACTOR)
             log.info("created study", extra={"event": "study", "studyId": study_id})
         except SonglakeError as exc:
-            if exc.error_id != "study.already.exists":
+            if exc.error_id != StudyAlreadyExists.error_id:
                 log.warning("could not create study %s: %s", study_id, exc.message)
 
     def _registered_elsewhere(self, v: Verdict, rows: Iterable[Row]) -> str | None:
@@ -329,16 +366,7 @@ class Registrar(threading.Thread):
         if row and row.status == "registering" and row.sha256 == v.sha256:
             aid = row.analysis_id
         v.analysis_id = aid or new_analysis_id()
-        with self.ledger.transaction() as tx:
-            tx.upsert(
-                v.path,
-                folder=v.folder.path,
-                study_id=v.study_id,
-                status="registering",
-                sha256=v.sha256,
-                analysis_id=v.analysis_id,
-                **_stat_cols(v),
-            )
+        self._record_intents([v])
         self.stage(v)
 
     def _drop_staged(self, v: Verdict) -> None:
@@ -421,7 +449,7 @@ class Registrar(threading.Thread):
     def _refuse(
         self, v: Verdict, aid: str, pointer: str, message: str, rule: str = "immutable"
     ) -> None:
-        error_id = "illegal.analysis.update.request"
+        error_id = IllegalAnalysisUpdate.error_id
         v.analysis_id = aid
         v.reject(error_id, message, [{"errorId": error_id, **problem(pointer, rule, message)}])
         log.info("update refused", extra={"event": "refused", "path": v.path, "analysisId": aid})
@@ -513,11 +541,6 @@ class Registrar(threading.Thread):
             "receipt refreshed",
             extra={"event": "receipt", "path": path, "analysisId": aid, "state": summary["state"]},
         )
-
-
-def _stat_cols(v: Verdict) -> dict[str, Any]:
-    fp = v.fingerprint or (None, None, None)
-    return {"size": fp[0], "mtime_ns": fp[1], "inode": fp[2]}
 
 
 def _file_key(f: dict[str, Any], info: dict[str, Any]) -> tuple:

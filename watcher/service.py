@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.errors import NotFound, SonglakeError, StorageCheckFailed
+from catalog.errors import (
+    FileNotFound,
+    MismatchingObjectChecksum,
+    SonglakeError,
+    StorageCheckFailed,
+    WatcherBusy,
+)
 from catalog.settings import Settings
 
 from .coordinator import STOP, Coordinator
@@ -47,10 +53,6 @@ from .uploader import UploadJob, UploadResult
 from .uploadpool import UploadPool, make_uploader
 
 log = logging.getLogger("songlake.watcher")
-
-
-class WatcherBusy(SonglakeError):
-    error_id = "watcher.already.running"
 
 
 def watched_folders(settings: Settings) -> list[str]:
@@ -292,7 +294,7 @@ class Watcher:
         for raw in paths:
             real = os.path.realpath(raw)
             if not os.path.exists(real):
-                raise NotFound(f"No such file or folder: {raw}", error_id="file.not.found")
+                raise FileNotFound(f"No such file or folder: {raw}")
             folder = self.coordinator.watched_folder(real)
             if folder is None:
                 top = real if os.path.isdir(real) else os.path.dirname(real)
@@ -349,7 +351,8 @@ class Watcher:
                     )
                 except StorageCheckFailed as exc:
                     fc.status = "bad"
-                    rule = "fileMd5sum" if "checksum" in exc.error_id else "fileSize"
+                    checksum = exc.error_id == MismatchingObjectChecksum.error_id
+                    rule = "fileMd5sum" if checksum else "fileSize"
                     fc.problem = {
                         "errorId": "mismatching.file.md5sum"
                         if rule == "fileMd5sum"

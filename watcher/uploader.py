@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import BadRequest, SonglakeError
+from catalog.errors import BadRequest, FileNotFound, Internal, SonglakeError
 from catalog.store import ObjectSpec, ObjectStore, PutRequest
 
 from .hashcache import HashCache
@@ -195,9 +195,10 @@ class Uploader:
 
     def _failed(self, src: str, exc: Exception) -> dict[str, Any]:
         log.warning("upload of %s failed: %s", src, exc)
+        missing = isinstance(exc, FileNotFoundError)
         return {
             "status": "failed",
-            "errorId": "file.not.found" if isinstance(exc, FileNotFoundError) else "unknown.error",
+            "errorId": FileNotFound.error_id if missing else Internal.error_id,
             "message": str(exc),
             "at": utc_now(),
         }

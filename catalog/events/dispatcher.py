@@ -34,6 +34,7 @@ from typing import Any
 from ..catalog import Catalog
 from ..errors import BadRequest, DispatcherBusy, Internal, SinkError, SonglakeError
 from ..settings import Settings
+from ..store.newfiles import write_file
 from .config import EventsConfig, events_config, open_sink
 from .messages import Messages
 from .outbox import BEGINNING, Cut, Outbox, Position
@@ -50,13 +51,9 @@ def state_dir(settings: Settings) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace a file with new contents: a reader sees the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Replace a file with new contents: a reader sees the old or the new file, never a mix
+    (durable: the file and its folder are fsynced)."""
+    write_file(path, data)
 
 
 def load_state(folder: Path, name: str) -> dict[str, Any] | None:

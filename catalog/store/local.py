@@ -40,7 +40,7 @@ from .layout import (
     parse_meta,
     range_end,
 )
-from .newfiles import Folder, NewFile
+from .newfiles import Folder, NewFile, write_file
 
 WRITEBACK_EVERY = 32 * MIB  # a large copy asks the kernel to start writing back this often
 
@@ -141,15 +141,7 @@ class LocalObjectStore(ObjectStore):
         return self._data / f"{check_object_id(object_id)}.meta"
 
     def _write_sentinel(self) -> None:
-        with Folder(self._data) as folder:
-            new = folder.new()
-            try:
-                new.file.write(SENTINEL_CONTENT)
-                new.sync()
-                new.name_as(SENTINEL, replace=True)
-                folder.sync()
-            finally:
-                new.close()
+        write_file(self._data / SENTINEL, SENTINEL_CONTENT)
 
     # -- interface -------------------------------------------------------------------------------
     def exists(self, object_id: str) -> bool:
