@@ -22,6 +22,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check songlake catalog watcher api tests bench
+	$(BIN)/ruff format --check songlake catalog watcher api tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

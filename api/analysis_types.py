@@ -60,7 +60,9 @@ def list_types() -> Response:
             name="sort",
             value=",".join(sort),
         )
-    order = PARAMS["sortOrder"].values()
+    sort_order = PARAMS["sortOrder"]
+    assert isinstance(sort_order, Choice)
+    order = sort_order.values()
     if len(order) != 1 or order[0].upper() not in ("ASC", "DESC"):
         raise MalformedParameter(
             f"The sortOrder '{','.join(order)}' must be ASC or DESC",

@@ -214,7 +214,7 @@ class Authenticator:
         candidates = [self._by_kid[kid]] if kid in self._by_kid else list(self._keys)
         if not candidates:
             raise UnauthorizedToken("The bearer token is signed with an unknown key")
-        options = {"require": ["exp"], "verify_aud": self.audience is not None}
+        options: jwt.types.Options = {"require": ["exp"], "verify_aud": self.audience is not None}
         last: jwt.PyJWTError | None = None
         for key, algorithms in candidates:
             try:

@@ -5,7 +5,7 @@ payload, say) falls back to the standard library, so no document is unservable."
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from flask import Response
@@ -33,4 +33,5 @@ class FastJSONProvider(DefaultJSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(dumps_bytes(obj), mimetype=self.mimetype)
+        response_class = cast(type[Response], self._app.response_class)
+        return response_class(dumps_bytes(obj), mimetype=self.mimetype)

@@ -9,6 +9,7 @@ offset}``. Reads are public, like the rest of Song's reads.
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -65,7 +66,8 @@ def _params(sort: str) -> tuple[Query, ...]:
 
 def _filters() -> Filters:
     values = {field: PARAMS[field].read() for field in FILTER_FIELDS}
-    return Filters(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return Filters(**given)
 
 
 def _paging(sorts: Choice) -> tuple[str, bool, int, int]:

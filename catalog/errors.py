@@ -189,9 +189,7 @@ class AnalysisIdCollision(Conflict):
     error_id = "analysis.id.collision"
 
     def __init__(self, *, analysis_id: str) -> None:
-        super().__init__(
-            f"The analysisId '{analysis_id}' already exists", analysis_id=analysis_id
-        )
+        super().__init__(f"The analysisId '{analysis_id}' already exists", analysis_id=analysis_id)
 
 
 class IncorrectTypeVersion(Conflict):

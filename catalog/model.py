@@ -28,6 +28,7 @@ def check_states(states: Iterable[str]) -> list[str]:
         )
     return states
 
+
 # The known fields of each entity, payload name -> column name. Every other key goes into info.
 DONOR_FIELDS = {"submitterDonorId": "submitter_donor_id", "gender": "gender"}
 SPECIMEN_FIELDS = {

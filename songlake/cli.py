@@ -494,9 +494,7 @@ def analysis_list(
     c: Context, study_id: str, states: tuple[str, ...], limit: int, offset: int, as_json: bool
 ) -> None:
     """List a study's analyses, sorted by analysisId."""
-    page = c.catalog.page_analyses(
-        study_id, states or STATES, limit=limit, offset=offset
-    )
+    page = c.catalog.page_analyses(study_id, states or STATES, limit=limit, offset=offset)
     if as_json:
         echo_json(page)
         return

@@ -83,7 +83,7 @@ ALLOWED = {
     },
     "api": {"api", "catalog", "catalog.events", "catalog.write", "catalog.read", "catalog.store"},
     "watcher": {"watcher", "catalog", "catalog.write", "catalog.read", "catalog.store"},
-    "catalog.events": {"catalog.events", "catalog"},
+    "catalog.events": {"catalog.events", "catalog", "catalog.store"},
     "catalog": {"catalog", "catalog.write", "catalog.read", "catalog.store"},
     "catalog.write": {"catalog.write", "catalog", "catalog.read", "catalog.store"},
     "catalog.read": {"catalog.read", "catalog"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from watcher.layout import Folder
-from watcher.ledger import Ledger, marked
+from watcher.ledger import Ledger
 from watcher.readiness import Trigger, Verdict
 
 
@@ -34,7 +34,7 @@ def test_a_marked_sidecar_keeps_its_recorded_stat_when_none_was_taken(tmp_path):
     v = Verdict(path, Folder.at(tmp_path / "inbox"), Trigger("scan"), "ready", None)
     v.study_id, v.sha256, v.fingerprint = "S1", "sha-a", (10, 20, 30)
     with ledger.transaction() as tx:
-        tx.upsert(path, **marked("registering", v, analysis_id="A1"))
+        tx.upsert(path, **v.marked("registering", analysis_id="A1"))
     row = ledger.get(path)
     assert row is not None
     assert (row.folder, row.study_id, row.status, row.sha256, row.analysis_id) == (
@@ -49,7 +49,7 @@ def test_a_marked_sidecar_keeps_its_recorded_stat_when_none_was_taken(tmp_path):
     v.fingerprint = None  # e.g. a sidecar refused before its stat was taken
     problems = [{"errorId": "x.y", "message": "no"}]
     with ledger.transaction() as tx:
-        tx.upsert(path, **marked("rejected", v, analysis_id="A1", message="no", problems=problems))
+        tx.upsert(path, **v.marked("rejected", analysis_id="A1", message="no", problems=problems))
     row = ledger.get(path)
     assert row is not None
     assert (row.status, row.message, row.fingerprint) == ("rejected", "no", (10, 20, 30))

@@ -35,7 +35,7 @@ from catalog.settings import Settings
 
 from .hashcache import HashCache
 from .layout import Folder, errors_path, fingerprint, is_outcome, is_sidecar, receipt_path
-from .ledger import Known, Ledger, marked
+from .ledger import Known, Ledger
 from .readiness import Rules, Trigger, Verdict, check
 from .receipts import OutcomeWriter, errors_doc
 from .registrar import Registrar
@@ -291,9 +291,8 @@ class Coordinator:
                 )
             self._set(
                 path,
-                **marked(
+                **v.marked(
                     "pending",
-                    v,
                     analysis_id=self._kept_analysis(path),
                     since=v.since,
                     problems=v.problems,
@@ -339,9 +338,8 @@ class Coordinator:
                 log.warning("could not write the errors file of %s: %s", path, exc)
         self._set(
             path,
-            **marked(
+            **v.marked(
                 "rejected",
-                v,
                 analysis_id=aid,
                 error_id=v.error_id,
                 message=v.message,
@@ -365,9 +363,8 @@ class Coordinator:
     def _on_registered(self, v: Verdict, aid: str) -> None:
         self._set(
             v.path,
-            **marked(
+            **v.marked(
                 "registered",
-                v,
                 analysis_id=aid,
                 error_id=None,
                 message=None,

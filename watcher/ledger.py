@@ -28,10 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .readiness import Verdict
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sidecars (
@@ -154,24 +151,6 @@ class Known:
         if self.size is None or self.mtime_ns is None or self.inode is None:
             return None
         return (self.size, self.mtime_ns, self.inode)
-
-
-def marked(
-    status: str, sidecar: Verdict, *, analysis_id: str | None, **more: Any
-) -> dict[str, Any]:
-    """The columns that put a judged sidecar in ``status``: its folder, study, content hash and
-    stat (a stat not taken leaves the row's as it was), its analysis, then ``more``."""
-    cols: dict[str, Any] = {
-        "folder": sidecar.folder.path,
-        "study_id": sidecar.study_id,
-        "status": status,
-        "sha256": sidecar.sha256,
-        "analysis_id": analysis_id,
-    }
-    if sidecar.fingerprint is not None:
-        cols["size"], cols["mtime_ns"], cols["inode"] = sidecar.fingerprint
-    cols.update(more)
-    return cols
 
 
 class Transaction:

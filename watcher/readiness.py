@@ -122,6 +122,21 @@ class Verdict:
     staged: list[str] = field(default_factory=list)  # objectIds copied in before registering
     files_checked: bool = True  # False: an update of the path's analysis (files are immutable)
 
+    def marked(self, status: str, *, analysis_id: str | None, **more: Any) -> dict[str, Any]:
+        """The ledger columns that put this sidecar in ``status``: its folder, study, content
+        hash and stat (a stat not taken leaves the row's as it was), its analysis, then ``more``."""
+        cols: dict[str, Any] = {
+            "folder": self.folder.path,
+            "study_id": self.study_id,
+            "status": status,
+            "sha256": self.sha256,
+            "analysis_id": analysis_id,
+        }
+        if self.fingerprint is not None:
+            cols["size"], cols["mtime_ns"], cols["inode"] = self.fingerprint
+        cols.update(more)
+        return cols
+
     def reject(self, error_id: str, message: str, problems: list[dict[str, Any]]) -> Verdict:
         self.kind = "rejected"
         self.error_id = error_id

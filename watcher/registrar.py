@@ -48,7 +48,7 @@ from catalog.model import (
 from catalog.settings import Settings
 
 from .layout import receipt_path
-from .ledger import Ledger, Row, marked
+from .ledger import Ledger, Row
 from .readiness import Verdict
 from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
 from .uploader import UploadJob
@@ -295,7 +295,7 @@ class Registrar(threading.Thread):
         a retry after a crash re-uses that analysisId."""
         with self.ledger.transaction() as tx:
             for v in verdicts:
-                tx.upsert(v.path, **marked("registering", v, analysis_id=v.analysis_id))
+                tx.upsert(v.path, **v.marked("registering", analysis_id=v.analysis_id))
 
     def _registered(self, v: Verdict, aid: str) -> None:
         summary = analysis_summary(self.catalog.model, aid)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from typing import Any
 
 from catalog.store.local import GROUP_MAX_BYTES
@@ -105,9 +106,9 @@ def run_jobs(
             results.update(zip(g, fut.result(), strict=True))
         except Exception as exc:  # noqa: BLE001 - the whole group failed (a failed sync)
             results.update((i, exc) for i in g)
-    for i, fut in alone.items():
+    for i, single in alone.items():
         try:
-            results[i] = fut.result()
+            results[i] = single.result()
         except Exception as exc:  # noqa: BLE001 - reported to the watcher, which retries
             results[i] = exc
     out: list[Outcome] = []
@@ -240,7 +241,7 @@ class UploadPool:
             else:
                 assert self._threads is not None and self._uploader is not None
                 fut = self._chunk_threads.submit(run_jobs, self._uploader, self._threads, chunk)
-            fut.add_done_callback(lambda f, chunk=chunk: self._done(chunk, f))
+            fut.add_done_callback(partial(self._done, chunk))
 
     def _done(self, chunk: list[UploadJob], fut: Future[list[Outcome]]) -> None:
         if fut.cancelled():

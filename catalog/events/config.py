@@ -216,4 +216,3 @@ def open_sink(spec: SinkSpec, root: Path, *, producer_factory: Any = None) -> Si
     if spec.type == "kafka":
         return KafkaSink(spec, factory=producer_factory)
     raise SinkError(f"events sink '{spec.name}': unknown type {spec.type!r}")
-

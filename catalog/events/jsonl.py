@@ -68,4 +68,3 @@ class JsonlSink(Sink):
             n += 1
         os.replace(self.path, target)
         self.offset = 0
-

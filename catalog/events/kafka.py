@@ -147,4 +147,3 @@ class KafkaSink(Sink):
             return None, ""
         first = min(errors)
         return first, errors[first]
-

@@ -108,4 +108,3 @@ def send_with_retries(
             if not ctx.sleep(policy.delay(failures)):
                 return False
     return False
-
