@@ -7,8 +7,11 @@ import hashlib
 import itertools
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,31 @@ from catalog.catalog import Catalog
 from catalog.settings import Settings, load_settings
 
 STUDY = "ABC123"
+REPO = Path(__file__).resolve().parents[1]
+#: real-world Song payloads and types beside the repository (tests skip when absent)
+FIXTURES = REPO.parent / "shared" / "fixtures" / "real-world"
+
+
+@contextmanager
+def threads_settle(timeout: float = 10.0) -> Iterator[None]:
+    """Fail if threads started inside are still alive `timeout` seconds after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + timeout
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        leaked[0].join(0.1)
+    assert not leaked, [t.name for t in leaked]
+
+
+@pytest.fixture
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads behind (servers, dispatchers and watchdog observers must
+    be stopped and joined)."""
+    with threads_settle():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 PACKAGES = ("songlake", "catalog", "api", "watcher")
 FORBIDDEN_IN_CORE = {"flask", "werkzeug", "waitress", "watchdog", "api", "watcher", "songlake"}
 
