@@ -5,11 +5,11 @@
     └── SinkWorker      a thread per sink, with its own cursor in <root>/state/events/<sink>.json
         └── Sink        jsonl | webhook | kafka (sink.py and one module each)
 
-A worker takes the next batch of committed changes after its cursor (outbox.py), turns
-each into Song's message (messages.py), hands chunks to its sink and saves its cursor
-atomically after each. Delivery is at-least-once: after a crash or kill -9 a worker resumes from its
-last saved cursor and sends again what followed it. Order per analysis holds because a batch is in
-commit order and sinks keep the order of records with the same key.
+A worker takes the next batch of committed changes after its cursor (outbox.py), turns each
+into Song's message (messages.py), hands chunks to its sink and saves its cursor atomically and
+durably after each (newfiles.write_file). Delivery is at-least-once: after a crash or kill -9 a
+worker resumes from its last saved cursor and sends again what followed it. Order per analysis
+holds because a batch is in commit order and sinks keep the order of records with the same key.
 
 Also here: ``events status`` (lag, failures, dead letters per sink) and ``events replay`` (a
 running dispatcher takes the request from <root>/state/events/replay/; otherwise the cursors are
@@ -48,12 +48,6 @@ def state_dir(settings: Settings) -> Path:
 
 
 # -- saved state ----------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace a file with new contents: a reader sees the old or the new file, never a mix
-    (durable: the file and its folder are fsynced)."""
-    write_file(path, data)
 
 
 def load_state(folder: Path, name: str) -> dict[str, Any] | None:
@@ -173,7 +167,7 @@ class SinkWorker:
             "error": self.error,
             "updated_at": now_iso(),
         }
-        write_atomic(self.d.state_dir / f"{self.name}.json", json.dumps(data, indent=1).encode())
+        write_file(self.d.state_dir / f"{self.name}.json", json.dumps(data, indent=1).encode())
         self._saved_at = time.monotonic()
 
     def save(self) -> None:
@@ -477,7 +471,7 @@ def request_replay(settings: Settings, cut: Cut, sinks: Sequence[str] | None) ->
     folder = state_dir(settings) / "replay"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
-    write_atomic(path, json.dumps({"from": cut.to_json(), "sinks": list(sinks or [])}).encode())
+    write_file(path, json.dumps({"from": cut.to_json(), "sinks": list(sinks or [])}).encode())
     return path
 
 
@@ -489,7 +483,7 @@ def rewind_saved(settings: Settings, cut: Cut, names: Sequence[str]) -> None:
         data = load_state(folder, name) or {"sink": name}
         current = Position.from_json(data["position"]).start if data.get("position") else cut
         data["position"] = Position(current.meet(cut)).to_json()
-        write_atomic(folder / f"{name}.json", json.dumps(data, indent=1).encode())
+        write_file(folder / f"{name}.json", json.dumps(data, indent=1).encode())
 
 
 # -- status ---------------------------------------------------------------------------------------
