@@ -252,6 +252,23 @@ SCHEMAS: dict[str, Any] = {
             meanBatch={"type": "number"},
             busySeconds={"type": "number"},
         ),
+        writer=_object(
+            lease={"type": "object", "description": "holder, epoch, since, held, kind"},
+            last_commit={
+                "type": ["object", "null"],
+                "description": "version, committedAt, operation, writer, epoch",
+            },
+            process=_object(
+                writer=STRING,
+                commits=INTEGER,
+                conflicts=INTEGER,
+                holds=INTEGER,
+                waits=INTEGER,
+                wait_seconds={"type": "number"},
+                takeovers=INTEGER,
+                lost=INTEGER,
+            ),
+        ),
         checkedInMs={"type": "number"},
     ),
     "Version": _object(name=STRING, version=STRING, songApiVersion=STRING, python=STRING),

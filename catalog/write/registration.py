@@ -73,7 +73,9 @@ class Registration:
     ) -> list[SubmitResult]:
         """Validate every payload, then commit the accepted ones together (one commit per table)."""
         results: list[SubmitResult] = []
-        with self.committer.latest():
+
+        def write() -> None:
+            results.clear()
             planner = self._planner()
             created = now()
             plans = []
@@ -103,6 +105,8 @@ class Registration:
                     operation="submit",
                     actor=actor,
                 )
+
+        self.committer.run(write)
         return results
 
     def check_payload(
@@ -158,7 +162,7 @@ class Registration:
     ) -> dict[str, int]:
         """Delete orphan rows left by a crash between the commits of a batch."""
         tables = self.committer.tables
-        with self.committer.lock:
+        with self.committer.latest():
             found = self.orphans(min_age_seconds=min_age_seconds)
             deleted = {
                 name: tables.delete_where_in(name, "analysis_id", ids)
