@@ -255,7 +255,8 @@ SCHEMAS: dict[str, Any] = {
         writer=_object(
             lease={"type": "object", "description": "holder, epoch, since, held, kind"},
             last_commit={
-                "type": ["object", "null"],
+                "type": "object",
+                "nullable": True,
                 "description": "version, committedAt, operation, writer, epoch",
             },
             process=_object(
