@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,11 +50,18 @@ class LeaseStats:
         return out
 
 
+#: how often a writer waiting for the lease looks again (and catches up with what was committed)
+WAIT_POLL = 0.002
+
+Waiting = Callable[[], object] | None
+
+
 class Lease(Protocol):
     stats: LeaseStats
 
-    def hold(self) -> Any:  # a context manager yielding the fencing epoch
-        ...
+    def hold(self, while_waiting: Waiting = None) -> Any:
+        """A context manager yielding the fencing epoch. ``while_waiting`` is called between
+        looks at a lease another writer holds (the Committer reads their commits meanwhile)."""
 
     def check(self) -> None: ...
 
@@ -73,15 +80,18 @@ class LocalLease:
         self._local = threading.Lock()  # flock is per open file: threads take turns here first
 
     @contextmanager
-    def hold(self) -> Iterator[int]:
+    def hold(self, while_waiting: Waiting = None) -> Iterator[int]:
         with self._local:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not _try_flock(fd):
                     started = time.monotonic()
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if while_waiting is None:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    else:
+                        while not _try_flock(fd):
+                            while_waiting()
+                            time.sleep(WAIT_POLL)
                     self.stats.waits += 1
                     self.stats.wait_seconds += time.monotonic() - started
                 self.stats.holds += 1
@@ -120,6 +130,14 @@ class LocalLease:
         if held:
             record.pop("released_at", None)
         return {"kind": self.kind, "held": held, **record}
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _read_record(fd: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from ..errors import StorageServiceError, WriteConflict
 from ..model import now, song_time
-from .lease import LeaseStats, holder_name
+from .lease import LeaseStats, Waiting, holder_name
 
 _REFUSED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -107,7 +107,7 @@ class S3Lease:
 
     # -- holding --------------------------------------------------------------------------------
 
-    def _take(self) -> int:
+    def _take(self, while_waiting: Waiting) -> int:
         seen: tuple[str | None, float] = (None, 0.0)  # (etag, when this process first saw it)
         started = time.monotonic()
         waited = False
@@ -136,6 +136,8 @@ class S3Lease:
                     self._etag, self._record, self._renewed_at = new, mine, time.monotonic()
                     return epoch
             waited = True
+            if while_waiting is not None:
+                while_waiting()
             time.sleep(self.poll)
 
     def _renew(self) -> bool:
@@ -150,10 +152,10 @@ class S3Lease:
             return True
 
     @contextmanager
-    def hold(self) -> Iterator[int]:
+    def hold(self, while_waiting: Waiting = None) -> Iterator[int]:
         with self._local:
             self._lost.clear()
-            epoch = self._take()
+            epoch = self._take(while_waiting)
             self.stats.holds += 1
             stop = threading.Event()
             renewer = threading.Thread(

@@ -67,10 +67,12 @@ class Committer:
     def latest(self) -> Iterator[None]:
         """The lease held, with every table at its latest committed version (no retry: for
         maintenance that commits without validating, and for dry runs)."""
-        with self.lock, self.lease.hold() as epoch:
-            self.epoch = epoch
-            self.refresh()
-            yield
+        with self.lock:
+            self.refresh()  # most of the catching up, before the lease: others commit meanwhile
+            with self.lease.hold(while_waiting=self.refresh) as epoch:
+                self.epoch = epoch
+                self.refresh()
+                yield
 
     def run(self, write: Callable[[], T]) -> T:
         """Run one logical write (validate, then ``commit``) against the latest committed state,

@@ -32,9 +32,11 @@ while not os.path.exists(go):
 body = json.loads(open(arg).read())
 try:
     if op == "submit":
+        from catalog import SubmitItem
+        ids = body.get("ids") or [None] * len(body["payloads"])
+        items = [SubmitItem(p, body["study"], analysis_id=i) for p, i in zip(body["payloads"], ids)]
         out = [r.analysis_id or {"error": r.error.error_id, "message": str(r.error)}
-               for r in cat.submit_batch([__import__("catalog").SubmitItem(p, body["study"])
-                                          for p in body["payloads"]])]
+               for r in cat.submit_batch(items)]
     elif op == "study":
         out = cat.create_study(body)["studyId"]
     elif op == "type":

@@ -101,7 +101,7 @@ def test_kill_9_holder_is_taken_over_after_the_ttl(catalog, payloads, tmp_path, 
         folder,
         "a",
         "submit",
-        {"study": STUDY, "payloads": big_batch(payloads, 1500, "k3")},
+        {"study": STUDY, "payloads": big_batch(payloads, 3000, "k3")},
         env=lease_env,
     )
     wait_ready(folder, ["a"], [a])
@@ -137,7 +137,7 @@ def test_stopped_past_its_ttl_the_writer_re_validates(catalog, payloads, tmp_pat
         folder,
         "a",
         "submit",
-        {"study": STUDY, "payloads": big_batch(payloads, 1500, "p", clash="paused-donor")},
+        {"study": STUDY, "payloads": big_batch(payloads, 3000, "p", clash="paused-donor")},
         env=lease_env,
     )
     wait_ready(folder, ["a"], [a])

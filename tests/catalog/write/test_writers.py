@@ -303,9 +303,9 @@ def test_kill_9_while_holding_the_lease_loses_nothing(catalog, payloads, tmp_pat
     root = catalog.settings.root
     folder = tmp_path / "kill"
     folder.mkdir()
-    ids = [str(uuid.uuid4()) for _ in range(1500)]
-    batch = big_batch(payloads, 1500, "k")
-    body = {"study": STUDY, "payloads": batch}
+    ids = [str(uuid.uuid4()) for _ in range(3000)]
+    batch = big_batch(payloads, 3000, "k")
+    body = {"study": STUDY, "payloads": batch, "ids": ids}
     a = writer(root, folder, "a", "submit", body)
     b = writer(
         root,
@@ -317,8 +317,7 @@ def test_kill_9_while_holding_the_lease_loses_nothing(catalog, payloads, tmp_pat
     wait_ready(folder, ["a", "b"], [a, b])
     (folder / "go").touch()
     held_by(LocalLease(root / "state" / "writer.lock"), a.pid)
-    time.sleep(0.3)  # inside its validation or its appends
-    kill_9(a)
+    kill_9(a)  # inside its checks against the committed state, or its appends
     survivor = result(b)  # the other writer goes on once the kernel freed the lock
     assert isinstance(survivor["ok"][0], str)
     cat = fresh(root)
@@ -333,7 +332,7 @@ def test_kill_9_while_holding_the_lease_loses_nothing(catalog, payloads, tmp_pat
         [SubmitItem(p, STUDY, analysis_id=i) for p, i in zip(batch, ids, strict=True)]
     )
     assert [r.analysis_id for r in results] == ids
-    assert one(root, "SELECT count(*) FROM donors WHERE submitter_donor_id LIKE 'k-d%'") == 1500
+    assert one(root, "SELECT count(*) FROM donors WHERE submitter_donor_id LIKE 'k-d%'") == 3000
 
 
 def test_a_stopped_local_writer_keeps_the_lease_and_others_wait(
@@ -349,20 +348,21 @@ def test_a_stopped_local_writer_keeps_the_lease_and_others_wait(
         folder,
         "a",
         "submit",
-        {"study": STUDY, "payloads": big_batch(payloads, 800, "s", clash="stop-donor")},
+        {"study": STUDY, "payloads": big_batch(payloads, 3000, "s", clash="stop-donor")},
     )
-    b = writer(
-        root,
-        folder,
-        "b",
-        "submit",
-        {"study": STUDY, "payloads": [donor_payload(payloads, "stop-donor", "Male", "stopm")]},
-    )
-    wait_ready(folder, ["a"], [a, b])
+    wait_ready(folder, ["a"], [a])
     (folder / "go").touch()
     held_by(LocalLease(root / "state" / "writer.lock"), a.pid)
     a.send_signal(signal.SIGSTOP)
     try:
+        b = writer(
+            root,
+            folder,
+            "b",
+            "submit",
+            {"study": STUDY, "payloads": [donor_payload(payloads, "stop-donor", "Male", "stopm")]},
+        )
+        wait_ready(folder, ["b"], [b])
         time.sleep(1.5)
         assert b.poll() is None  # waiting for the lease, not committing around it
     finally:
