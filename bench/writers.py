@@ -41,8 +41,8 @@ class TimedLease:
         self.spans: list[tuple[float, float]] = []
 
     @contextmanager
-    def hold(self) -> Any:
-        with self.lease.hold() as epoch:
+    def hold(self, while_waiting: Any = None) -> Any:
+        with self.lease.hold(while_waiting) as epoch:
             taken = time.time()
             try:
                 yield epoch
