@@ -9,6 +9,7 @@ its upload processes, are stopped whatever happened.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from api.app import create_app
@@ -19,6 +20,7 @@ from catalog.events import start_background
 from catalog.settings import Settings
 from watcher import Watcher
 from watcher.logs import configure as configure_watcher_logs
+from watcher.status import inbox
 
 
 def prepare(settings: Settings, *, no_auth: bool = False) -> tuple[Settings, list[str]]:
@@ -54,7 +56,7 @@ def serve(
     announce: Callable[[str], object] = print,
 ) -> None:
     """Serve until interrupted; the watcher and the dispatcher share the API's catalog."""
-    app = create_app(catalog, settings=settings)
+    app = create_app(catalog, settings=settings, inbox=functools.partial(inbox, settings))
     watcher = None
     dispatcher = None
     try:

@@ -295,6 +295,40 @@ class SearchIndex:
             page = _page(rows, keys, self.a_ids, descending, offset, limit)
             return Page([self.a_ids[r] for r in page], len(rows))
 
+    def summary(self, since: datetime) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+        """Analyses per study and state, and per day since `since` (UTC): how many were created,
+        and how many had their latest state change, that day."""
+        day = 86_400_000_000
+        with self._lock:
+            self._sync()
+            study, state = self.a_study.arrow(), self.a_state.arrow()
+            created, updated = self.a_created.arrow(), self.a_updated.arrow()
+            names = list(self.studies.names)
+        counts: dict[str, dict[str, int]] = {}
+        groups = pa.table({"study": study, "state": state}).group_by(["study", "state"])
+        for row in groups.aggregate([([], "count_all")]).to_pylist():
+            per = counts.setdefault(str(names[row["study"]]), dict.fromkeys(STATES, 0))
+            per[STATES[row["state"]]] = row["count_all"]
+        start = micros(since) // day
+        per_day = {start + i: [0, 0] for i in range((micros(datetime.now(UTC)) // day) - start + 1)}
+        changed = pc.and_(pc.greater_equal(updated, start * day), pc.not_equal(updated, created))
+        for column, mask, slot in (
+            (created, pc.greater_equal(created, start * day), 0),
+            (updated, changed, 1),
+        ):
+            days = pc.divide(pc.filter(column, mask), day)
+            for item in pc.value_counts(days).to_pylist():
+                if item["values"] in per_day:
+                    per_day[item["values"]][slot] = item["counts"]
+        return dict(sorted(counts.items())), [
+            {
+                "day": (_EPOCH + timedelta(days=d)).date().isoformat(),
+                "registered": n[0],
+                "changed": n[1],
+            }
+            for d, n in sorted(per_day.items())
+        ]
+
     def files(
         self,
         filters: Filters,
