@@ -106,7 +106,7 @@ def inbox() -> ResponseReturnValue:
         return (
             may_write(row.get("studyId"))
             and (not study or row.get("studyId") == study)
-            and (not folder or folder in (row.get("folder") or row.get("path") or ""))
+            and (not folder or folder in (row.get("path") or ""))
         )
 
     rows = {k: [r for r in data[k] if keep(r)] for k in ("pending", "rejected", "receipts")}

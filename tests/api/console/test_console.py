@@ -89,7 +89,7 @@ def test_a_study_token_cannot_publish_another_studys_analysis(console, catalog, 
     done = console.post(path, action="publish", reason="QC passed")
     assert done.status_code == 303
     page = console.page(f"/ui/analyses/{analysis_id}")
-    assert "AnalysisId {} successfully published".format(analysis_id) in page
+    assert f"AnalysisId {analysis_id} successfully published" in page
     history = catalog.history(STUDY, analysis_id)
     assert history[-1]["updatedState"] == "PUBLISHED"
     assert history[-1]["reason"] == "QC passed"
