@@ -217,6 +217,11 @@ def test_overview_counts_and_the_storage_report_with_its_button(console, catalog
     assert f'<th scope="row">{STUDY}</th>' in page and "<svg" in page and "reachable" in page
     assert 'analysisStates=PUBLISHED">1</a>' in page
     assert 'analysisStates=UNPUBLISHED">1</a>' in page
+    today = catalog.overview()["days"][-1]
+    assert today["registered"] == 2 and today["changed"] == 1  # one publish
+    assert (
+        f'<th scope="row">{today["day"]}</th><td class="num">2</td><td class="num">1</td>' in page
+    )
     console.sign_in("study-token")
     assert "needs the system scope" in console.page("/ui/events")
     assert console.post("/ui/storage/verify").status_code == 403
