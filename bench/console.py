@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -110,7 +111,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
     root = args.root if args.root else small_root(args.small or 2000)
-    result = measure(root, args.reps)
+    try:
+        result = measure(root, args.reps)
+    finally:
+        if not args.root:
+            shutil.rmtree(root.parent)
     result["machine"] = machine()
     result["loadavg_after"] = os.getloadavg()
     rows = [
