@@ -254,8 +254,9 @@ class Catalog:
     def versions(self, study_id: str, analysis_id: str) -> list[dict[str, Any]]:
         """Every stored version of an analysis' dynamic data, oldest first."""
         self.model.record(study_id, analysis_id)
-        table = self.tables.read("analyses")
-        rows = table.filter(pc.equal(table.column("analysis_id"), analysis_id)).to_pylist()
+        # filtered while scanned: only the id column is read whole, not every document
+        wanted = pc.field("analysis_id") == analysis_id
+        rows = self.tables.dataset("analyses").to_table(filter=wanted).to_pylist()
         return [
             {
                 "version": r["version"],
