@@ -12,9 +12,7 @@ before anything runs. With ``auth = false`` no sign-in is needed, as in the API.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 from catalog.errors import SonglakeError
 from catalog.settings import Settings
 
-from ..auth import AuthError, ForbiddenToken, UnauthorizedToken, authenticator
+from ..auth import AuthError, ForbiddenToken, UnauthorizedToken, authenticator, secret_key
 from ..errors import status_of
 
 bp = Blueprint(
@@ -52,24 +50,13 @@ COOKIE = "songlake_console"
 
 def configure(app: Flask, settings: Settings) -> None:
     """The session cookie: signed with the root's key, HttpOnly, SameSite=Strict, under /ui."""
-    app.secret_key = _key(settings.state_dir / KEY_FILE)
+    app.secret_key = secret_key(settings.state_dir / KEY_FILE)
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_PATH="/ui",
     )
-
-
-def _key(path: Path) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as out:
-        out.write(secrets.token_bytes(32))
-    return path.read_bytes()
 
 
 # -- every console request ------------------------------------------------------------------------

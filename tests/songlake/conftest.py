@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,17 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 FAST = {"watch_settle": 0.3, "watch_linger": 0.01, "refresh_interval": 0.1}
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll until `predicate` answers something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

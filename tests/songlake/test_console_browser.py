@@ -10,25 +10,14 @@ import io
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import STUDY
-from tests.songlake.conftest import Served
+from tests.songlake.conftest import Served, wait_until
 
 #: set to a file name to keep the overview's screenshot (the README's picture is made this way)
 KEEP_OVERVIEW = "SONGLAKE_CONSOLE_SCREENSHOT"
-
-
-def _wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _shot(page: Any, folder: Path, name: str) -> Path:
@@ -97,12 +86,12 @@ def test_an_administrators_day_in_the_browser(served: Served, chromium, payloads
     folder = catalog.settings.inbox_dir / STUDY / "run-8"
     payloads.write_files(bad, folder)
     (folder / "bad.song.json").write_text(json.dumps(bad, indent=1))
-    _wait(lambda: (folder / "bad.song.errors.json").exists(), what="the errors file")
+    wait_until(lambda: (folder / "bad.song.errors.json").exists(), "the errors file")
     page.get_by_role("link", name="Inbox").click()
     page.get_by_label("Folder contains").fill("run-8")
     page.get_by_role("button", name="Filter").click()
     rejected = page.locator("article.rejected")
-    _wait(lambda: page.reload() or rejected.count() == 1, what="the ledger's rejected row")
+    wait_until(lambda: page.reload() or rejected.count() == 1, "the ledger's rejected row")
     mark = rejected.locator("mark")
     assert mark.count() >= 1 and '"Robot"' in mark.first.inner_text()
     problems = rejected.locator("tbody").inner_text()

@@ -7,25 +7,13 @@ import dataclasses
 import html
 import json
 import re
-import time
-from typing import Any
 
 from songlake.serve import make_app
 from tests.conftest import STUDY
-from tests.songlake.conftest import FAST
+from tests.songlake.conftest import FAST, wait_until
 from watcher import Watcher
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def _until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_inbox_page_shows_pending_rejected_and_receipts(catalog, payloads):
@@ -64,7 +52,7 @@ def test_the_inbox_page_shows_pending_rejected_and_receipts(catalog, payloads):
             done = "1 pending, 1 rejected, 1 registered" in text
             return text if done and "No receipts yet" not in text else ""
 
-        text = _until(page, "the three sidecars in the inbox page")
+        text = wait_until(page, "the three sidecars in the inbox page")
     finally:
         watcher.stop()
     assert "late.song.json" in text and "60 min" in text  # an hour to wait, less a moment
