@@ -42,7 +42,10 @@ def test_sign_in_keeps_the_token_in_a_strict_httponly_cookie_and_sign_out_drops_
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
     assert response.headers["Location"] == "/ui/"
-    assert "signed in as" in console.page("/ui/sql")
+    page = console.get("/ui/sql")
+    assert "signed in as" in page.get_data(as_text=True)
+    assert "script-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
     assert console.post("/ui/signout").headers["Location"] == "/ui/signin"
     assert console.get("/ui/sql").status_code == 303
     # after signing in, only a page of the console is a place to go next
