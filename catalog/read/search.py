@@ -37,6 +37,9 @@ STATE_CODE = {s: i for i, s in enumerate(STATES)}
 ANALYSIS_SORTS = {"analysisId": "a_key", "createdAt": "a_created", "updatedAt": "a_updated"}
 FILE_SORTS = {"objectId": "f_key", "fileName": None, "fileSize": "f_size"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: pages ending at most this far in are selected rather than sorted (a heap of k rows beats a
+#: full sort only while k is small; deep pages sort)
+SELECT_MAX = 5_000
 
 
 def sort_key(value: str) -> int:
@@ -546,9 +549,9 @@ def _page(
     sort_keys = [(f"k{i}", order) for i in range(len(keys))]
     taken = [pc.take(k, rows) for k in keys]
     table = pa.table({f"k{i}": k for i, k in enumerate(taken)})
-    if (offset + limit) * 8 < total:
+    if offset + limit <= SELECT_MAX and (offset + limit) * 8 < total:
         # an early page: the rows before its end are the first offset + limit in order plus the
-        # ties of the last of them, so select those (linear) rather than sort every row
+        # ties of the last of them, so select those (a heap of k) rather than sort every row
         top = pc.select_k_unstable(table, k=offset + limit, sort_keys=sort_keys)
         chosen = table.take(top)
         edge = pc.sort_indices(chosen, sort_keys=sort_keys)[-1].as_py()
