@@ -20,6 +20,7 @@ from . import (
     analyses,
     analysis_types,
     auth,
+    console,
     downloads,
     entities,
     events,
@@ -68,8 +69,14 @@ class RefreshGate:
             self._lock.release()
 
 
-def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
-    """A Flask app serving `catalog` with Song's REST API."""
+def create_app(
+    catalog: Catalog,
+    *,
+    settings: Settings | None = None,
+    inbox: console.InboxReader | None = None,
+) -> Flask:
+    """A Flask app serving `catalog` with Song's REST API, and the web console under /ui
+    (`inbox` reads the watcher's pending, rejected and receipts for its inbox page)."""
     settings = settings or catalog.settings
     app = Flask(__name__, static_folder=None)
     app.json = FastJSONProvider(app)
@@ -92,4 +99,5 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(events.bp)  # GET /events (SSE)
     app.register_blueprint(downloads.bp)  # Score downloads
+    console.init_app(app, settings, inbox)  # /ui, and / for browsers
     return app

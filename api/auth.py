@@ -285,6 +285,21 @@ def admin_token_path(settings: Settings) -> Path:
     return settings.state_dir / ADMIN_TOKEN_NAME
 
 
+def secret_key(path: Path) -> bytes:
+    """The 32 random bytes kept in `path` (mode 0600), made on first use by whoever comes first."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+
 def auth_configured(settings: Settings) -> bool:
     """Whether any token source exists besides a generated admin token."""
     return bool(

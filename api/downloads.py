@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -107,18 +104,7 @@ def _entity(object_id: str) -> tuple[str, str, str | None]:
 
 
 def _key() -> bytes:
-    path: Path = current_catalog().settings.state_dir / KEY_FILE
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-        return path.read_bytes()
+    return auth.secret_key(current_catalog().settings.state_dir / KEY_FILE)
 
 
 def _signature(name: str, date: str, expires: str) -> str:

@@ -99,12 +99,21 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
     return op
 
 
+#: endpoints that are pages for people, not API: the web console (api/console/) and its way in
+PAGES = ("static", "root", "console")
+
+
+def documented(rule: Any) -> bool:
+    """Whether a route belongs in the API's description (the console's pages do not)."""
+    return rule.endpoint.split(".")[0] not in PAGES
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.0 document of every route of `app`."""
     paths: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if not documented(rule):
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op = _operation(app, method, rule)

@@ -4,6 +4,8 @@ time limit (the query is interrupted when it runs out)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
 from catalog import sql
@@ -28,7 +30,6 @@ def run_sql() -> Response:
     """Body: ``{"query": "SELECT ...", "limit": 100, "asOf": "<version or ISO time>"}``, or the
     query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""
     require_system()
-    catalog = current_catalog()
     settings = current_settings()
     if request.mimetype == "text/plain":
         body: dict = {"query": request.get_data(as_text=True)}
@@ -37,20 +38,23 @@ def run_sql() -> Response:
     query = body.get("query")
     if not isinstance(query, str) or not query.strip():
         raise MalformedParameter("The body needs a 'query' string", name="query")
-    limit = body.get("limit", settings.sql_row_limit)
+    return jsonify(run_query(query, body.get("limit", settings.sql_row_limit), body.get("asOf")))
+
+
+def run_query(query: str, limit: Any, as_of: Any = None) -> dict[str, Any]:
+    """One read-only query with POST /sql's limits: ``{columns, rows, rowCount, truncated}``."""
+    catalog = current_catalog()
+    settings = current_settings()
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise MalformedParameter("'limit' must be an integer >= 0", name="limit", value=limit)
     limit = min(limit, settings.sql_row_limit)
-    as_of = body.get("asOf")
     versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None
     columns, rows = sql.run(
         catalog.tables, query, versions=versions, row_limit=limit + 1, timeout=settings.sql_timeout
     )
-    return jsonify(
-        {
-            "columns": columns,
-            "rows": [list(r) for r in rows[:limit]],
-            "rowCount": min(len(rows), limit),
-            "truncated": len(rows) > limit,
-        }
-    )
+    return {
+        "columns": columns,
+        "rows": [list(r) for r in rows[:limit]],
+        "rowCount": min(len(rows), limit),
+        "truncated": len(rows) > limit,
+    }

@@ -277,3 +277,10 @@ class Ledger:
 
     def latest(self, status: str, limit: int) -> list[Row]:
         return self._rows("WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status, limit))
+
+    def count_since(self, status: str, when: float) -> int:
+        """How many sidecars reached `status` after `when` (their last change)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT count(*) FROM sidecars WHERE status = ? AND updated_at > ?", (status, when)
+            ).fetchone()[0]
