@@ -12,12 +12,13 @@ URLs, the ping, the existence check, and the bytes themselves when the store is 
 Access, as Score enforces it (checked before the analysis state, as Score's @PreAuthorize is):
 ``open`` files need no token; ``controlled`` ones (and empty access) need a token whose scopes
 include ``score.READ`` or ``<prefix><studyId>.READ`` (prefix from ``auth_study_prefix``, default
-``PROGRAMDATA-``), compared case-insensitively. URLs are handed out only for PUBLISHED analyses;
-``exclude-urls=true`` (what Song sends at publish) skips that check. ``GET /upload/{id}`` needs
-``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes every check. With ``auth =
-false`` no token is checked. Local URLs are signed with HMAC-SHA256 under a key kept in
-``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration`` seconds, and carry
-``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume (Score issue #394).
+``PROGRAMDATA-``), compared exactly (study ids are case-sensitive in Song). URLs are handed out
+only for PUBLISHED analyses; ``exclude-urls=true`` (what Song sends at publish) skips that check.
+``GET /upload/{id}`` needs ``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes
+every check. With ``auth = false`` no token is checked. Local URLs are signed with HMAC-SHA256
+under a key kept in ``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration``
+seconds, and carry ``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume
+(Score issue #394).
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def check_access(study_id: str, access: str | None, action: str = "READ") -> Non
             "'Authorization: Bearer <token>'"
         )
     prefix = authn.study_prefix if authn is not None else "PROGRAMDATA-"
-    wanted = {f"score.{action}".lower(), f"{prefix}{study_id}.{action}".lower()}
-    if caller.source == "admin" or any(s.lower() in wanted for s in caller.scopes):
+    wanted = {f"score.{action}", f"{prefix}{study_id}.{action}"}  # exact: study ids have case
+    if caller.source == "admin" or not wanted.isdisjoint(caller.scopes):
         return
     raise auth.ForbiddenToken(
         f"The token's scopes include neither 'score.{action}' nor '{prefix}{study_id}.{action}'"
