@@ -31,7 +31,7 @@ from . import (
     studies,
     system,
 )
-from .errors import register_error_handlers
+from .errors import refuse_large_body, register_error_handlers
 from .groupcommit import GroupCommitter
 from .jsonio import FastJSONProvider
 from .params import COMMITTER, EXTENSION, SETTINGS, check_path_args
@@ -79,6 +79,7 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions[EXTENSION] = catalog
     app.extensions[SETTINGS] = settings
+    app.before_request(refuse_large_body)
     app.before_request(RefreshGate(catalog, settings.refresh_interval))
     app.before_request(check_path_args)
     register_error_handlers(app)

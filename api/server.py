@@ -9,22 +9,61 @@ import threading
 
 import waitress
 from flask import Flask
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.task import ErrorTask
 from waitress.wasyncore import close_all
 
+from .errors import http_error_id, song_error_body
+from .jsonio import dumps_bytes
+from .params import SETTINGS
+
 log = logging.getLogger("songlake.api")
+
+
+class SongErrorTask(ErrorTask):
+    """waitress's own answers (a header section too large, a body over the limit, a request it
+    cannot parse) as a SongError, like every other non-2xx answer."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        path = self.request.path or "/"
+        text = f"{error.reason}: {error.body}" if error.body else error.reason
+        body = dumps_bytes(song_error_body(http_error_id(error.code), error.code, text, path))
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class SongChannel(HTTPChannel):
+    error_task_class = SongErrorTask
 
 
 class ApiServer:
     """A bound waitress server: ``run()`` blocks until ``stop()`` is called from another thread."""
 
-    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
+    def __init__(
+        self,
+        app: Flask,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        threads: int = 8,
+        *,
+        max_body: int | None = None,
+    ):
+        settings = app.extensions.get(SETTINGS)
+        if max_body is None and settings is not None:
+            max_body = max(settings.api_max_body_bytes, settings.max_payload_bytes)
         server = waitress.create_server(
             app,
             host=host,
             port=port,
             threads=threads,
             ident="songlake",
+            # a larger body is refused from its Content-Length, before it is read or spooled
+            max_request_body_size=max_body or 16 << 20,
             # waitress stops accepting at 100 open connections; keep-alive clients (Song SDKs,
             # score-client, a portal's pool) hold theirs, so allow many more than threads
             connection_limit=max(1000, 4 * threads),
@@ -34,6 +73,7 @@ class ApiServer:
         )
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")
+        server.channel_class = SongChannel
         self._server: BaseWSGIServer = server
         self.host = host
         self.port: int = server.effective_port  # the real port when 0 asked for a free one

@@ -14,7 +14,7 @@ _RESERVED = ("all", ".", "..")
 _BAD = ("Cc", "Cs", "Zl", "Zp")  # controls (C0, DEL, C1), surrogates, line and paragraph separators
 
 
-def check_study_id(sid: Any) -> None:
+def check_study_id(sid: Any) -> str:
     """A studyId names a folder of the inbox and a path segment of the API: 1 to 36 characters,
     none of them a control character, a line separator or a slash, and not ``all`` (``GET
     /studies/all`` is the list of studies) nor ``.`` or ``..``."""
@@ -31,6 +31,7 @@ def check_study_id(sid: Any) -> None:
             name="studyId",
             value=sid,
         )
+    return sid
 
 
 def create_study(
@@ -48,7 +49,7 @@ def create_study(
         raise StudyIdMismatch(
             f"The studyId '{study.get('studyId')}' in the body does not match '{study_id}'"
         )
-    check_study_id(sid)
+    sid = check_study_id(sid)
     for key in ("name", "organization", "description"):
         if not isinstance(study.get(key), (str, type(None))):
             raise MalformedParameter(f"A study's {key} must be a string", name=key)

@@ -178,3 +178,27 @@ def test_a_link_out_of_the_inbox_is_judged_once(catalog, start_watcher, inbox, p
     assert w.stats["rejected"] <= 2, w.stats
     assert read_json(errors_of(sidecar))["problems"][0]["pointer"] == "/files/0/fileName"
     assert w.wait_idle(10)
+
+
+def test_one_sidecar_failing_unexpectedly_does_not_hold_back_its_batch(
+    catalog, start_watcher, inbox, payloads
+) -> None:
+    """A folder name that is not UTF-8 (a Latin-1 'é') reaches the catalog as a lone surrogate,
+    which no table can store: that sidecar gets an errors file, the others of its batch commit."""
+    good = []
+    for i in range(3):
+        payload = payloads.variant_call(files=[payloads.file(f"g{i}.vcf.gz")])
+        folder = inbox / f"good{i}"
+        payloads.write_files(payload, folder)
+        good.append(_sidecar(folder, f"g{i}", payload))
+    bad_dir = os.fsdecode(os.fsencode(str(inbox)) + b"/caf\xe9")
+    payload = payloads.variant_call(files=[payloads.file("b.vcf.gz")])
+    payloads.write_files(payload, Path(bad_dir))
+    bad = _sidecar(Path(bad_dir), "b", payload)
+    w = start_watcher(watch_linger=0.5)
+    for sidecar in good:
+        wait_receipt(sidecar, timeout=30)
+    doc = wait_errors(bad, timeout=30)
+    assert doc["errorId"] == "unknown.error"
+    assert len(catalog.model.analyses) == 3
+    assert w.wait_idle(10)
