@@ -77,6 +77,9 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
         "parameters": params + [p.spec() for p in record.params],
         "responses": {**record.responses, "default": _ERR},
     }
+    if params or record.params:
+        # a path or query value no id or parameter can have: malformed.parameter
+        op["responses"].setdefault("400", _ERR)
     if record.description:
         op["description"] = record.description
     elif view is not None and view.__doc__ and record.summary not in view.__doc__:
@@ -170,6 +173,11 @@ def docs() -> Response:
 
 @bp.get("/swagger-ui.html")
 @bp.get("/api-docs")
+@doc(
+    "Song's docs paths: a redirect to /docs",
+    tag="system",
+    responses={302: answer(STRING, "a redirect to /docs (Location)", "text/html")},
+)
 def song_docs_paths() -> Response:
     """Song's docs paths: redirect to /docs."""
     return redirect("/docs", code=302)  # type: ignore[return-value]

@@ -96,7 +96,15 @@ class ApiServer:
             return
         self._stopping = True
         socket_map = self._server._map
-        self._server.trigger.pull_trigger(lambda: close_all(socket_map))
+        self._server.trigger.pull_trigger(lambda: _close_all(socket_map))
+
+
+def _close_all(socket_map: dict) -> None:
+    """Close every socket, and with each connection the files it was still sending."""
+    for channel in list(socket_map.values()):
+        if isinstance(channel, HTTPChannel):
+            channel.handle_close()
+    close_all(socket_map)
 
 
 def serve(app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8) -> None:
