@@ -39,6 +39,8 @@ _PATH_NAMES = {
     "ids": ("ids", "comma-joined ids"),
     "name": ("name", "an analysis type name"),
 }
+#: what a path id may hold (api/params.py check_path_args): no control character, DEL included
+ID_PATTERN = "^[^\\x00-\\x1f\\x7f]+$"
 _VAR_RE = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
@@ -64,7 +66,9 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
             "required": True,
             "schema": {
                 "type": "string",
+                "minLength": 1,
                 "maxLength": 256 if arg not in ("ids", "analysis_ids") else 65536,
+                "pattern": ID_PATTERN,  # check_path_args refuses control characters
             },
             "description": _PATH_NAMES.get(arg, ("", arg))[1],
         }

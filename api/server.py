@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Any
 
 import waitress
 from flask import Flask
@@ -38,7 +39,32 @@ class SongErrorTask(ErrorTask):
 
 
 class SongChannel(HTTPChannel):
+    """A connection; one over its client's share (``per_client`` on the server) is answered
+    503 service.unavailable and closed, so that one client cannot hold every connection."""
+
     error_task_class = SongErrorTask
+
+    def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        limit = getattr(server, "per_client", 0)
+        host = _host(addr)
+        if not limit or host is None:
+            return
+        same = sum(1 for ch in server.active_channels.values() if _host(ch.addr) == host)
+        if same > limit:
+            text = f"Too many connections from {host} (at most {limit} at a time)"
+            body = dumps_bytes(song_error_body("service.unavailable", 503, text, "/"))
+            head = (
+                f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+            )
+            self.outbufs[-1].append(head.encode() + body)
+            self.total_outbufs_len += len(head) + len(body)
+            self.close_when_flushed = True
+
+
+def _host(addr: Any) -> str | None:
+    return addr[0] if isinstance(addr, tuple) and addr else None
 
 
 class ApiServer:
@@ -52,6 +78,7 @@ class ApiServer:
         threads: int = 8,
         *,
         max_body: int | None = None,
+        per_client: int | None = None,
     ):
         settings = app.extensions.get(SETTINGS)
         if max_body is None and settings is not None:
@@ -74,6 +101,11 @@ class ApiServer:
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")
         server.channel_class = SongChannel
+        server.per_client = (
+            per_client
+            if per_client is not None
+            else (settings.api_max_connections_per_client if settings is not None else 0)
+        )
         self._server: BaseWSGIServer = server
         self.host = host
         self.port: int = server.effective_port  # the real port when 0 asked for a free one

@@ -104,6 +104,13 @@ class Settings:
         default=64 * 1024 * 1024, metadata={"help": "largest POST /sql answer, in bytes"}
     )
     api_threads: int = field(default=32, metadata={"help": "worker threads of the API server"})
+    api_max_connections_per_client: int = field(
+        default=500,
+        metadata={
+            "help": "open connections one client address may hold (of the server's 1,000); "
+            "more are answered 503 and closed (0: no limit)"
+        },
+    )
     api_max_body_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={

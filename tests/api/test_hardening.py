@@ -161,8 +161,5 @@ def test_the_servers_own_answers_are_song_errors(catalog, no_leaked_threads) -> 
         # before the token is checked): the client gets its answer without sending a byte more
         size = max(catalog.settings.api_max_body_bytes, catalog.settings.max_payload_bytes) + 1
         request = f"POST /submit/{STUDY} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
-        with socket.create_connection((server.host, server.port), timeout=10) as sock:
-            sock.sendall(request.encode() + b"Content-Type: application/json\r\n\r\n{")
-            answer = sock.recv(65536)
-        status, body = _json_of(answer)
+        status, body = _json_of(_raw(server, request.encode() + b"Content-Type: x\r\n\r\n{"))
         assert status == 413 and body["errorId"] == "payload.too.large"

@@ -23,6 +23,16 @@ def _sidecar(folder: Path, name: str, body: bytes | str | dict) -> Path:
     return path
 
 
+def _good_sidecars(inbox: Path, payloads, count: int = 3) -> list[Path]:
+    good = []
+    for i in range(count):
+        payload = payloads.variant_call(files=[payloads.file(f"g{i}.vcf.gz")])
+        folder = inbox / f"good{i}"
+        payloads.write_files(payload, folder)
+        good.append(_sidecar(folder, f"g{i}", payload))
+    return good
+
+
 def _corpus(catalog: Catalog, inbox: Path, payloads, tmp_path: Path) -> dict[str, Path]:
     """name -> sidecar of every hostile item (each must end with an errors file)."""
     outside = tmp_path / "outside"
@@ -95,13 +105,7 @@ def test_a_hostile_corpus_gets_one_outcome_each_and_the_watcher_idles(
     catalog, start_watcher, inbox, payloads, tmp_path
 ) -> None:
     w = start_watcher(watch_pending_timeout=1.0, watch_rescan_interval=0.5)
-    # three good sidecars arrive with the bad ones and must not wait for them
-    good = []
-    for i in range(3):
-        payload = payloads.variant_call(files=[payloads.file(f"g{i}.vcf.gz")])
-        folder = inbox / f"good{i}"
-        payloads.write_files(payload, folder)
-        good.append(_sidecar(folder, f"g{i}", payload))
+    good = _good_sidecars(inbox, payloads)  # they arrive with the bad ones and must not wait
     items = _corpus(catalog, inbox, payloads, tmp_path)
     for sidecar in good:
         wait_receipt(sidecar, timeout=30)
@@ -185,12 +189,7 @@ def test_one_sidecar_failing_unexpectedly_does_not_hold_back_its_batch(
 ) -> None:
     """A folder name that is not UTF-8 (a Latin-1 'é') reaches the catalog as a lone surrogate,
     which no table can store: that sidecar gets an errors file, the others of its batch commit."""
-    good = []
-    for i in range(3):
-        payload = payloads.variant_call(files=[payloads.file(f"g{i}.vcf.gz")])
-        folder = inbox / f"good{i}"
-        payloads.write_files(payload, folder)
-        good.append(_sidecar(folder, f"g{i}", payload))
+    good = _good_sidecars(inbox, payloads)
     bad_dir = os.fsdecode(os.fsencode(str(inbox)) + b"/caf\xe9")
     payload = payloads.variant_call(files=[payloads.file("b.vcf.gz")])
     payloads.write_files(payload, Path(bad_dir))
