@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import fmt_table, machine, summarize_ms, write_result  # noqa: E402
+from bench.common import payload as bench_payload  # noqa: E402
 from catalog import Catalog, SubmitItem  # noqa: E402
 from catalog.settings import Settings  # noqa: E402
 
@@ -39,35 +40,17 @@ def _object(root: Path) -> str:
     data.mkdir()
     blob = os.urandom(1 << 20) * (SIZE >> 20)
     (data / "big.bin").write_bytes(blob)
-    payload = {
-        "studyId": STUDY,
-        "analysisType": {"name": "variantCall"},
-        "experiment": {"variantCallingTool": "x", "matchedNormalSampleSubmitterId": "n"},
-        "samples": [
-            {
-                "submitterSampleId": "s1",
-                "sampleType": "Total DNA",
-                "matchedNormalSubmitterSampleId": "n",
-                "specimen": {
-                    "submitterSpecimenId": "sp1",
-                    "specimenType": "Primary tumour",
-                    "specimenTissueSource": "Solid tissue",
-                    "tumourNormalDesignation": "Tumour",
-                },
-                "donor": {"submitterDonorId": "d1", "gender": "Female"},
-            }
-        ],
-        "files": [
-            {
-                "dataType": "x",
-                "fileName": "big.bin",
-                "fileSize": SIZE,
-                "fileMd5sum": hashlib.md5(blob).hexdigest(),
-                "fileAccess": "open",
-                "fileType": "VCF",
-            }
-        ],
-    }
+    payload = bench_payload(STUDY, 0)  # the benchmarks' own variantCall, with one big file
+    payload["files"] = [
+        {
+            "dataType": "x",
+            "fileName": "big.bin",
+            "fileSize": SIZE,
+            "fileMd5sum": hashlib.md5(blob).hexdigest(),
+            "fileAccess": "open",
+            "fileType": "VCF",
+        }
+    ]
     item = SubmitItem(payload, STUDY, source_paths={"big.bin": str(data / "big.bin")})
     aid = cat.submit_batch([item])[0].analysis_id
     cat.upload(aid, data)
