@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import replace
 
 import pytest
@@ -163,3 +164,18 @@ def test_the_servers_own_answers_are_song_errors(catalog, no_leaked_threads) -> 
         request = f"POST /submit/{STUDY} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
         status, body = _json_of(_raw(server, request.encode() + b"Content-Type: x\r\n\r\n{"))
         assert status == 413 and body["errorId"] == "payload.too.large"
+
+
+def test_health_says_down_while_the_catalog_cannot_refresh(catalog, client) -> None:
+    """A refresh that fails (here a Delta log entry that is not JSON) left /health UP while
+    every write failed."""
+    assert client.get("/health").status_code == 200
+    log = catalog.tables.dir / "studies" / "_delta_log"
+    latest = max(int(p.name.split(".")[0]) for p in log.glob("*.json"))
+    broken = log / f"{latest + 1:020d}.json"
+    broken.write_text("not json\n")
+    time.sleep(catalog.settings.refresh_interval + 0.1)  # the next request refreshes
+    response = client.get("/health")
+    body = assert_song_error(response, 503, "service.unavailable")
+    assert "catalog refresh failing" in body["message"]
+    broken.unlink()
