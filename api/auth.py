@@ -128,7 +128,7 @@ class _FileTokens:
                     if token:
                         plain[token] = Caller("admin", frozenset({system_scope}), "admin")
                 else:
-                    for number, line in enumerate(text.splitlines(), 1):
+                    for number, line in enumerate(text.split("\n"), 1):
                         parts = line.split("#", 1)[0].split()
                         if not parts:
                             continue

@@ -1,6 +1,7 @@
 """Read-only SQL for admins: ``POST /sql`` with the system scope, over the views of ``songlake
-sql`` (catalog/sql.py: one SELECT, no file access outside the catalog), with a row limit and a
-time limit (the query is interrupted when it runs out)."""
+sql`` (catalog/sql.py: one SELECT, no file access outside the catalog), with a row limit, a time
+limit (the query is interrupted when it runs out), a memory limit and a limit on the answer's
+bytes (``payload.too.large``)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,13 @@ def run_query(query: str, limit: Any, as_of: Any = None) -> dict[str, Any]:
     limit = min(limit, settings.sql_row_limit)
     versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None
     columns, rows = sql.run(
-        catalog.tables, query, versions=versions, row_limit=limit + 1, timeout=settings.sql_timeout
+        catalog.tables,
+        query,
+        versions=versions,
+        row_limit=limit + 1,
+        timeout=settings.sql_timeout,
+        memory_limit=settings.sql_memory_limit,
+        max_bytes=settings.sql_max_bytes,
     )
     return {
         "columns": columns,

@@ -81,6 +81,16 @@ COLUMNS = (
 )
 
 
+def storable(path: str) -> bool:
+    """SQLite keeps text as UTF-8: a path holding a name that is not UTF-8 (decoded by Python as
+    lone surrogates) cannot be a row."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Row:
     """One sidecar as the ledger remembers it."""

@@ -216,7 +216,7 @@ class Outbox:
             return found
         entry = self._log(table) / f"{version:020d}.json"
         try:
-            lines = entry.read_text().splitlines()
+            lines = entry.read_text("utf-8").split("\n")  # never splitlines(): U+2028
         except FileNotFoundError:
             raise OutboxGap(
                 f"The Delta log entry {entry} is gone (log retention?): events of {table} "

@@ -98,10 +98,10 @@ class ReadModel(Indexes):
         for version in range(after + 1, upto + 1):
             entry = log / f"{version:020d}.json"
             try:
-                lines = entry.read_text().splitlines()
+                lines = entry.read_text("utf-8").split("\n")  # never splitlines(): U+2028
             except FileNotFoundError:
                 return None
-            for line in lines:
+            for line in filter(None, lines):
                 action = json.loads(line)
                 add = action.get("add")
                 if add and add.get("dataChange", True):
