@@ -7,13 +7,14 @@ the problem list for validation) and exit 1 (2 for usage errors).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -71,6 +72,12 @@ def _cell(value: Any) -> str:
         return value.isoformat(sep=" ", timespec="seconds")
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, ``error: <message>``, and exit 1 (for failures outside Song's ids)."""
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(1)
 
 
 def actor() -> str:
@@ -159,20 +166,29 @@ def serve(
     c: Context, host: str, port: int, no_watch: bool, threads: int | None, no_auth: bool
 ) -> None:
     """Serve the Song-compatible API, with the inbox watcher unless --no-watch."""
+    from api.server import bind_problem, listen_problem
     from songlake import serve as serving
 
+    problem = listen_problem(host, port)  # before anything is opened, started or announced
+    if problem:
+        fail(problem)
     settings, notices = serving.prepare(c.settings, no_auth=no_auth)
     for notice in notices:
         click.echo(notice, err=True)
-    serving.serve(
-        c.catalog,
-        settings,
-        host=host,
-        port=port,
-        threads=threads or settings.api_threads,
-        watch=not no_watch,
-        announce=lambda text: click.echo(text, err=True),
-    )
+    try:
+        serving.serve(
+            c.catalog,
+            settings,
+            host=host,
+            port=port,
+            threads=threads or settings.api_threads,
+            watch=not no_watch,
+            announce=lambda text: click.echo(text, err=True),
+        )
+    except OSError as exc:  # the port was taken between the check and the bind
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        fail(bind_problem(exc, host, port))
 
 
 # -- the watcher: watch / ingest / status ---------------------------------------------------------

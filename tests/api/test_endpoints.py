@@ -199,6 +199,25 @@ def test_search_id_get_and_post(client, payloads):
     assert_song_error(client.get(base + "?donorId=("), 400, "search.term.syntax")
 
 
+def test_search_id_post_refuses_keys_song_does_not_define(client, payloads):
+    """GET's singular `submitterDonorId` in a POST body (which takes `submitterDonorIds`) must
+    not be ignored: the search would return the whole study."""
+    _submit(client, payloads.variant_call())
+    base = f"/studies/{STUDY}/analysis/search/id"
+    typo = assert_song_error(
+        client.post(base, json={"submitterDonorId": "nobody"}), 400, "malformed.parameter"
+    )
+    assert typo["message"].endswith(
+        "Unknown id search key 'submitterDonorId'; the keys accepted are donorId, sampleId, "
+        "specimenId, objectId, submitterSampleId, submitterDonorIds, submitterSpecimenIds"
+    )
+    wrong_type = assert_song_error(
+        client.post(base, json={"submitterDonorIds": [7]}), 400, "malformed.parameter"
+    )
+    assert "'submitterDonorIds' takes a string or a list of strings" in wrong_type["message"]
+    assert client.post(base, json={"submitterDonorIds": ["nobody"]}).get_json() == []
+
+
 def test_export(client, payloads):
     payload = payloads.variant_call()
     first = _submit(client, payload)
