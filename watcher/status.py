@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.model import utc_iso
+
 from .ledger import Ledger
 
 STATUSES = ("pending", "registering", "registered", "rejected")
@@ -59,7 +61,7 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
                     "errorId": row.error_id,
                     "message": row.message,
                     "problems": len(problems),
-                    "at": _when(row.updated_at),
+                    "at": utc_iso(row.updated_at),
                 }
             )
         now = time.time()
@@ -69,7 +71,7 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
                 {
                     "path": row.path,
                     "studyId": row.study_id,
-                    "since": _when(row.since),
+                    "since": utc_iso(row.since),
                     "waitingSeconds": round(now - row.since, 1) if row.since else None,
                     "waitingFor": [p.get("message") for p in problems],
                 }
@@ -77,12 +79,6 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
     finally:
         ledger.close()
     return out
-
-
-def _when(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def short(path: str, width: int = 60) -> str:

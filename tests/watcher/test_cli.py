@@ -148,8 +148,7 @@ def test_a_second_serve_on_a_taken_port_says_so_in_one_line(root: Path, tmp_path
         )
         assert second.returncode == 1
         assert second.stderr.decode() == (
-            f"error: 127.0.0.1:{port} is in use (another songlake serve?): "
-            "stop it or pass --port\n"
+            f"error: 127.0.0.1:{port} is in use (another songlake serve?): stop it or pass --port\n"
         )
         assert second.stdout == b""
         assert not other.exists()  # the port was checked before the root was made
