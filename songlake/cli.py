@@ -531,7 +531,9 @@ def analysis_show(c: Context, analysis_id: str) -> None:
 
 
 @analysis.command("list")
-@click.option("--study", "study_id", required=True, metavar="S", help="The study (required).")
+@click.option(
+    "--study", "study_id", required=True, metavar="S", help="The study whose analyses to list."
+)
 @click.option(
     "--state",
     "states",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from flask.testing import FlaskClient
@@ -365,6 +366,12 @@ def test_sql(client, catalog, payloads):
     }
     text = client.post("/sql", data="SELECT 1 AS a", content_type="text/plain")
     assert text.get_json()["rows"] == [[1]]
+    # times as `songlake sql` prints them: UTC, milliseconds, Z; catalog versions numbered
+    log = client.post("/sql", json={"query": "SELECT version, committed_at FROM commits"})
+    rows = log.get_json()["rows"]
+    version, committed_at = rows[-1]
+    assert version == len(rows)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", committed_at)
     many = client.post("/sql", json={"query": "SELECT * FROM range(50)", "limit": 10}).get_json()
     assert many["rowCount"] == 10 and many["truncated"] is True
     before = snapshot(catalog)
