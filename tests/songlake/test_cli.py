@@ -59,6 +59,13 @@ def test_first_five_minutes_from_the_readme(root: Path, tmp_path: Path) -> None:
 
     table = run(root, "sql", "SELECT analysis_id, analysis_state FROM analyses").stdout
     assert aid in table and "PUBLISHED" in table
+    # the README's --as-of example: the version of the submit is the catalog before the publish
+    query = "SELECT max(version) FROM commits WHERE operation = 'submit'"
+    before = run(root, "sql", query, "--format", "csv").stdout.splitlines()[-1]
+    then = "SELECT analysis_id, analysis_state FROM analyses"
+    assert json.loads(run(root, "sql", then, "--as-of", before, "--format", "json").stdout) == [
+        {"analysis_id": aid, "analysis_state": "UNPUBLISHED"}
+    ]
     rows = json.loads(
         run(root, "sql", "SELECT file_name FROM files ORDER BY 1", "--format", "json").stdout
     )
@@ -173,6 +180,21 @@ def test_every_command_is_documented_in_the_readme() -> None:
         else:
             line = next((ln for ln in text.splitlines() if ln.strip().startswith(words[0])), "")
             assert words[1] in line, f"'{command}' undocumented in README"
+
+
+def test_required_options_are_shown_in_the_readme() -> None:
+    """A required option (`analysis list --study S`) is shown with its command, so a newcomer
+    does not learn it from `Error: Missing option`."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Command line\n\n```\n(.*?)```", readme, re.S)
+    assert block
+    lines = block.group(1).splitlines()
+    for path, cmd in _every_command(main):
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.required:
+                # the command's own line, or the line continuing its group (`analysis ... list`)
+                shown = [ln for ln in lines if path[-1] in ln and any(o in ln for o in param.opts)]
+                assert shown, f"songlake {' '.join(path)} {param.opts[-1]} not in README"
 
 
 def _every_command(group: click.Group, path: tuple[str, ...] = ()):
