@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..catalog import Catalog
 from ..errors import BadRequest, DispatcherBusy, Internal, SinkError, SonglakeError
+from ..model import now_iso
 from ..settings import Settings
 from ..store.newfiles import write_file
 from .config import EventsConfig, events_config, open_sink
@@ -62,10 +62,6 @@ def load_state(folder: Path, name: str) -> dict[str, Any] | None:
             f"The cursor of events sink '{name}' ({path}) is unreadable ({exc}): move it away "
             "to start the sink afresh, or restore it"
         ) from None
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 # -- one sink -------------------------------------------------------------------------------------
