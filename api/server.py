@@ -130,7 +130,10 @@ class ApiServer:
             return
         self._stopping = True
         socket_map = self._server._map
-        self._server.trigger.pull_trigger(lambda: _close_all(socket_map))
+        try:
+            self._server.trigger.pull_trigger(lambda: _close_all(socket_map))
+        except OSError:  # the loop has ended already, and closed its trigger with its sockets
+            close_all(socket_map)
 
 
 def _close_all(socket_map: dict) -> None:
