@@ -183,7 +183,7 @@ def commit_times(root: Path, first: int, last: int) -> dict[str, float]:
     for version in range(first + 1, last + 1):
         commit = outbox.commit(HISTORY, version)
         at = (root / "tables" / HISTORY / "_delta_log" / f"{version:020d}.json").stat().st_mtime
-        for change in outbox._commit_changes(commit):
+        for change in outbox.commit_changes(commit):
             out[change.event_id] = at
     return out
 

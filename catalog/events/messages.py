@@ -2,11 +2,13 @@
 
     {"analysisId", "studyId", "state", "action", "songServerId", "analysis"}, key = analysisId
 
-``analysis`` is the document as ``GET /studies/{s}/analysis/{id}`` returns it, read from the
-catalog's read model when the message is built (as Song re-reads it before sending). ``state`` is
-the analysis' state right after the change: the history row's new state, UNPUBLISHED for a
-registration, and for a metadata update the state the analysis had at that moment. ``action`` is
-CREATE, PUBLISH, UNPUBLISH, SUPPRESS, or for a metadata update UPDATE (or Song's own PUBLISH).
+``analysis`` is the document as ``GET /studies/{s}/analysis/{id}`` returned it right after the
+change (as Song re-reads it before sending): the dynamic data, history and files committed up to
+that change and nothing later (asof.py). A message is thus a function of the committed history
+alone, and a replay sends the same bytes. ``state`` is the analysis' state right after the
+change: the history row's new state, UNPUBLISHED for a registration, the state then in effect for
+a metadata update. ``action`` is Song's AnalysisActions: CREATE, PUBLISH, UNPUBLISH, SUPPRESS; a
+metadata update sends PUBLISH as Song does, or UPDATE (songlake's extension, ``update_action``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from ..catalog import Catalog
 from ..errors import MalformedParameter
 from ..settings import Settings
+from .asof import Timeline
 from .config import EventsConfig
 from .outbox import BEGINNING, HISTORY, Change, Cut, Outbox, Position, cut_from
 from .sink import Record
@@ -37,11 +40,12 @@ FULL_REFRESH_SECONDS = 5.0
 
 
 class Messages:
-    """Builds Song's message for each change, from the catalog's read model as it is now."""
+    """Builds Song's message for each change: the read model, rewound to the change."""
 
-    def __init__(self, catalog: Catalog, outbox: Outbox, *, update_action: str = "UPDATE") -> None:
+    def __init__(self, catalog: Catalog, outbox: Outbox, *, update_action: str = "PUBLISH") -> None:
         self.catalog = catalog
         self.outbox = outbox
+        self.timeline = Timeline(outbox)
         self.server_id = catalog.settings.song_server_id
         self.update_action = update_action
         self._seen = BEGINNING
@@ -70,6 +74,7 @@ class Messages:
             else:
                 self.catalog.refresh()
                 self._refreshed = time.monotonic()
+            self.timeline.advance()
             self._seen = head
             self._built = {}
 
@@ -80,42 +85,35 @@ class Messages:
         built = self._built
         if len(built) > 50_000:
             built.clear()
-        docs: dict[str, bytes] = {}
         out: list[Record | None] = []
         with model.lock:
             for ch in changes:
                 if ch.event_id in built:
                     out.append(built[ch.event_id])
                     continue
-                record = self._build(ch, docs)
+                record = self._build(ch)
                 built[ch.event_id] = record
                 out.append(record)
         return out
 
-    def _build(self, ch: Change, docs: dict[str, bytes]) -> Record | None:
+    def _build(self, ch: Change) -> Record | None:
         model = self.catalog.model  # its lock is held by the caller
-        rec = model.analyses.get(ch.analysis_id)
-        if rec is None:
+        current = model.analyses.get(ch.analysis_id)
+        if current is None:
             log.warning(
                 "change %s of analysis %s skipped: the analysis never committed",
                 ch.event_id,
                 ch.analysis_id,
             )
             return None
+        rec, files = self.timeline.record_at(model, current, ch)
         if ch.table == HISTORY:
             state = ch.updated_state or "UNPUBLISHED"
             action = ACTIONS.get(state, state)
         elif ch.data_version == 1:
             state, action = "UNPUBLISHED", "CREATE"
         else:
-            state = "UNPUBLISHED"
-            for h in rec.history:
-                if h.updated_at <= ch.at:
-                    state = h.updated_state
-            action = self.update_action
-        doc = docs.get(ch.analysis_id)
-        if doc is None:
-            doc = docs[ch.analysis_id] = encode(model.analysis_doc(rec))
+            state, action = rec.state, self.update_action
         head = encode(
             {
                 "analysisId": ch.analysis_id,
@@ -125,6 +123,7 @@ class Messages:
                 "songServerId": self.server_id,
             }
         )
+        doc = encode(model.analysis_doc(rec, files=files))
         body = head[:-1] + b',"analysis":' + doc + b"}"
         return Record(ch.event_id, ch.analysis_id, action, body)
 
