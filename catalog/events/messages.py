@@ -165,8 +165,11 @@ def follow(
     stop: threading.Event | None = None,
     limit: int | None = None,
     max_seconds: float | None = None,
+    studies: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, Record] | None]:
-    """Yield (event id, record) as changes commit; None as a heartbeat while idle."""
+    """Yield (event id, record) as changes commit; None as a heartbeat while idle.
+
+    With `studies`, only the changes of those studies (the others are passed over)."""
     outbox = messages.outbox
     deadline = time.monotonic() + (config.sse_max_seconds if max_seconds is None else max_seconds)
     beat = time.monotonic() + config.sse_heartbeat
@@ -174,9 +177,14 @@ def follow(
     while time.monotonic() < deadline and not (stop and stop.is_set()):
         head = outbox.head()
         batch: list[tuple[Position, Change]] = []
+        scanned = 0
         for after, change in outbox.iter_from(position, head, config.batch_commits):
-            batch.append((after, change))
-            if len(batch) >= config.chunk_events:
+            scanned += 1
+            if studies is None or change.study_id in studies:
+                batch.append((after, change))
+            else:
+                position = after  # not this caller's: passed over, the stream moves on
+            if len(batch) >= config.chunk_events or scanned >= 50 * config.chunk_events:
                 break
         if batch:
             end = batch[-1][0].end or head
@@ -188,6 +196,8 @@ def follow(
                     sent += 1
                     if limit is not None and sent >= limit:
                         return
+            continue
+        if scanned:
             continue
         if time.monotonic() >= beat:
             yield None
