@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,18 @@ while done < n:
             time.sleep(wait)
 print(done / (time.perf_counter() - start), time.process_time(), flush=True)
 """
+
+
+def wait_for(cond: threading.Condition, done: Callable[[], bool], timeout: float) -> bool:
+    """Wait on `cond` until done() (True) or the timeout (False)."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(min(left, 1.0))
+    return True
 
 
 class Receiver:
@@ -163,14 +176,7 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def wait_count(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.arrivals) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 1.0))
-        return True
+        return wait_for(self.cond, lambda: len(self.arrivals) >= n, timeout)
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop may have ended already
@@ -251,14 +257,9 @@ class KafkaReceiver:
         return self.wait_total(n, timeout, unique=True)
 
     def wait_total(self, n: int, timeout: float, unique: bool = False) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while (len(self.arrivals) if unique else self.total) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 1.0))
-        return True
+        return wait_for(
+            self.cond, lambda: (len(self.arrivals) if unique else self.total) >= n, timeout
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -364,7 +365,7 @@ def replay_phase(
     if have < total:
         subprocess.run(
             [sys.executable, "-c", WRITER.format(study=STUDY), str(root), str(total - have)]
-            + [str(batch), "0", "unpublish"],
+            + [str(batch), "0", "suppress"],  # a suppressed analysis: a recorded no-op
             env=env,
             cwd=REPO,
             capture_output=True,
