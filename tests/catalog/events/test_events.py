@@ -148,6 +148,21 @@ def test_each_message_carries_the_analysis_as_of_its_change_and_replay_repeats_t
     assert log.read_bytes() == first * 3
 
 
+def test_a_deleted_file_is_in_the_messages_before_its_deletion_and_gone_after(
+    catalog, payloads, dispatch
+):
+    payload = payloads.variant_call(files=[payloads.file("a.vcf.gz"), payloads.file("b.vcf.gz")])
+    aid = catalog.submit(payload, STUDY)
+    gone = next(f["objectId"] for f in catalog.get_analysis(STUDY, aid)["files"])
+    catalog.delete_files(STUDY, [gone])
+    catalog.suppress(STUDY, aid)
+    idle(dispatch())
+    created, suppressed = log_lines(catalog)
+    assert [f["fileName"] for f in created["analysis"]["files"]] == ["a.vcf.gz", "b.vcf.gz"]
+    assert [f["fileName"] for f in suppressed["analysis"]["files"]] == ["b.vcf.gz"]
+    assert suppressed["analysis"] == catalog.get_analysis(STUDY, aid)
+
+
 def test_changes_of_an_analysis_that_never_committed_are_never_sent(catalog, payloads, dispatch):
     ghost = "0b3f5a5e-8a43-4d6b-9a55-4a4f2a9d8f10"
     plan = Planner(catalog.model, catalog.registry).plan(
