@@ -19,6 +19,7 @@ the Parquet file of the commit that added it, read once and cached.
 from __future__ import annotations
 
 import threading
+from bisect import insort
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -75,16 +76,16 @@ class Timeline:
         base = commit.key
         if table == FILES:
             for i, (oid, aid, file_version) in enumerate(self._file_ids(commit.files)):
-                self._files[aid].append(((*base, i), oid, file_version))
+                _append(self._files[aid], ((*base, i), oid, file_version))
             return
         for i, ch in enumerate(self.outbox.commit_changes(commit)):
             key: Key = (*base, i)
             self._own[ch.event_id] = key
             if table == ANALYSES:
                 assert ch.data_version is not None
-                self._data[ch.analysis_id].append((key, ch.data_version))
+                _append(self._data[ch.analysis_id], (key, ch.data_version))
             else:
-                self._history[ch.analysis_id].append((key, ch.event_id))
+                _append(self._history[ch.analysis_id], (key, ch.event_id))
 
     def _file_ids(self, paths: tuple[Any, ...]) -> Iterator[tuple[str, str, int]]:
         for path in paths:
@@ -105,20 +106,32 @@ class Timeline:
 
     def record_at(
         self, model: ReadModel, rec: AnalysisRecord, change: Change
-    ) -> tuple[AnalysisRecord, list[FileRow]]:
+    ) -> tuple[AnalysisRecord, list[FileRow] | None]:
         """The analysis (and its files) with only the rows committed up to `change`.
 
-        The caller holds the model's lock and has advanced the timeline past the change."""
+        When nothing of the analysis committed after the change (the live case), that is the
+        model's record itself, and None for the files (the model's). The caller holds the
+        model's lock, has brought the model up to the change and then advanced the timeline."""
         aid = rec.analysis_id
         with self._lock:
             bound = self._own.get(change.event_id)
             if bound is None:  # not read yet (cannot happen after advance): its commit, whole
                 rank = 0 if change.table == ANALYSES else 1
                 bound = (change.committed_ms, rank, change.table_version, 1 << 30)
-            data = [(k, v) for k, v in self._data.get(aid, ()) if k <= bound]
-            events = {e for k, e in self._history.get(aid, ()) if k <= bound}
+            rows = self._data.get(aid, ())
+            history = self._history.get(aid, ())
+            file_rows = self._files.get(aid, ())
+            if (
+                (not rows or (rows[-1][0] <= bound and rows[-1][1] == rec.version))
+                and (not history or history[-1][0] <= bound)
+                and (not file_rows or file_rows[-1][0] <= bound)
+                and len(history) == len(rec.history)
+            ):
+                return rec, None
+            data = [(k, v) for k, v in rows if k <= bound]
+            events = {e for k, e in history if k <= bound}
             newest: dict[str, tuple[Key, int]] = {}
-            for k, oid, file_version in self._files.get(aid, ()):
+            for k, oid, file_version in file_rows:
                 if k <= bound and (oid not in newest or newest[oid][0] < k):
                     newest[oid] = (k, file_version)
         version = max(data)[1] if data else 1
@@ -175,3 +188,11 @@ class Timeline:
         if found is None:
             raise OutboxGap(f"{table} version {version} has no row for {ident}")
         return found
+
+
+def _append(entries: list[Any], entry: tuple[Any, ...]) -> None:
+    """Keep an analysis' entries in key order (commit times follow versions but for clock skew)."""
+    if entries and entries[-1][0] > entry[0]:
+        insort(entries, entry)
+    else:
+        entries.append(entry)

@@ -86,17 +86,18 @@ class Messages:
         if len(built) > 50_000:
             built.clear()
         out: list[Record | None] = []
+        docs: dict[str, bytes] = {}  # the current document of an analysis, built once a chunk
         with model.lock:
             for ch in changes:
                 if ch.event_id in built:
                     out.append(built[ch.event_id])
                     continue
-                record = self._build(ch)
+                record = self._build(ch, docs)
                 built[ch.event_id] = record
                 out.append(record)
         return out
 
-    def _build(self, ch: Change) -> Record | None:
+    def _build(self, ch: Change, docs: dict[str, bytes]) -> Record | None:
         model = self.catalog.model  # its lock is held by the caller
         current = model.analyses.get(ch.analysis_id)
         if current is None:
@@ -123,7 +124,12 @@ class Messages:
                 "songServerId": self.server_id,
             }
         )
-        doc = encode(model.analysis_doc(rec, files=files))
+        if rec is current:  # nothing of it committed after this change
+            doc = docs.get(ch.analysis_id)
+            if doc is None:
+                doc = docs[ch.analysis_id] = encode(model.analysis_doc(rec))
+        else:
+            doc = encode(model.analysis_doc(rec, files=files))
         body = head[:-1] + b',"analysis":' + doc + b"}"
         return Record(ch.event_id, ch.analysis_id, action, body)
 
