@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/watcher.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/events.py --sink kafka
 	$(BIN)/python bench/api.py
 
 clean:
