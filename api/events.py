@@ -26,6 +26,7 @@ from catalog.events.messages import Messages, follow, start_position
 from catalog.events.outbox import Outbox
 
 from .auth import require_events_reader
+from .docs import STRING, answer, doc
 from .params import current_catalog, optional_integer
 
 bp = Blueprint("events", __name__)
@@ -54,6 +55,15 @@ def _streams() -> Streams:
 
 
 @bp.get("/events")
+@doc(
+    "Song's analysis messages as they commit (server-sent events)",
+    scope="events",
+    responses={
+        200: answer(
+            STRING, "text/event-stream: id = a position, data = a message", "text/event-stream"
+        )
+    },
+)
 def stream() -> Response:
     """Song's analysis messages as they commit, as text/event-stream."""
     settings = current_catalog().settings
