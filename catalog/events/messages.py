@@ -25,7 +25,7 @@ from ..errors import MalformedParameter
 from ..settings import Settings
 from .asof import Timeline
 from .config import EventsConfig
-from .outbox import BEGINNING, HISTORY, Change, Cut, Outbox, Position, cut_from
+from .outbox import BEGINNING, FILES, HISTORY, Change, Cut, Outbox, Position, cut_from
 from .sink import Record
 
 try:
@@ -50,6 +50,7 @@ class Messages:
         self.update_action = update_action
         self._seen = BEGINNING
         self._refreshed = 0.0
+        self._files_seen = -1  # the files table's version at the last full refresh
         self._lock = threading.Lock()
         # records built since the last refresh: another sink asking for the same change before
         # the next refresh would build exactly the same bytes
@@ -61,12 +62,13 @@ class Messages:
             if self._seen.covers(cut):
                 return
             head = self.outbox.head()  # read before the refresh, which then reads at least this
+            files = self.outbox.latest(FILES)
             fresh = time.monotonic() - self._refreshed < FULL_REFRESH_SECONDS
-            if fresh and head.analyses == self._seen.analyses:
+            if fresh and head.analyses == self._seen.analyses and files == self._files_seen:
                 # only state changes since the last refresh (the common case under load): apply
                 # their rows, much cheaper than a refresh of every table; a document depends on
-                # other tables only through rows committed before an analyses row (which takes
-                # the other branch), so the periodic refresh is a safety net
+                # other tables only through rows committed before an analyses or a files row
+                # (which take the other branch), so the periodic refresh is a safety net
                 model = self.catalog.model
                 for version in range(self._seen.history + 1, head.history + 1):
                     model.apply_rows(HISTORY, self.outbox.history_rows(version - 1, version))
@@ -74,6 +76,7 @@ class Messages:
             else:
                 self.catalog.refresh()
                 self._refreshed = time.monotonic()
+                self._files_seen = files
             self.timeline.advance()
             self._seen = head
             self._built = {}

@@ -163,6 +163,28 @@ def test_a_deleted_file_is_in_the_messages_before_its_deletion_and_gone_after(
     assert suppressed["analysis"] == catalog.get_analysis(STUDY, aid)
 
 
+def test_a_dispatcher_of_another_process_sends_a_file_update_with_the_next_change(
+    catalog, submitted, no_leaked_threads
+):
+    aid, _ = submitted
+    # the dispatcher's own catalog, as `songlake events run` opens it: it learns of the writer's
+    # commits only from the Delta logs
+    d = Dispatcher(Catalog(catalog.settings), config=parse_events(FAST))
+    d.start(standby=False)
+    try:
+        idle(d)  # caught up, its read model freshly refreshed
+        oid = catalog.get_analysis(STUDY, aid)["files"][0]["objectId"]
+        catalog.update_file(STUDY, oid, {"info": {"qc": "passed"}})  # a files commit, no event
+        catalog.suppress(STUDY, aid)  # then a state change alone (the read model's quick path)
+        idle(d)
+    finally:
+        d.stop()
+    suppressed = log_lines(catalog)[-1]
+    assert suppressed["action"] == "SUPPRESS"
+    assert suppressed["analysis"]["files"][0]["info"] == {"qc": "passed"}
+    assert suppressed["analysis"] == catalog.get_analysis(STUDY, aid)
+
+
 def test_changes_of_an_analysis_that_never_committed_are_never_sent(catalog, payloads, dispatch):
     ghost = "0b3f5a5e-8a43-4d6b-9a55-4a4f2a9d8f10"
     plan = Planner(catalog.model, catalog.registry).plan(
