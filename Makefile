@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/watcher.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/events.py --sink kafka
+	$(BIN)/python bench/timeline.py
 	$(BIN)/python bench/api.py
 
 clean:
