@@ -21,6 +21,7 @@ from . import (
     analysis_types,
     auth,
     downloads,
+    drs,
     entities,
     events,
     export,
@@ -30,6 +31,7 @@ from . import (
     sql,
     studies,
     system,
+    uploads,
 )
 from .errors import register_error_handlers
 from .groupcommit import GroupCommitter
@@ -92,4 +94,6 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(events.bp)  # GET /events (SSE)
     app.register_blueprint(downloads.bp)  # Score downloads
+    app.register_blueprint(uploads.bp)  # Score's upload protocol
+    app.register_blueprint(drs.bp)  # GA4GH DRS 1.4
     return app

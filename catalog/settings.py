@@ -125,6 +125,17 @@ class Settings:
     auth_study_suffix: str = field(
         default=".WRITE", metadata={"help": "study scope = prefix + studyId + suffix"}
     )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated addresses or networks (CIDR) of proxies whose "
+            "X-Forwarded-Proto/-Host/-Prefix headers build the URLs songlake hands out"
+        },
+    )
+    upload_url_expiration: int = field(
+        default=6 * 86_400,
+        metadata={"help": "seconds a part URL of a Score upload stays valid (Score: 6 days)"},
+    )
     events: dict[str, Any] = field(
         default_factory=dict,
         hash=False,

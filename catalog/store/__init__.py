@@ -6,9 +6,12 @@
     local       LocalObjectStore: <root>/objects, the embedded default
     s3          S3ObjectStore: any S3-compatible endpoint, through boto3 (the only boto3 user)
     newfiles    files written whole before they get a name (O_TMPFILE), and atomic replacement
+    multipart   Score's upload protocol (initiate, parts, finalize, status, recovery, cancel)
+    localparts  ... on the local store: parts PUT to songlake, written in place, renamed at the end
+    s3parts     ... on S3: real multipart uploads, presigned part URLs, Score's upload/ state
     audit       ``storage verify`` and ``storage sync``: the registry against what is stored
 
-``open_store(settings)`` picks the backend the settings name.
+``open_store(settings)`` picks the backend the settings name; ``open_uploads(store)`` its uploads.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from ..errors import MalformedParameter
 from .base import ObjectStore, PutRequest, StoredObject
 from .layout import ObjectSpec, Part, check_object_id, is_object_id, part_plan
 from .local import LocalObjectStore
+from .localparts import LocalUploads
+from .multipart import Uploads
 
 __all__ = [
     "LocalObjectStore",
@@ -30,6 +35,9 @@ __all__ = [
     "check_object_id",
     "is_object_id",
     "open_store",
+    "open_uploads",
+    "Uploads",
+    "LocalUploads",
     "part_plan",
 ]
 
@@ -49,3 +57,15 @@ def open_store(settings: Any) -> ObjectStore:
         name="object_store",
         value=kind,
     )
+
+
+def open_uploads(store: ObjectStore) -> Uploads:
+    """Score's upload protocol over a store."""
+    if isinstance(store, LocalObjectStore):
+        return LocalUploads(store)
+    from .s3 import S3ObjectStore  # boto3: only for a store that is S3 already
+    from .s3parts import S3Uploads
+
+    if isinstance(store, S3ObjectStore):
+        return S3Uploads(store)
+    raise MalformedParameter(f"{store.describe()} does not take Score uploads")
