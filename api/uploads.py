@@ -15,6 +15,13 @@
     DELETE /upload/{objectId}           cancel the upload in progress
     POST   /upload/cancel               cancel every upload in progress (system scope)
 
+and the two calls score-client makes to learn about the server:
+
+    GET    /profile                     "s3": the client's S3 services fit both stores (their
+                                        part URLs are plain signed URLs)
+    GET    /listing                     [{id, lastModified, size}] of every blob under data/ whose
+                                        name is a UUID (any valid token; Score's secure profile)
+
 Rules, as Score and Song apply them: the objectId must be a file of the catalog (404
 ``legacy.entity.not.found``); the token needs ``score.WRITE`` or ``<prefix><studyId>.WRITE``,
 compared exactly, case included (401 / 403); uploads start and finish only while the analysis is
@@ -247,6 +254,26 @@ def cancel_all() -> Response:
     require_score(None, "WRITE")
     _uploads().cancel_all()
     return _ok()
+
+
+@bp.get("/profile")
+def profile() -> Response:
+    return Response("s3", mimetype="text/plain")
+
+
+@bp.get("/listing")
+def listing() -> Response:
+    if auth.authenticator().enabled and auth.current_caller() is None:
+        raise auth.UnauthorizedToken("The listing needs 'Authorization: Bearer <token>'")
+    store = current_catalog().store
+    found = store.inventory()
+    return jsonify(
+        [
+            {"id": oid, "lastModified": store.last_modified(oid), "size": entry.blob_size}
+            for oid, entry in sorted(found.items())
+            if entry.blob_size is not None
+        ]
+    )
 
 
 @bp.put("/objects/upload/<object_id>")

@@ -195,6 +195,10 @@ class ObjectStore(abc.ABC):
         (parts planned over its size, md5 from its md5chksum or None), or None without a blob."""
         return None
 
+    def last_modified(self, object_id: str) -> int:
+        """When the blob was last written, in epoch milliseconds (0: unknown)."""
+        return 0
+
     def served_spec(self, object_id: str) -> ObjectSpec | None:
         """The .meta's spec, else the one ``blob_spec`` makes."""
         found = self.spec(object_id)

@@ -284,6 +284,12 @@ class LocalObjectStore(ObjectStore):
             self._fill(item, folder, src, size, want_md5, ctx)
         return None
 
+    def last_modified(self, object_id: str) -> int:
+        try:
+            return self._blob(object_id).stat().st_mtime_ns // 1_000_000
+        except FileNotFoundError:
+            return 0
+
     def blob_spec(self, object_id: str) -> dict[str, Any] | None:
         try:
             size = self._blob(object_id).stat().st_size
