@@ -32,6 +32,7 @@ from catalog.errors import (
     LegacyEntityNotFound,
     MalformedParameter,
     NotFound,
+    RangeExceedsObject,
     StorageObjectNotFound,
 )
 from catalog.store.layout import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
@@ -150,20 +151,21 @@ def download(object_id: str) -> Response:
     if raw is None:
         raise StorageObjectNotFound(object_id=object_id)
     size = int(raw["objectSize"])
-    if (
-        offset < 0
-        or length < -1
-        or length == 0
-        or offset + max(length, 0) > size
-        or (length == -1 and offset > size)
-    ):
+    if offset < 0:
         raise MalformedParameter(
-            f"The range offset={offset} length={length} is outside objectId '{object_id}' "
-            f"({size} bytes)",
-            name="offset,length",
-            value=f"{offset},{length}",
-            object_id=object_id,
+            f"The offset {offset} is negative", name="offset", value=str(offset)
         )
+    # Score's rules: offset 0 and any negative length is the whole object; otherwise a negative
+    # length runs to the end, and a range past the end is its InternalUnrecoverableError (500)
+    if external or offset != 0 or length >= 0:
+        if not external and length < 0:
+            length = size - offset
+        if offset + length > size or (not external and length < 0):
+            raise RangeExceedsObject(
+                f"Specified parameters exceed object size (object id: {object_id}, offset: "
+                f"{offset}, length: {length})",
+                object_id=object_id,
+            )
     expires = catalog.settings.s3_url_expiration
     url = None if exclude_urls else _url(object_id, expires, state, access)
     if external:
@@ -171,11 +173,11 @@ def download(object_id: str) -> Response:
         body["uploadId"] = object_id
         body["objectSize"] = length  # Score echoes the length asked for
         body["parts"] = [{"partNumber": 1, "partSize": -1, "offset": 0, "url": url, "md5": None}]
-    elif offset == 0 and length == -1:
+    elif offset == 0 and length < 0:
         body = dict(raw)  # the stored spec as it is, sourceMd5 included
         body["parts"] = [dict(p, url=url) for p in raw.get("parts") or []]
     else:
-        span = size - offset if length == -1 else length
+        span = length
         body = dict(raw)
         body["uploadId"] = object_id
         body["objectSize"] = span

@@ -137,6 +137,7 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         "unregistered.type",
         "invalid.storage.download.response",
         "object.overwrite.refused",  # Score: an upload with overwrite=false of a stored object
+        "storage.range.exceeds.object",  # Score: a download range past the object's end
         "unknown.error",
         "duplicate.analysis.schema",
         "duplicate.analysis.data",

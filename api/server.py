@@ -31,6 +31,9 @@ class ApiServer:
             # a 500-analysis search answer is ~1.3 MB; waitress spills anything over 1 MB to a
             # temporary file by default
             outbuf_overflow=64 * 1024 * 1024,
+            # Score's upload parts (20 MiB and more) arrive in the request body: 8 KiB reads
+            # (waitress' default) cost a pass of its event loop each
+            recv_bytes=1024 * 1024,
         )
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")

@@ -54,6 +54,8 @@
         ├── InvalidStorageResponse      invalid.storage.download.response
         ├── StorageServiceError         storage.service.error (S3 failed or refused)
         ├── ObjectOverwriteRefused      object.overwrite.refused (Score: 500, overwrite=false)
+        ├── RangeExceedsObject          storage.range.exceeds.object (Score: 500, a download range
+        │                               past the object's end)
         └── OutboxGap                   a commit's log entry is gone (events)
 
     DeliveryFailed                      not a request's error: one attempt of an events sink
@@ -406,6 +408,10 @@ class StorageServiceError(Internal):
 
 class ObjectOverwriteRefused(Internal):
     error_id = "object.overwrite.refused"
+
+
+class RangeExceedsObject(Internal):
+    error_id = "storage.range.exceeds.object"
 
 
 class OutboxGap(Internal):

@@ -105,7 +105,11 @@ def test_ranged_and_external_specs(cat, client, payloads) -> None:
         (1, -1, 0)
     ]
     past = client.get(f"/download/{oid}?offset={len(content) - 2}&length=5")
-    assert_song_error(past, 400, "malformed.parameter")
+    assert_song_error(past, 500, "storage.range.exceeds.object")  # Score's answer
+    assert_song_error(client.get(f"/download/{oid}?offset=-1&length=5"), 400, "malformed.parameter")
+    tail = client.get(f"/download/{oid}?offset=3&length=-7").get_json()  # negative: to the end
+    assert (tail["objectSize"], tail["parts"][0]["offset"]) == (len(content) - 3, 3)
+    assert client.get(f"/download/{oid}?offset=0&length=-5").get_json()["uploadId"] == oid
 
 
 def test_bad_object_ids(client) -> None:
