@@ -29,7 +29,6 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from catalog.errors import (
     IllegalAnalysisState,
-    LegacyEntityNotFound,
     MalformedParameter,
     NotFound,
     RangeExceedsObject,
@@ -38,6 +37,7 @@ from catalog.errors import (
 from catalog.store.layout import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
 
 from . import auth, signing
+from .access import entity
 from .errors import error_response, http_error_id, song_error
 from .params import current_catalog, flag, integer
 
@@ -85,15 +85,8 @@ def check_access(study_id: str, access: str | None, action: str = "READ") -> Non
 
 def _entity(object_id: str) -> tuple[str, str, str | None]:
     """(studyId, analysis state, access) of a registered file; 404 when it is not registered."""
-    model = current_catalog().model
-    with model.lock:
-        row = model.files.get(object_id)
-        rec = model.analyses.get(row.analysis_id) if row is not None else None
-        if row is None or rec is None:
-            raise LegacyEntityNotFound(
-                f"The entity with objectId '{object_id}' is not registered", object_id=object_id
-            )
-        return rec.study_id, rec.state, row.file_access
+    row, state = entity(object_id)
+    return row.study_id, state, row.file_access
 
 
 # -- local URLs ---------------------------------------------------------------------------------

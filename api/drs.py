@@ -26,9 +26,10 @@ from catalog.errors import NotFound, SonglakeError, StorageObjectNotFound
 from catalog.store import check_object_id, is_object_id
 
 from . import auth, downloads, signing
+from .access import entity, require_score
+from .docs import OBJECT, doc
 from .errors import status_of
 from .params import current_catalog, current_settings
-from .uploads import entity, require_score
 
 bp = Blueprint("drs", __name__, url_prefix="/ga4gh/drs/v1")
 
@@ -101,6 +102,7 @@ def _s3_uri(object_id: str) -> str | None:
 
 
 @bp.get("/service-info")
+@doc("GA4GH service-info of the DRS 1.4 service", tag="drs", ok=OBJECT)
 def service_info() -> Response:
     settings = current_settings()
     return jsonify(
@@ -116,6 +118,7 @@ def service_info() -> Response:
 
 
 @bp.route("/objects/<object_id>", methods=["GET", "POST"])
+@doc("A DrsObject: size, times, md5, access methods", tag="drs", ok=OBJECT)
 def drs_object(object_id: str) -> Response:
     row, rec = _servable(object_id)
     methods: list[dict[str, Any]] = [{"type": "https", "access_id": "https"}]
@@ -142,6 +145,7 @@ def drs_object(object_id: str) -> Response:
 
 
 @bp.route("/objects/<object_id>/access/<access_id>", methods=["GET", "POST"])
+@doc("An AccessURL: a signed or presigned URL of the bytes", tag="drs", ok=OBJECT)
 def access(object_id: str, access_id: str) -> Response:
     row, rec = _servable(object_id)
     if access_id != "https":

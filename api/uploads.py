@@ -38,7 +38,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from catalog.errors import (
     IllegalAnalysisState,
-    LegacyEntityNotFound,
     MalformedParameter,
     MismatchingObjectChecksum,
     MismatchingObjectSize,
@@ -47,53 +46,25 @@ from catalog.read.records import FileRow
 from catalog.store import LocalUploads, ObjectSpec, Uploads, check_object_id, open_uploads
 
 from . import auth, signing
+from .access import entity, require_score
+from .docs import OBJECT, STRING, answer, array, doc
 from .params import current_catalog, current_settings, flag
 
 bp = Blueprint("uploads", __name__)
 
 EXTENSION = "songlake.uploads"
-WRITE_SCOPE = "score.WRITE"
 
 
-# -- who may --------------------------------------------------------------------------------------
-
-
-def require_score(study_id: str | None, action: str) -> None:
-    """Score's scope rule: ``score.<action>`` or ``<prefix><studyId>.<action>``, compared
-    exactly; the admin token passes; nothing is checked with auth off."""
-    authn = auth.authenticator()
-    if not authn.enabled:
-        return
-    caller = auth.current_caller()
-    if caller is None:
-        raise auth.UnauthorizedToken("This call needs 'Authorization: Bearer <token>'")
-    wanted = {f"score.{action}"}
-    if study_id is not None:
-        wanted.add(f"{authn.study_prefix}{study_id}.{action}")
-    if caller.source == "admin" or wanted & caller.scopes:
-        return
-    raise auth.ForbiddenToken(
-        f"The token's scopes include none of {sorted(wanted)} (compared exactly, case included)"
-    )
-
-
-def entity(object_id: str) -> tuple[FileRow, str]:
-    """The file record of an objectId and its analysis' state; 404 when it is not registered."""
-    model = current_catalog().model
-    with model.lock:
-        row = model.files.get(object_id)
-        rec = model.analyses.get(row.analysis_id) if row is not None else None
-        if row is None or rec is None:
-            raise LegacyEntityNotFound(
-                f"The entity with objectId '{object_id}' is not registered", object_id=object_id
-            )
-        return row, rec.state
+def _may_write(object_id: str) -> tuple[FileRow, str]:
+    """The file record and its analysis' state, once the caller may write to its study."""
+    row, state = entity(check_object_id(object_id))
+    require_score(row.study_id, "WRITE")
+    return row, state
 
 
 def _writable(object_id: str) -> FileRow:
     """The file record, once the caller may write it and its analysis takes uploads."""
-    row, state = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    row, state = _may_write(object_id)
     if state != "UNPUBLISHED":
         raise IllegalAnalysisState(
             f"Cannot complete upload for objectId '{object_id}' with analysisState '{state}' "
@@ -166,6 +137,7 @@ def _ok() -> Response:
 
 
 @bp.post("/upload/<object_id>/uploads")
+@doc("Start an upload: the part plan with one PUT URL per part", scope="study", ok=OBJECT)
 def initiate(object_id: str) -> Response:
     row = _writable(object_id)
     size = _required_int("fileSize")
@@ -187,27 +159,31 @@ def initiate(object_id: str) -> Response:
 
 
 @bp.get("/upload/<object_id>/status")
+@doc(
+    "UploadProgress: the upload in progress, completed parts with sourceMd5",
+    scope="study",
+    ok=OBJECT,
+)
 def status(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     spec = _uploads().progress(object_id, _required_int("fileSize"))
     body = _with_urls(spec)
     return jsonify({"objectId": spec.object_id, "uploadId": spec.upload_id, "parts": body["parts"]})
 
 
 @bp.get("/upload/<object_id>/parts")
+@doc("The upload in progress with fresh part URLs (resume)", scope="study", ok=OBJECT)
 def parts(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     uploads = _uploads()
     current = uploads.current(object_id)
     return jsonify(_with_urls(uploads.progress(object_id, current.object_size)))
 
 
 @bp.post("/upload/<object_id>/parts")
+@doc("Record a part the store holds with that ETag", scope="study")
 def finalize_part(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     _uploads().finalize_part(
         object_id,
         _required("uploadId"),
@@ -219,14 +195,15 @@ def finalize_part(object_id: str) -> Response:
 
 
 @bp.delete("/upload/<object_id>/parts")
+@doc("Forget a part's record (not its bytes)", scope="study")
 def delete_part(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     _uploads().delete_part(object_id, _required("uploadId"), _required_int("partNumber"))
     return _ok()
 
 
 @bp.post("/upload/<object_id>")
+@doc("Finalize: parts, sizes and md5s checked, the .meta written last", scope="study")
 def finalize(object_id: str) -> Response:
     _writable(object_id)
     _uploads().finalize(object_id, _required("uploadId"))
@@ -234,22 +211,23 @@ def finalize(object_id: str) -> Response:
 
 
 @bp.post("/upload/<object_id>/recovery")
+@doc("200 when the upload in progress is for a file of this size", scope="study")
 def recovery(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     _uploads().recover(object_id, _required_int("fileSize"))
     return _ok()
 
 
 @bp.delete("/upload/<object_id>")
+@doc("Cancel the upload in progress", scope="study")
 def cancel(object_id: str) -> Response:
-    row, _ = entity(check_object_id(object_id))
-    require_score(row.study_id, "WRITE")
+    _may_write(object_id)
     _uploads().cancel(object_id)
     return _ok()
 
 
 @bp.post("/upload/cancel")
+@doc("Cancel every upload in progress", scope="system")
 def cancel_all() -> Response:
     require_score(None, "WRITE")
     _uploads().cancel_all()
@@ -257,11 +235,16 @@ def cancel_all() -> Response:
 
 
 @bp.get("/profile")
+@doc(
+    "The storage profile score-client picks its services by",
+    responses={200: answer(STRING, "s3", "text/plain")},
+)
 def profile() -> Response:
     return Response("s3", mimetype="text/plain")
 
 
 @bp.get("/listing")
+@doc("Every stored blob: id, lastModified, size", ok=array(OBJECT))
 def listing() -> Response:
     if auth.authenticator().enabled and auth.current_caller() is None:
         raise auth.UnauthorizedToken("The listing needs 'Authorization: Bearer <token>'")
@@ -277,6 +260,7 @@ def listing() -> Response:
 
 
 @bp.put("/objects/upload/<object_id>")
+@doc("A part's bytes, behind the signed URL initiate handed out (local store)")
 def put_part(object_id: str) -> Response:
     """The local store's part PUT, behind the signed URL initiate handed out."""
     check_object_id(object_id)

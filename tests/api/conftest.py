@@ -7,6 +7,7 @@ import hashlib
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,10 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.auth import ensure_admin_token
 from api.errors import status_name
+from catalog import SubmitItem
 from catalog.catalog import Catalog
+from catalog.settings import load_settings
+from tests.conftest import STUDY, Payloads
 
 SONG_ERROR_KEYS = {
     "errorId",
@@ -45,6 +49,39 @@ def assert_song_error(response: Any, status: int, error_id: str) -> dict[str, An
     assert f"::{error_id}] - " in body["message"]
     assert body["stackTrace"] == []
     return body
+
+
+def scoped_catalog(root: Path, tokens: dict[str, str], toml: str = "") -> Catalog:
+    """A new catalog at ``root`` whose token file holds ``tokens`` (token -> scope), with study
+    STUDY; ``toml`` adds settings."""
+    root.mkdir()
+    (root / "tokens").write_text("".join(f"{t} {s}\n" for t, s in tokens.items()))
+    (root / "songlake.toml").write_text('auth_token_file = "tokens"\n' + toml)
+    catalog = Catalog.init(load_settings(root))
+    catalog.create_study({"studyId": STUDY})
+    return catalog
+
+
+def register(
+    cat: Catalog, payloads: Payloads, access: str = "controlled", state: str = "PUBLISHED"
+):
+    """One analysis with one file of `access`, its bytes uploaded, in `state`."""
+    payload = payloads.variant_call(files=[payloads.file("a.vcf.gz", fileAccess=access)])
+    folder = payloads.write_files(payload)
+    source = {"a.vcf.gz": str(folder / "a.vcf.gz")}
+    aid = cat.submit_batch([SubmitItem(payload, STUDY, source_paths=source)])[0].analysis_id
+    cat.upload(aid, folder)
+    if state != "UNPUBLISHED":
+        cat.publish(STUDY, aid)
+    if state == "SUPPRESSED":
+        cat.suppress(STUDY, aid)
+    (f,) = cat.analysis_files(STUDY, aid)
+    return f["objectId"], payloads.contents[f["fileMd5sum"]]
+
+
+def local_path(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
 
 
 def snapshot(catalog: Catalog) -> dict[str, int]:

@@ -12,9 +12,7 @@ import pytest
 
 from api.app import create_app
 from catalog import Catalog
-from catalog.settings import load_settings
-from tests.api.conftest import assert_song_error
-from tests.api.test_downloads import bearer, local_path, register
+from tests.api.conftest import assert_song_error, bearer, local_path, register, scoped_catalog
 from tests.conftest import STUDY
 
 CHECKSUM = {
@@ -111,15 +109,7 @@ def valid(response, schema, status: int = 200) -> dict:
 
 @pytest.fixture
 def cat(tmp_path: Path) -> Catalog:
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "tokens").write_text("".join(f"{t} {s}\n" for t, s in TOKENS.items()))
-    (root / "songlake.toml").write_text(
-        'auth_token_file = "tokens"\ntrusted_proxies = "127.0.0.1, 10.0.0.0/8"\n'
-    )
-    catalog = Catalog.init(load_settings(root))
-    catalog.create_study({"studyId": STUDY})
-    return catalog
+    return scoped_catalog(tmp_path / "root", TOKENS, 'trusted_proxies = "127.0.0.1, 10.0.0.0/8"\n')
 
 
 @pytest.fixture

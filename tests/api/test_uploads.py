@@ -6,7 +6,6 @@ a study-scoped token writing another study's object; then Score's download of th
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ import pytest
 
 from api.app import create_app
 from catalog import Catalog, SubmitItem
-from catalog.settings import load_settings
 from catalog.store.layout import MIN_PART_SIZE
-from tests.api.conftest import ClientInterrupted, ScoreClient, ScoreFailure
-from tests.catalog.store.conftest import CREDENTIALS, MotoS3
+from tests.api.conftest import ClientInterrupted, ScoreClient, ScoreFailure, scoped_catalog
+from tests.catalog.store.conftest import CREDENTIALS, MotoS3, moto_server
 from tests.conftest import STUDY, Payloads
 
 SIZE = 2 * MIN_PART_SIZE + 1000  # Score's part plan: 20 MiB, 20 MiB, 1000 bytes
@@ -34,10 +32,8 @@ TOKENS = {
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoS3]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = MotoS3()
-    yield server
-    server.stop()
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +43,7 @@ def content() -> bytes:
 
 @pytest.fixture(params=["local", "s3"])
 def cat(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "tokens").write_text("".join(f"{t} {s}\n" for t, s in TOKENS.items()))
-    toml = 'auth_token_file = "tokens"\n'
+    toml = ""
     if request.param == "s3":
         moto = request.getfixturevalue("moto")
         for key, value in CREDENTIALS.items():
@@ -59,14 +52,11 @@ def cat(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
         bucket = f"score.{uuid.uuid4().hex[:12]}"
         moto.client().create_bucket(Bucket=bucket)
-        toml += (
+        toml = (
             f'object_store = "s3"\ns3_bucket = "{bucket}"\ns3_endpoint_url = "{moto.url}"\n'
             's3_region = "us-east-1"\ns3_retry_backoff = 0.01\ns3_max_attempts = 2\n'
         )
-    (root / "songlake.toml").write_text(toml)
-    catalog = Catalog.init(load_settings(root))
-    catalog.create_study({"studyId": STUDY})
-    return catalog
+    return scoped_catalog(tmp_path / "root", TOKENS, toml)
 
 
 def score_client(cat: Catalog, token: str | None, tmp_path: Path) -> ScoreClient:
