@@ -16,7 +16,13 @@ import pytest
 from api.app import create_app
 from catalog import Catalog, SubmitItem
 from catalog.store.layout import MIN_PART_SIZE
-from tests.api.conftest import ClientInterrupted, ScoreClient, ScoreFailure, scoped_catalog
+from tests.api.conftest import (
+    ClientInterrupted,
+    ScoreClient,
+    ScoreFailure,
+    scoped_catalog,
+    snapshot,
+)
 from tests.catalog.store.conftest import CREDENTIALS, MotoS3, moto_server
 from tests.conftest import STUDY, Payloads
 
@@ -103,6 +109,9 @@ def test_interrupted_upload_resumes_with_the_missing_part(cat, payloads, content
     assert first.parts_sent == [1, 2] and not cat.store.exists(oid)
     status = first.call("GET", f"/upload/{oid}/status", fileSize=SIZE)
     assert [p.get("sourceMd5") is not None for p in status["parts"]] == [True, True, False]
+    again_urls = first.call("GET", f"/upload/{oid}/parts")  # the part URLs again
+    assert again_urls["uploadId"] == status["uploadId"]
+    assert all(p["url"] for p in again_urls["parts"])
     assert_refused(first, "POST", f"/upload/{oid}/recovery", 400, "upload.refused", fileSize=5)
     first.call("POST", f"/upload/{oid}/recovery", fileSize=SIZE)
 
@@ -164,6 +173,7 @@ def test_published_object_is_never_overwritten(cat, payloads, content, tmp_path)
 
 def test_scopes_are_exact_and_per_study(cat, payloads, content, tmp_path) -> None:
     _, oid, md5, path = registered(cat, payloads, content, tmp_path)
+    before = snapshot(cat)
     for token, status, error in (
         (None, 401, "unauthorized.token"),
         ("other-writer", 403, "forbidden.token"),
@@ -197,7 +207,8 @@ def test_scopes_are_exact_and_per_study(cat, payloads, content, tmp_path) -> Non
     assert_refused(
         writer, "GET", f"/upload/{oid}/status", 404, "upload.id.not.found", fileSize=SIZE
     )
-    assert not cat.store.exists(oid)
+    assert not cat.store.exists(oid) and cat.store.blob_spec(oid) is None
+    assert snapshot(cat) == before  # no table was written
 
 
 def assert_refused(client: ScoreClient, method: str, path: str, status: int, error: str, **params):
