@@ -58,6 +58,13 @@ class LocalUploads(Uploads):
             self._dir(spec.object_id, spec.upload_id or "") / ".meta", spec.to_json().encode()
         )
 
+    def _spec(self, object_id: str, upload_id: str) -> ObjectSpec | None:
+        try:
+            raw = (self._dir(object_id, upload_id) / ".meta").read_bytes()
+        except FileNotFoundError:
+            return None
+        return ObjectSpec.from_json(parse_meta(object_id, raw))
+
     def _current(self, object_id: str) -> ObjectSpec | None:
         oid = check_object_id(object_id)
         try:

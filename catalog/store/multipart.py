@@ -84,6 +84,10 @@ class Uploads(abc.ABC):
         """The spec of the object's upload in progress, or None."""
 
     @abc.abstractmethod
+    def _spec(self, object_id: str, upload_id: str) -> ObjectSpec | None:
+        """The spec of that upload of the object, or None when it is not in progress."""
+
+    @abc.abstractmethod
     def _records(self, object_id: str, upload_id: str) -> dict[int, PartRecord]:
         """The completed-part records of an upload, by part number."""
 
@@ -223,11 +227,11 @@ class Uploads(abc.ABC):
         return uuid.uuid4().hex
 
     def _upload(self, object_id: str, upload_id: str) -> ObjectSpec:
-        spec = self.current(object_id)
-        if self._upload_id(spec) != upload_id:
+        oid = check_object_id(object_id)
+        spec = self._spec(oid, upload_id) if upload_id else None
+        if spec is None:
             raise UploadNotFound(
-                f"The upload {upload_id} of objectId {spec.object_id} is not in progress",
-                object_id=spec.object_id,
+                f"The upload {upload_id} of objectId {oid} is not in progress", object_id=oid
             )
         return spec
 

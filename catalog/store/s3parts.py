@@ -80,6 +80,16 @@ class S3Uploads(Uploads):
             ContentType="application/json",
         )
 
+    def _spec(self, object_id: str, upload_id: str) -> ObjectSpec | None:
+        key = self._prefix(object_id, upload_id) + ".meta"
+        try:
+            body = self.store._call("get_object", self._state(object_id), key)["Body"].read()
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise
+        return ObjectSpec.from_json(parse_meta(object_id, body))
+
     def _current(self, object_id: str) -> ObjectSpec | None:
         bucket = self._state(object_id)
         for page in self._list(bucket, self._prefix(object_id), Delimiter="/"):
@@ -170,8 +180,14 @@ class S3Uploads(Uploads):
                 raise
         state = self._state(object_id)
         for page in self._list(state, self._prefix(object_id, upload_id)):
-            for item in page.get("Contents", []):
-                self.store._call("delete_object", state, item["Key"])
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            for start in range(0, len(keys), 1000):  # one request per thousand keys
+                self.store._call(
+                    "delete_objects",
+                    state,
+                    None,
+                    Delete={"Objects": keys[start : start + 1000], "Quiet": True},
+                )
 
     def part_url(self, spec: ObjectSpec, part: Part, expires: int) -> str | None:
         bucket, key = self._target(spec.object_id)
