@@ -38,6 +38,7 @@ from .base import ObjectStore
 from .layout import ObjectSpec, Part, check_object_id, part_plan
 
 UPLOAD_DIR = "upload"
+SPEC_CACHE = 1024  # upload specs kept in memory at most
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -68,6 +69,9 @@ class Uploads(abc.ABC):
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        # an upload's spec never changes under its uploadId: each part's calls need not read it
+        # again (a replica that cancels it makes the next call here fail at the store instead)
+        self._specs: dict[tuple[str, str], ObjectSpec] = {}
 
     # -- what a backend provides -----------------------------------------------------------------
 
@@ -133,7 +137,7 @@ class Uploads(abc.ABC):
             raise ObjectOverwriteRefused(f"Attempted to overwrite object id {oid}", object_id=oid)
         earlier = self._current(oid)
         if earlier is not None:
-            self._abort(oid, earlier.upload_id or oid)
+            self._forget(oid, earlier.upload_id or oid)
         upload_id = self._start(oid, size, md5)
         spec = ObjectSpec(oid, size, md5, tuple(part_plan(size, self.store.part_size)), upload_id)
         self._save_spec(spec)
@@ -203,7 +207,9 @@ class Uploads(abc.ABC):
                 f"{wrong} is not the md5 of the bytes stored",
                 object_id=spec.object_id,
             )
-        return self._assemble(spec, records)
+        stored = self._assemble(spec, records)
+        self._specs.pop((spec.object_id, upload_id), None)
+        return stored
 
     def recover(self, object_id: str, size: int) -> None:
         """Score's recovery check: the upload in progress is for a file of this size."""
@@ -211,16 +217,20 @@ class Uploads(abc.ABC):
 
     def cancel(self, object_id: str) -> None:
         spec = self.current(object_id)
-        self._abort(spec.object_id, self._upload_id(spec))
+        self._forget(spec.object_id, self._upload_id(spec))
 
     def cancel_all(self) -> int:
         """Abort every upload in progress; how many there were."""
         found = self._in_progress()
         for oid, upload_id in found:
-            self._abort(oid, upload_id)
+            self._forget(oid, upload_id)
         return len(found)
 
     # -- helpers for backends --------------------------------------------------------------------
+
+    def _forget(self, object_id: str, upload_id: str) -> None:
+        self._specs.pop((object_id, upload_id), None)
+        self._abort(object_id, upload_id)
 
     @staticmethod
     def new_upload_id() -> str:
@@ -228,7 +238,13 @@ class Uploads(abc.ABC):
 
     def _upload(self, object_id: str, upload_id: str) -> ObjectSpec:
         oid = check_object_id(object_id)
-        spec = self._spec(oid, upload_id) if upload_id else None
+        spec = self._specs.get((oid, upload_id))
+        if spec is None and upload_id:
+            spec = self._spec(oid, upload_id)
+            if spec is not None:
+                if len(self._specs) >= SPEC_CACHE:
+                    self._specs.clear()
+                self._specs[(oid, upload_id)] = spec
         if spec is None:
             raise UploadNotFound(
                 f"The upload {upload_id} of objectId {oid} is not in progress", object_id=oid
