@@ -6,9 +6,12 @@ Both are real servers reached over loopback by real boto3 calls; nothing of song
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -52,6 +55,17 @@ class MotoS3:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoS3]:
+    """moto's server for the duration of a fixture, its request log quiet."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = MotoS3()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class TcpProxy:
