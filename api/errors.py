@@ -309,9 +309,16 @@ def redacted_url() -> str:
     return request.path + ("?" + "&".join(f"{n}=…" for n in names) if names else "")
 
 
+#: views that stream their body to disk (a Score upload's part, 20 MiB and more into the local
+#: store): bounded by the server's own cap (api/server.py), not by the payload limit
+STREAMED_BODIES = {"uploads.put_part"}
+
+
 def refuse_large_body() -> None:
     """Refuse a body over the limit from its Content-Length, before anything reads it (and
     before the token is checked, so that a caller without one learns nothing more)."""
+    if request.endpoint in STREAMED_BODIES:
+        return
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit is not None and (request.content_length or 0) > limit:
         raise RequestEntityTooLarge(

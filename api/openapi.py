@@ -25,6 +25,8 @@ from .jsonio import dumps_bytes
 bp = Blueprint("openapi", __name__)
 
 _ERR = {"$ref": "#/components/responses/Error"}
+#: GA4GH DRS answers its errors in its own shape, {msg, status_code}
+_DRS_ERR = {"$ref": "#/components/responses/DrsError"}
 
 #: path variable -> (its name in the document, its description)
 _PATH_NAMES = {
@@ -74,16 +76,17 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
         }
         for arg in _VAR_RE.findall(rule.rule)
     ]
+    err = _DRS_ERR if record.tag == "drs" else _ERR
     op: dict[str, Any] = {
         "operationId": f"{rule.endpoint}.{method.lower()}",
         "summary": record.summary,
         "tags": [record.tag or rule.endpoint.split(".")[0]],
         "parameters": params + [p.spec() for p in record.params],
-        "responses": {**record.responses, "default": _ERR},
+        "responses": {**record.responses, "default": err},
     }
     if params or record.params:
         # a path or query value no id or parameter can have: malformed.parameter
-        op["responses"].setdefault("400", _ERR)
+        op["responses"].setdefault("400", err)
     if record.description:
         op["description"] = record.description
     elif view is not None and view.__doc__ and record.summary not in view.__doc__:
@@ -93,8 +96,8 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
     scope = record.scope
     if scope:
         op["security"] = [{"bearer": []}]
-        op["responses"]["401"] = _ERR
-        op["responses"]["403"] = _ERR
+        op["responses"]["401"] = err
+        op["responses"]["403"] = err
         needs = "the system scope (song.WRITE)"
         if scope == "study":
             needs += " or the study scope (PROGRAMDATA-<studyId>.WRITE)"
@@ -154,7 +157,22 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "Error": {
                     "description": "SongError (every non-2xx answer)",
                     "content": {"application/json": {"schema": ref("SongError")}},
-                }
+                },
+                "DrsError": {
+                    "description": "GA4GH DRS 1.4 Error (every non-2xx answer under /ga4gh/drs)",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["msg", "status_code"],
+                                "properties": {
+                                    "msg": {"type": "string"},
+                                    "status_code": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                },
             },
             "securitySchemes": {
                 "bearer": {

@@ -91,6 +91,7 @@ class ApiServer:
             max_body = max(
                 settings.api_max_body_bytes, settings.max_payload_bytes, part + (1 << 20)
             )
+        self.max_body = max_body or 16 << 20
         server = waitress.create_server(
             app,
             host=host,
@@ -98,7 +99,7 @@ class ApiServer:
             threads=threads,
             ident="songlake",
             # a larger body is refused from its Content-Length, before it is read or spooled
-            max_request_body_size=max_body or 16 << 20,
+            max_request_body_size=self.max_body,
             # waitress stops accepting at 100 open connections; keep-alive clients (Song SDKs,
             # score-client, a portal's pool) hold theirs, so allow many more than threads
             connection_limit=max(1000, 4 * threads),

@@ -114,7 +114,8 @@ class Settings:
     api_max_body_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={
-            "help": "largest request body the server reads (at least max_payload_bytes); a "
+            "help": "largest request body the server reads (at least max_payload_bytes and a "
+            "Score part of the local store + 1 MiB); a "
             "larger one is refused from its Content-Length before it is read"
         },
     )

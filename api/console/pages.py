@@ -27,7 +27,7 @@ from catalog.model import STATES
 
 from ..analyses import change_state
 from ..auth import AuthError, require_write
-from ..downloads import check_access, local_url
+from ..downloads import check_access, local_url, object_grant
 from ..errors import status_of
 from ..params import current_catalog
 from ..search import ANALYSIS_SORT, MAX_LIMIT, PARAMS, read_filters, read_paging
@@ -276,5 +276,8 @@ def download(object_id: str) -> ResponseReturnValue:
             object_id=object_id,
         )
     expires = catalog.settings.s3_url_expiration
-    url = catalog.store.presigned_url(object_id, expires=expires) or local_url(object_id, expires)
+    grant = object_grant(object_id, doc["analysisState"], entity.get("access"))
+    url = catalog.store.presigned_url(object_id, expires=expires) or local_url(
+        object_id, expires, grant
+    )
     return redirect(url, 303)

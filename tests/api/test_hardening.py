@@ -160,7 +160,7 @@ def test_the_servers_own_answers_are_song_errors(catalog, no_leaked_threads) -> 
         assert status == 431 and body["errorId"] == "request.header.fields.too.large"
         # a body over the limit is refused from its Content-Length, before it is read (and
         # before the token is checked): the client gets its answer without sending a byte more
-        size = max(catalog.settings.api_max_body_bytes, catalog.settings.max_payload_bytes) + 1
+        size = server.max_body + 1  # the server's cap: a Score part's size and more
         request = f"POST /submit/{STUDY} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
         status, body = _json_of(_raw(server, request.encode() + b"Content-Type: x\r\n\r\n{"))
         assert status == 413 and body["errorId"] == "payload.too.large"

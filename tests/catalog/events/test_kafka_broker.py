@@ -155,7 +155,7 @@ def test_a_broker_killed_mid_burst_loses_nothing_it_acknowledged(
         stop.set()
         reader.join(10)
         # once a flush has failed, the dead broker's last acknowledgements are in
-        broker.wait(lambda: worker.stats["failures"] > failures, timeout=30)
+        broker.wait(lambda: worker.stats["failures"] > failures, timeout=120)
         saved = load_state(state_dir(catalog.settings), "kafka")
         assert saved is not None
         cursor = Position.from_json(saved["position"])
@@ -219,7 +219,7 @@ def test_a_missing_topic_a_refused_connection_and_a_bad_property_show_in_status(
 
     try:
         idle(d)
-        Broker.wait(reported, timeout=30)
+        Broker.wait(reported, timeout=120)
     finally:
         d.stop()
     assert len(log_lines(catalog)) == 9 == sum(map(len, expected.values()))  # JSONL flowed
