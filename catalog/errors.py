@@ -50,6 +50,7 @@
         ├── CorruptedId                 donor|specimen|sample.id.is.corrupted
         ├── InvalidStorageResponse      invalid.storage.download.response
         ├── StorageServiceError         storage.service.error (S3 failed or refused)
+        │   └── UnusableRoot            an s3:// root without bucket, credentials or conditional put
         └── OutboxGap                   a commit's log entry is gone (events)
 
     DeliveryFailed                      not a request's error: one attempt of an events sink
@@ -390,6 +391,10 @@ class InvalidStorageResponse(Internal):
 
 class StorageServiceError(Internal):
     error_id = "storage.service.error"
+
+
+class UnusableRoot(StorageServiceError):
+    """A catalog root on S3 that cannot be used: no bucket, no credentials, no conditional put."""
 
 
 class OutboxGap(Internal):

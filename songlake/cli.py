@@ -752,11 +752,11 @@ def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
     d = ev.Dispatcher(c.catalog, only=list(sinks) or None)
     names = [w.name for w in d.workers]
     if not d.try_lock():
-        path = ev.request_replay(settings, cut, names)
+        name, folder = ev.request_replay(settings, cut, names), ev.replay_folder(settings)
         deadline = time.monotonic() + 10
-        while path.exists() and time.monotonic() < deadline:
+        while folder.exists(name) and time.monotonic() < deadline:
             time.sleep(0.1)
-        taken = "taken" if not path.exists() else "queued"
+        taken = "taken" if not folder.exists(name) else "queued"
         click.echo(f"replay from {from_} {taken} by the running dispatcher ({ev.holder(d)})")
         return
     ev.rewind_saved(settings, cut, names)
