@@ -140,7 +140,7 @@ def init(c: Context) -> None:
     from catalog.catalog import Catalog
 
     catalog = Catalog.init(c.settings)
-    click.echo(f"catalog ready at {catalog.settings.root}")
+    click.echo(f"catalog ready at {catalog.settings.location}")
     click.echo(f"analysis types: {', '.join(catalog.registry.names())}")
 
 

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -57,13 +58,17 @@ class MotoS3:
 class TcpProxy:
     """A loopback TCP proxy to ``upstream_port`` that a test can cut.
 
+    ``rewrite`` changes the bytes going upstream (an endpoint that ignores a header, say).
     ``cut()`` drops every open connection and refuses (accepts then closes) new ones until
     ``restore()``; ``cut_after(n)`` does so once ``n`` bytes have gone upstream, ``stay_down``
     deciding whether it then stays down or lets the next connections through.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_port: int, *, rewrite: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self._upstream = upstream_port
+        self._rewrite = rewrite  # applied to every chunk going upstream
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -137,6 +142,8 @@ class TcpProxy:
                         if not stay_down:
                             self.restore()
                         return
+                if upward and self._rewrite is not None:
+                    data = self._rewrite(data)
                 dst.sendall(data)
         except OSError:
             pass

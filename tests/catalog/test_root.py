@@ -1,0 +1,276 @@
+"""A catalog root on S3 (moto's server on 127.0.0.1, real boto3, pyarrow and deltalake calls):
+every command on ``s3://bucket/prefix``, ``songlake.toml`` read from the root, the local state
+folder, wrong root URLs refused in one line with nothing created, and a lost connection in the
+middle of a commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from catalog import Catalog
+from catalog.errors import MalformedParameter
+from catalog.root import Location
+from catalog.settings import load_settings
+from songlake.cli import main
+from tests.catalog.store.conftest import CREDENTIALS, MotoS3, TcpProxy
+from tests.conftest import REPO, Payloads
+
+EXAMPLE = REPO / "examples" / "DEMO"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoS3]:
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, moto: MotoS3) -> dict[str, str]:
+    """The usual AWS environment pointing at moto, for this process and the CLI processes."""
+    env = {
+        **CREDENTIALS,
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "XDG_STATE_HOME": str(tmp_path / "xdg"),
+    }
+    for name in [n for n in os.environ if n.startswith(("AWS_", "SONGLAKE_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def bucket(moto: MotoS3, aws: dict[str, str]) -> str:
+    name = f"root-{uuid.uuid4().hex[:10]}"
+    moto.client().create_bucket(Bucket=name)
+    return name
+
+
+def keys(moto: MotoS3, bucket: str) -> list[str]:
+    pages = moto.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def cli(root: str, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["--root", root, *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def cli_process(env: dict[str, str], *args: str, timeout: float = 120) -> Any:
+    """songlake in a process of its own, with exactly the environment given (plus PATH)."""
+    return subprocess.run(
+        [sys.executable, "-m", "songlake", *args],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": env["XDG_STATE_HOME"], **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# -- the root ------------------------------------------------------------------------------------
+
+
+def test_a_location_is_a_folder_or_an_s3_prefix(aws: dict[str, str]) -> None:
+    s3 = Location.parse("s3://bkt/some/prefix/")
+    assert (s3.is_s3, s3.bucket, s3.prefix) == (True, "bkt", "some/prefix")
+    assert s3.uri("tables", "files") == "s3://bkt/some/prefix/tables/files"
+    assert s3.child("state").key("events", "x.json") == "some/prefix/state/events/x.json"
+    options = s3.storage_options or {}
+    assert options["conditional_put"] == "etag"
+    assert options["AWS_ENDPOINT_URL"] == aws["AWS_ENDPOINT_URL"]
+    assert options["AWS_ALLOW_HTTP"] == "true"  # an http:// endpoint (moto, MinIO)
+    local = Location.parse("/tmp/x")
+    assert (local.is_s3, local.uri("tables"), local.storage_options) == (
+        False,
+        "/tmp/x/tables",
+        None,
+    )
+    with pytest.raises(MalformedParameter, match="names no bucket"):
+        Location.parse("s3://")
+
+
+def test_settings_of_an_s3_root_come_from_its_songlake_toml(
+    moto: MotoS3, bucket: str, aws: dict[str, str], tmp_path: Path
+) -> None:
+    body = b'song_server_id = "song.s3"\nbatch_size = 77\n'
+    moto.client().put_object(Bucket=bucket, Key="cat/songlake.toml", Body=body)
+    settings = load_settings(f"s3://{bucket}/cat")
+    assert (settings.song_server_id, settings.batch_size) == ("song.s3", 77)
+    assert settings.location.url == f"s3://{bucket}/cat"
+    # this machine's things stay local; blobs go to the root's bucket in Score's layout
+    assert settings.state_dir == tmp_path / "xdg" / "songlake" / bucket / "cat"
+    assert settings.inbox_dir == settings.state_dir / "inbox"
+    assert (settings.object_store, settings.s3_bucket, settings.s3_data_dir) == (
+        "s3",
+        bucket,
+        "data",
+    )
+    mine = load_settings(f"s3://{bucket}/cat", local_state_dir=str(tmp_path / "here"))
+    assert mine.state_dir == mine.root == tmp_path / "here"
+
+
+def test_every_command_works_on_an_s3_root(
+    moto: MotoS3, bucket: str, aws: dict[str, str], tmp_path: Path
+) -> None:
+    root = f"s3://{bucket}/catalogs/one"
+    assert "catalog ready at " + root in cli(root, "init")
+    cli(root, "study", "create", "DEMO", "--name", "Demo")
+    analysis_id = json.loads(cli(root, "submit", str(EXAMPLE / "variant-call.song.json")))[
+        "analysisId"
+    ]
+    assert json.loads(cli(root, "analysis", "show", analysis_id))["analysisState"] == "UNPUBLISHED"
+    cli(root, "upload", analysis_id, "--dir", str(EXAMPLE))
+    cli(root, "analysis", "publish", analysis_id)
+    assert "PUBLISHED" in cli(root, "analysis", "list", "--study", "DEMO")
+    history = json.loads(cli(root, "analysis", "history", analysis_id))
+    assert [h["updatedState"] for h in history] == ["PUBLISHED"]
+    rows = json.loads(
+        cli(
+            root,
+            "sql",
+            "SELECT analysis_state, count(*) AS n FROM analyses GROUP BY 1",
+            "--format",
+            "json",
+        )
+    )
+    assert rows == [{"analysis_state": "PUBLISHED", "n": 1}]
+    assert "sequencingRead" in cli(root, "schema", "list")
+    cli(root, "export", "--study", "DEMO", "-o", str(tmp_path / "export"))
+    assert (tmp_path / "export" / "DEMO" / f"{analysis_id}.json").is_file()
+    assert "watcher: not running" in cli(root, "status")
+    cli(root, "compact")
+    cli(root, "storage", "verify")  # exits 1 when a file is missing or wrong
+    # cli(root, "events", "status")  # TODO S3 lease
+
+    # everything shared is in the bucket under the prefix; blobs in Score's layout beside it
+    stored = keys(moto, bucket)
+    assert any(k.startswith("catalogs/one/tables/analyses/_delta_log/") for k in stored)
+    assert sum(k.startswith("data/") and k.endswith(".meta") for k in stored) == 2
+    assert not any("probe" in k for k in stored)
+    # and another process (here: a fresh Catalog) reads the same truth
+    other = Catalog(load_settings(root))
+    assert other.get_analysis("DEMO", analysis_id)["analysisState"] == "PUBLISHED"
+    assert not (other.settings.state_dir / "tables").exists()
+
+
+# -- wrong root URLs -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_conditional_put(moto: MotoS3) -> Iterator[TcpProxy]:
+    """An endpoint that ignores If-None-Match: moto behind a proxy that renames the header."""
+    proxy = TcpProxy(
+        moto.port, rewrite=lambda data: data.replace(b"If-None-Match", b"X-Ignored-Hdr")
+    )
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize(
+    "case", ["missing bucket", "no credentials", "no conditional put", "no bucket"]
+)
+def test_a_wrong_root_url_is_refused_in_one_line_and_nothing_is_created(
+    case: str,
+    moto: MotoS3,
+    bucket: str,
+    aws: dict[str, str],
+    no_conditional_put: TcpProxy,
+    tmp_path: Path,
+) -> None:
+    env = dict(aws)
+    root, expected = f"s3://{bucket}/cat", ""
+    if case == "missing bucket":
+        root = "s3://no-such-bucket-here/cat"
+        expected = "error [storage.service.error]: Bucket 'no-such-bucket-here' does not exist"
+    elif case == "no credentials":
+        for name in CREDENTIALS:
+            env.pop(name)
+        expected = f"error [storage.service.error]: No AWS credentials for bucket '{bucket}'"
+    elif case == "no conditional put":
+        env["AWS_ENDPOINT_URL"] = no_conditional_put.url
+        expected = (
+            f"error [storage.service.error]: The endpoint {no_conditional_put.url} does not "
+            f"honour conditional put (If-None-Match) on bucket '{bucket}'"
+        )
+    else:
+        root, expected = "s3://", "error [malformed.parameter]: The root 's3://' names no bucket"
+    done = cli_process(env, "--root", root, "init")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert keys(moto, bucket) == []  # the probe object is gone too
+    assert not (tmp_path / "xdg").exists()
+
+
+# -- a lost connection -----------------------------------------------------------------------------
+
+
+def test_a_connection_lost_in_the_middle_of_a_commit_is_retried_and_the_catalog_stays_whole(
+    moto: MotoS3, bucket: str, aws: dict[str, str], tmp_path: Path
+) -> None:
+    root = f"s3://{bucket}/cat"
+    cli(root, "init")
+    cli(root, "study", "create", "DEMO", "--name", "Demo")
+    payloads = Payloads(tmp_path / "data")
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps(payloads.variant_call("DEMO")))
+    second.write_text(json.dumps(payloads.variant_call("DEMO")))
+    proxy = TcpProxy(moto.port)
+    try:
+        env = {**aws, "AWS_ENDPOINT_URL": proxy.url}
+        done = cli_process(env, "--root", root, "submit", str(first))
+        assert done.returncode == 0, done.stderr
+        whole = proxy.bytes_up  # what one submit sends, most of it the commit's puts
+        proxy.cut_after(whole // 2)  # so that the cut lands inside the next submit's commit
+        cut_seen = threading.Event()
+
+        def restore_a_second_after_the_cut() -> None:
+            deadline = time.monotonic() + 60
+            while proxy.up and time.monotonic() < deadline:
+                time.sleep(0.005)
+            cut_seen.set()
+            time.sleep(1.0)
+            proxy.restore()
+
+        restorer = threading.Thread(target=restore_a_second_after_the_cut)
+        restorer.start()
+        done = cli_process(env, "--root", root, "submit", str(second))
+        assert cut_seen.is_set()
+        restorer.join()
+        assert done.returncode == 0, done.stderr
+        second_id = json.loads(done.stdout)["analysisId"]
+    finally:
+        proxy.close()
+    # both registrations whole, once each, and readable by any process
+    counts = json.loads(
+        cli(
+            root,
+            "sql",
+            "SELECT (SELECT count(*) FROM analyses) AS a, (SELECT count(*) FROM analysis_versions)"
+            " AS v, (SELECT count(*) FROM files) AS f, (SELECT count(*) FROM donors) AS d",
+            "--format",
+            "json",
+        )
+    )
+    assert counts == [{"a": 2, "v": 2, "f": 2, "d": 1}]
+    catalog = Catalog(load_settings(root))
+    assert catalog.get_analysis("DEMO", second_id)["files"][0]["fileName"] == "a.vcf.gz"
