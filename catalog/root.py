@@ -157,7 +157,13 @@ class Location:
         if self.path is not None:
             return self.path.joinpath(*parts).exists()
         fs, base = self.filesystem()
-        return bool(fs.get_file_info(f"{base}/{'/'.join(parts)}").type != pafs.FileType.NotFound)
+        # opening answers "not there" in one request; get_file_info also lists, to look for a
+        # "directory" of that name (17 ms against 3 ms on moto, and latest() asks per table)
+        try:
+            fs.open_input_stream(f"{base}/{'/'.join(parts)}").close()
+        except FileNotFoundError:
+            return False
+        return True
 
     def mtime(self, *parts: str) -> float:
         fs, base = self.filesystem()
