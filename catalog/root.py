@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 from .errors import MalformedParameter
 from .store.newfiles import write_file
 
-S3_ATTEMPTS = 5  # per small-object call and per Delta request (deltalake backs off between them)
+S3_ATTEMPTS = 5  # per small-object call (pyarrow, boto3), with backoff in between
 
 
 def _env(*names: str) -> str:
@@ -112,9 +112,7 @@ class Location:
         options = {
             "conditional_put": "etag",  # safe concurrent commits without a locking service
             "AWS_REGION": self.s3.region,
-            "max_retries": str(S3_ATTEMPTS),
-            "retry_timeout": "60s",
-        }
+        }  # deltalake retries a failed request with backoff: 10 times, for up to 3 minutes
         if self.s3.endpoint_url:
             options["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
         if self.s3.allow_http:
