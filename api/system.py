@@ -60,6 +60,7 @@ def health() -> Response:
         },
         "objectStore": {"reachable": reachable, "store": catalog.store.describe()},
         "groupCommit": current_app.extensions[COMMITTER].stats(),
+        "writer": catalog.committer.status(),
         "checkedInMs": round((time.perf_counter() - started) * 1000, 1),
     }
     if problems:

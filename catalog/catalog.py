@@ -36,7 +36,7 @@ from .read.idsearch import search_ids
 from .read.readmodel import ReadModel
 from .read.search import Filters, SearchIndex
 from .settings import Settings
-from .store import LocalObjectStore, ObjectStore, open_store
+from .store import LocalObjectStore, ObjectStore, open_lease, open_store
 from .store.audit import RegisteredFile, StorageReport, SyncReport, sync_storage, verify_storage
 from .tables import TableStore
 from .write.commit import Committer
@@ -64,7 +64,7 @@ class Catalog:
         self.model = ReadModel(self.tables)
         self.model.load()
         self.store = store or open_store(settings)  # local or S3, as the settings say
-        self.committer = Committer(self.tables, self.model, self.registry)
+        self.committer = Committer(self.tables, self.model, self.registry, open_lease(settings))
         self._registration = Registration(settings, self.committer)
         self._lifecycle = Lifecycle(settings, self.committer, self.store)
         self._updates = Updates(settings, self.committer)
@@ -91,7 +91,7 @@ class Catalog:
         if seed_types:
             for body in bundled_types():
                 if catalog.registry.latest_version(body["name"]) is None:
-                    catalog.registry.register(body, actor="songlake init")
+                    catalog.register_type(body, actor="songlake init")
         return catalog
 
     def refresh(self) -> bool:
@@ -121,8 +121,19 @@ class Catalog:
         return sorted(self.model.studies)
 
     def register_type(self, body: Any, *, actor: str | None = None) -> AnalysisType:
-        with self.committer.lock:
-            return self.registry.register(body, actor=actor)
+        """Register version N+1 of a named type from a ``{name, schema, options}`` body."""
+
+        def write() -> AnalysisType:
+            atype = self.registry.prepare(body)
+            self.committer.commit(
+                [("analysis_types", [self.registry.row(atype)])],
+                operation="register_analysis_type",
+                actor=actor,
+            )
+            self.registry.refresh()
+            return self.registry.get(atype.name, atype.version)
+
+        return self.committer.run(write)
 
     # -- registration (write/registration.py) ---------------------------------------------------
 

@@ -406,3 +406,8 @@ class OutboxGap(Internal):
 
 class DeliveryFailed(Exception):
     """One attempt of an events sink failed; the message says how."""
+
+
+class WriteConflict(Exception):
+    """Another writer committed first, or this process' writer lease was taken over: the write
+    re-validates against the new latest state and tries again (``Committer.run``)."""

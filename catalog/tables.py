@@ -19,14 +19,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import CommitProperties
 
-from .errors import MalformedParameter, NotFound
+from .errors import MalformedParameter, NotFound, WriteConflict
 from .model import now
 from .root import Location
 
 TS = pa.timestamp("us", tz="UTC")
+#: every append is made at the version its writer refreshed to: a concurrent commit is a conflict
+#: for the writer to re-validate (write/commit.py), never silently re-based by deltalake
+EXPECTED_VERSION = CommitProperties(max_commit_retries=0)
 #: files at least this large are left alone by automatic compaction
 COMPACT_TARGET_BYTES = 16 * 1024 * 1024
 FULL_CHECK_EVERY = 60.0  # seconds: latest() lists a table's log at least this often
@@ -144,6 +147,14 @@ SCHEMAS: dict[str, pa.Schema] = {
 DATA_TABLES = [name for name in SCHEMAS if name != "commits"]
 
 
+def _write_expected(dt: DeltaTable, data: pa.Table, props: CommitProperties) -> None:
+    """Append at the table's next version, or raise WriteConflict if another writer took it."""
+    try:
+        write_deltalake(dt, data, mode="append", commit_properties=props)
+    except CommitFailedError as exc:
+        raise WriteConflict(f"{dt.metadata().name} moved past version {dt.version()}") from exc
+
+
 def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Column-wise conversion of row dicts into the table's Arrow schema."""
     schema = SCHEMAS[name]
@@ -251,7 +262,7 @@ class TableStore:
             return None
         with self._lock:
             dt = self.table(name)
-            write_deltalake(dt, data, mode="append")
+            _write_expected(dt, data, EXPECTED_VERSION)
             self._file_counts[name] = self._file_counts.get(name, 0) + 1
             version = dt.version()
             if self._needs_compaction(name):
@@ -275,7 +286,14 @@ class TableStore:
                 total += len(rows)
         return self.log_commit(operation, actor, total)
 
-    def log_commit(self, operation: str, actor: str | None, rows: int) -> int:
+    def log_commit(
+        self,
+        operation: str,
+        actor: str | None,
+        rows: int,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
         current = {}
         for name in DATA_TABLES:
             current[name] = self.latest(name).version()
@@ -288,13 +306,11 @@ class TableStore:
         }
         with self._lock:
             dt = self.table("commits")
-            write_deltalake(
+            custom = {**(metadata or {}), "songlake.table_versions": record["table_versions"]}
+            _write_expected(
                 dt,
                 to_arrow("commits", [record]),
-                mode="append",
-                commit_properties=CommitProperties(
-                    custom_metadata={"songlake.table_versions": record["table_versions"]}
-                ),
+                CommitProperties(custom_metadata=custom, max_commit_retries=0),
             )
             self._file_counts["commits"] = self._file_counts.get("commits", 0) + 1
             version = dt.version()

@@ -261,16 +261,21 @@ def ingest(c: Context, paths: tuple[Path, ...], quiet: bool) -> None:
 @pass_ctx
 def status(c: Context, as_json: bool, limit: int) -> None:
     """Pending, registered and rejected sidecars per study, and the latest errors."""
+    from catalog.store import open_lease
+    from catalog.tables import TableStore
+    from catalog.write.commit import writer_report
     from watcher import watcher_running
     from watcher.status import report, short
 
     settings = c.settings
     pid = watcher_running(settings)
     r = report(settings.state_dir, limit=limit, watcher_pid=pid)
+    writers = writer_report(TableStore(settings.tables_dir), open_lease(settings))
     if as_json:
-        echo_json(r.to_dict())
+        echo_json({**r.to_dict(), "writer": writers})
         return
     click.echo(f"watcher: {f'running (pid {pid})' if pid else 'not running'}")
+    click.echo(f"writer:  {describe_writers(writers)}")
     columns = ["studyId", "pending", "registering", "registered", "rejected"]
     rows = [(sid, *(n.get(k, 0) for k in columns[1:])) for sid, n in r.studies.items()]
     echo_table(columns, rows)
@@ -282,6 +287,23 @@ def status(c: Context, as_json: bool, limit: int) -> None:
         click.echo("\nwaiting for files:")
         rows = [(p["since"], short(p["path"], 50), "; ".join(p["waitingFor"])) for p in r.pending]
         echo_table(["since", "sidecar", "waiting for"], rows)
+
+
+def describe_writers(writers: dict[str, Any]) -> str:
+    """One line: who holds the writer lease (or held it last), and the last commit."""
+    lease, last = writers["lease"], writers["last_commit"]
+    if lease.get("held"):
+        text = f"lease held by {lease['holder']} since {lease['since']} (epoch {lease['epoch']})"
+    elif lease.get("holder"):
+        text = f"lease free (last held by {lease['holder']}, epoch {lease['epoch']})"
+    else:
+        text = "lease never taken"
+    if last:
+        text += (
+            f"; last commit v{last['version']} {last['operation'] or ''} at "
+            f"{last['committedAt']} by {last['writer'] or 'unknown'}"
+        )
+    return text
 
 
 # -- studies ------------------------------------------------------------------------------------
@@ -629,9 +651,11 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
 @pass_ctx
 def compact(c: Context) -> None:
     """Compact every table's small Parquet files (also done automatically)."""
+    from catalog.store import open_lease
     from catalog.tables import TableStore
 
-    counts = TableStore(c.settings.tables_dir).compact()
+    with open_lease(c.settings).hold():  # a rewrite commit: one writer at a time
+        counts = TableStore(c.settings.tables_dir).compact()
     echo_table(["table", "files"], sorted(counts.items()))
 
 

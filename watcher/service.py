@@ -239,6 +239,7 @@ class Watcher:
         if self._upload_pool is not None:
             self._upload_pool.shutdown()
         self._hash_pool = self._upload_pool = None
+        self.coordinator.check_pool = None  # what finishes now is recorded, not checked again
         # record uploads that finished while stopping
         while True:
             try:

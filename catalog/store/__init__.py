@@ -4,6 +4,7 @@
     hashing     the streaming copy: each byte read once, whole md5 and part md5s computed on the way
     base        the ObjectStore interface, PutRequest, StoredObject, RangeReader
     local       LocalObjectStore: <root>/objects, the embedded default
+    lease       the catalog-wide writer lease (flock locally)
     s3          S3ObjectStore: any S3-compatible endpoint, through boto3 (the only boto3 user)
     newfiles    files written whole before they get a name (O_TMPFILE), and atomic replacement
     audit       ``storage verify`` and ``storage sync``: the registry against what is stored
@@ -18,9 +19,12 @@ from typing import Any
 from ..errors import MalformedParameter
 from .base import ObjectStore, PutRequest, StoredObject
 from .layout import ObjectSpec, Part, check_object_id, is_object_id, part_plan
+from .lease import Lease, LocalLease
 from .local import LocalObjectStore
 
 __all__ = [
+    "Lease",
+    "LocalLease",
     "LocalObjectStore",
     "ObjectSpec",
     "ObjectStore",
@@ -29,6 +33,7 @@ __all__ = [
     "StoredObject",
     "check_object_id",
     "is_object_id",
+    "open_lease",
     "open_store",
     "part_plan",
 ]
@@ -49,3 +54,9 @@ def open_store(settings: Any) -> ObjectStore:
         name="object_store",
         value=kind,
     )
+
+
+def open_lease(settings: Any) -> Lease:
+    """The catalog-wide writer lease of the root: ``flock`` on ``<state>/writer.lock``."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return LocalLease(settings.state_dir / "writer.lock")

@@ -130,7 +130,8 @@ class Lifecycle:
                     self._check_publishable(t, latest)
                 except SonglakeError as exc:
                     refused[i] = exc
-        with self.committer.latest():
+
+        def write() -> None:
             rows: list[dict[str, Any]] = []
             at = now()
             states: dict[str, str] = {}
@@ -155,6 +156,8 @@ class Lifecycle:
                     operation="change_states",
                     actor=transitions[0].actor if transitions else None,
                 )
+
+        self.committer.run(write)
         return outcomes
 
     def check_publishable(self, t: Transition) -> None:

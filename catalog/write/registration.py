@@ -20,6 +20,7 @@ from ..errors import AnalysisIdCollision, SonglakeError
 from ..model import new_analysis_id, now, parse_payload
 from ..settings import Settings
 from .commit import Committer
+from .registry import CompiledType
 from .validation import Planner
 
 #: the commit order of a registration: children first, the commit point last
@@ -71,16 +72,35 @@ class Registration:
     def submit_batch(
         self, items: Sequence[SubmitItem], *, actor: str | None = None
     ) -> list[SubmitResult]:
-        """Validate every payload, then commit the accepted ones together (one commit per table)."""
+        """Validate every payload, then commit the accepted ones together (one commit per table).
+
+        Parsing and the JSON Schema need no catalog state: they run before the writer lease is
+        taken (in parallel with other writers' commits); the checks against committed state run
+        under it, again from the start if another writer turns out to have committed first."""
         results: list[SubmitResult] = []
-        with self.committer.latest():
+        parsed: list[dict[str, Any] | SonglakeError] = []
+        checked: list[CompiledType | SonglakeError | None] = []
+        prechecker = self._planner()
+        for item in items:
+            try:
+                doc = self._parse(item.payload)
+            except SonglakeError as exc:
+                parsed.append(exc)
+                checked.append(None)
+                continue
+            parsed.append(doc)
+            checked.append(prechecker.precheck(doc))
+
+        def write() -> None:
+            results.clear()
             planner = self._planner()
             created = now()
             plans = []
-            for item in items:
+            for item, payload, check in zip(items, parsed, checked, strict=True):
                 try:
                     self.model.check_study(item.study_id)
-                    payload = self._parse(item.payload)
+                    if isinstance(payload, SonglakeError):
+                        raise payload
                     aid = item.analysis_id or new_analysis_id()
                     if aid in self.model.analyses:
                         raise AnalysisIdCollision(analysis_id=aid)
@@ -92,6 +112,7 @@ class Registration:
                         created_at=created,
                         actor=actor,
                         source_paths=item.source_paths,
+                        checked=check,
                     )
                     plans.append(plan)
                     results.append(SubmitResult(aid))
@@ -103,6 +124,8 @@ class Registration:
                     operation="submit",
                     actor=actor,
                 )
+
+        self.committer.run(write)
         return results
 
     def check_payload(
@@ -158,7 +181,7 @@ class Registration:
     ) -> dict[str, int]:
         """Delete orphan rows left by a crash between the commits of a batch."""
         tables = self.committer.tables
-        with self.committer.lock:
+        with self.committer.latest():
             found = self.orphans(min_age_seconds=min_age_seconds)
             deleted = {
                 name: tables.delete_where_in(name, "analysis_id", ids)

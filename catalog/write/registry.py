@@ -283,29 +283,16 @@ class Registry:
 
     # -- registering --------------------------------------------------------------------------
 
-    def register(self, body: Any, *, actor: str | None = None) -> AnalysisType:
-        """Register version N+1 of a named type from a ``{name, schema, options}`` body."""
-        atype = self.prepare(body)
-        self.tables.group_commit(
-            [
-                (
-                    "analysis_types",
-                    [
-                        {
-                            "name": atype.name,
-                            "version": atype.version,
-                            "schema": dumps(atype.schema),
-                            "options": dumps(atype.options) if atype.options is not None else None,
-                            "created_at": atype.created_at,
-                        }
-                    ],
-                )
-            ],
-            operation="register_analysis_type",
-            actor=actor,
-        )
-        self.refresh()
-        return self.get(atype.name, atype.version)
+    @staticmethod
+    def row(atype: AnalysisType) -> dict[str, Any]:
+        """The ``analysis_types`` row registering a prepared type (committed by the Committer)."""
+        return {
+            "name": atype.name,
+            "version": atype.version,
+            "schema": dumps(atype.schema),
+            "options": dumps(atype.options) if atype.options is not None else None,
+            "created_at": atype.created_at,
+        }
 
     def prepare(self, body: Any) -> AnalysisType:
         """Check a registration body as Song does and return the type it would create."""

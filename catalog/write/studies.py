@@ -35,7 +35,8 @@ def create_study(
     info = study.get("info") or {}
     if not isinstance(info, dict):
         raise MalformedParameter("A study's info must be an object", name="info")
-    with committer.latest():
+
+    def write() -> None:
         if sid in committer.model.studies:
             raise StudyAlreadyExists(study_id=sid)
         row = {
@@ -47,4 +48,6 @@ def create_study(
             "created_at": now(),
         }
         committer.commit([("studies", [row])], operation="create_study", actor=actor)
+
+    committer.run(write)
     return sid

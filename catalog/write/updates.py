@@ -62,7 +62,8 @@ class Updates:
         """Replace an analysis' dynamic data (Song's PUT); keeps every earlier version."""
         if not isinstance(body, dict):
             raise MalformedParameter("The update must be a JSON object", name="body")
-        with self.committer.latest():
+
+        def write() -> None:
             rec = self.model.record(study_id, analysis_id)
             if rec.state == "SUPPRESSED":
                 raise StateTransitionRefused(
@@ -89,6 +90,8 @@ class Updates:
             }
             self.committer.commit([("analyses", [row])], operation="update_analysis", actor=actor)
 
+        self.committer.run(write)
+
     def patched(self, study_id: str, analysis_id: str, patch: Any) -> dict[str, Any]:
         """The body a merge patch makes of (data + analysisType), to be validated like a PUT."""
         rec = self.model.record(study_id, analysis_id)
@@ -109,7 +112,8 @@ class Updates:
     ) -> dict[str, Any]:
         """Song's file update: appends the file's next version unless nothing changes."""
         given = check_file_update_request(body)
-        with self.committer.latest():
+
+        def write() -> tuple[str, str, str, dict[str, Any]]:
             row = file_row(self.model, study_id, object_id)
             original = self.model.file_json(row)
             check_file_update_request(body, original)
@@ -146,6 +150,9 @@ class Updates:
                     "created_at": now(),
                 }
                 self.committer.commit([("files", [new_row])], operation="update_file", actor=actor)
+            return kind, state, aid, original
+
+        kind, state, aid, original = self.committer.run(write)
         verb = "No update for" if kind == "NO_UPDATE" else "Updated"
         return {
             "fileUpdateType": kind,
@@ -159,7 +166,8 @@ class Updates:
         self, study_id: str, object_ids: Sequence[str], *, actor: str | None = None
     ) -> None:
         """Delete files of UNPUBLISHED analyses (tombstone rows); an analysis keeps >= 1 file."""
-        with self.committer.latest():
+
+        def write() -> None:
             wanted = list(dict.fromkeys(object_ids))
             rows = [file_row(self.model, study_id, o) for o in wanted]
             per_analysis: dict[str, int] = {}
@@ -191,6 +199,8 @@ class Updates:
                 for row in rows
             ]
             self.committer.commit([("files", tombstones)], operation="delete_files", actor=actor)
+
+        self.committer.run(write)
 
 
 def check_file_update_request(body: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:

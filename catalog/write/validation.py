@@ -22,6 +22,7 @@ from ..errors import (
     MismatchingSpecimenData,
     SampleToSpecimenMismatch,
     SchemaViolation,
+    SonglakeError,
     SpecimenToDonorMismatch,
     StudyIdMismatch,
     StudyIdMissing,
@@ -180,9 +181,13 @@ class Planner:
         created_at: datetime,
         actor: str | None = None,
         source_paths: dict[str, str] | None = None,
+        checked: CompiledType | SonglakeError | None = None,
     ) -> Plan:
+        """The rows of one payload, or Song's first error. ``checked`` is what ``precheck`` found
+        before the writer lease was taken; it stands if the payload's type still resolves to the
+        same (name, version), else the schema is checked again."""
         self.model.check_study(study_id)
-        compiled = self._valid_type(payload)
+        compiled = self._type_still(payload, checked)
         self._check_study_id(payload, study_id)
         files = _unique_files(payload["files"])
         if not allow_duplicates:
@@ -215,6 +220,23 @@ class Planner:
         self.new_samples.update(entities.samples)
         self.batch_md5s.update(f["fileMd5sum"] for f in files)
         return plan
+
+    def precheck(self, payload: dict[str, Any]) -> CompiledType | SonglakeError:
+        """Steps 3-6, which need no catalog state but the registry: done before the lease."""
+        try:
+            return self._valid_type(payload)
+        except SonglakeError as exc:
+            return exc
+
+    def _type_still(
+        self, payload: dict[str, Any], checked: CompiledType | SonglakeError | None
+    ) -> CompiledType:
+        if checked is None or isinstance(checked, SonglakeError):
+            return self._valid_type(payload)  # raises the error found (or a newer one)
+        current = resolve_type(payload, self.registry, enforce_latest=self.enforce_latest)
+        if (current.type.name, current.type.version) != (checked.type.name, checked.type.version):
+            return self._valid_type(payload)  # a type registered meanwhile: check it again
+        return current
 
     # -- Song's steps, in order -----------------------------------------------------------------
 
