@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
+from ..store import s3_lease
 
 LEASE_TTL = 30.0  # seconds a dead dispatcher's lease keeps other dispatchers waiting on S3
 
@@ -120,8 +121,5 @@ def run_lock(settings: Settings) -> FileRunLock | LeaseRunLock:
     where = settings.shared_state.child("events")
     if where.path is not None:
         return FileRunLock(where.path / "dispatcher.lock")
-    return LeaseRunLock(_s3_lease(where))
-
-
-def _s3_lease(where: Any) -> Any:
-    raise NotImplementedError("the S3 lease lands with the writer lease (store/s3lease.py)")
+    # a dispatcher standing by asks once a second, not at the writer lease's pace
+    return LeaseRunLock(s3_lease(where, "dispatcher.lease", ttl=LEASE_TTL, poll=1.0))

@@ -1,4 +1,5 @@
-"""S3 for tests: moto's server on 127.0.0.1, and a TCP proxy in front of it that a test can cut.
+"""S3 for tests: moto's server on 127.0.0.1 (in this process or its own), and a TCP proxy in
+front of it that a test can cut.
 
 Both are real servers reached over loopback by real boto3 calls; nothing of songlake is mocked.
 """
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +57,36 @@ class MotoS3:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class MotoProcess(MotoS3):
+    """moto's server in a process of its own. deltalake calls that hold the GIL while they wait
+    for S3 (``history``, ``is_deltatable``) starve a server running in the same interpreter until
+    their requests time out; a server in another process answers them."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(30)
 
 
 class TcpProxy:
