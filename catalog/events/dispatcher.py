@@ -340,10 +340,14 @@ class Dispatcher:
         if self.try_lock():
             self._start_workers()
         elif not standby:
-            raise DispatcherBusy(f"Another events dispatcher runs on {self.root} ({holder(self)})")
+            raise DispatcherBusy(
+                f"Another events dispatcher runs on {self.settings.location} ({holder(self)})"
+            )
         else:
             log.info(
-                "events: another dispatcher runs on %s (%s); standing by", self.root, holder(self)
+                "events: another dispatcher runs on %s (%s); standing by",
+                self.settings.location,
+                holder(self),
             )
         self._thread = threading.Thread(target=self._supervise, name="songlake-events", daemon=True)
         self._thread.start()

@@ -89,13 +89,17 @@ class LeaseRunLock:
         self._thread: threading.Thread | None = None
 
     def try_take(self) -> bool:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._hold, name="songlake-events-lease", daemon=True
-            )
-            self._thread.start()
-        return self._taken.wait(0.2)
+        if self._taken.is_set():
+            return True
+        if self._thread is not None and self._thread.is_alive():
+            return False  # still waiting for the holder to release it, or for its TTL to run out
+        free = not self.lease.info().get("held")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._hold, name="songlake-events-lease", daemon=True
+        )
+        self._thread.start()
+        return self._taken.wait(10.0 if free else 0.0)
 
     def _hold(self) -> None:
         with self.lease.hold():  # waits while another dispatcher holds it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -293,3 +294,47 @@ def test_a_connection_lost_in_the_middle_of_a_commit_is_retried_and_the_catalog_
     assert counts == [{"a": 2, "v": 2, "f": 2, "d": 1}]
     catalog = Catalog(load_settings(root))
     assert catalog.get_analysis("DEMO", second_id)["files"][0]["fileName"] == "a.vcf.gz"
+
+
+# -- the events dispatcher's lock ----------------------------------------------------------------
+
+
+def test_one_events_dispatcher_runs_per_s3_root_across_processes(
+    moto: MotoS3, bucket: str, aws: dict[str, str]
+) -> None:
+    root = f"s3://{bucket}/cat"
+    cli(root, "init")
+    env = {**aws, "PATH": os.environ.get("PATH", ""), "HOME": aws["XDG_STATE_HOME"]}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "songlake", "--root", root, "events", "run"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        key = "cat/state/events/dispatcher.lease"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                lease = json.loads(moto.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+                if not lease["released"]:
+                    break
+            except Exception:  # noqa: BLE001  (not there yet)
+                pass
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        assert lease["holder"].endswith(f":{first.pid}")
+        second = cli_process(aws, "--root", root, "events", "run", "--once")
+        assert second.returncode == 1
+        assert "error [dispatcher.already.running]: Another events dispatcher runs on" in (
+            second.stderr
+        )
+        assert f":{first.pid} since" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
+    lease = json.loads(moto.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert lease["released"] is True  # given back on the way out: the next one starts at once
+    third = cli_process(aws, "--root", root, "events", "run", "--once")
+    assert third.returncode == 0, third.stderr
