@@ -26,6 +26,7 @@ from catalog.root import Location
 from catalog.settings import load_settings
 from songlake.cli import main
 from tests.catalog.store.conftest import CREDENTIALS, MotoProcess, MotoS3, TcpProxy
+from tests.catalog.write.conftest import race
 from tests.conftest import REPO, Payloads
 
 EXAMPLE = REPO / "examples" / "DEMO"
@@ -155,6 +156,8 @@ def test_every_command_works_on_an_s3_root(
     )
     assert rows == [{"analysis_state": "PUBLISHED", "n": 1}]
     assert "sequencingRead" in cli(root, "schema", "list")
+    by_env = CliRunner().invoke(main, ["study", "list"], env={"SONGLAKE_ROOT": root})
+    assert by_env.exit_code == 0 and "DEMO" in by_env.output  # SONGLAKE_ROOT=s3://... too
     cli(root, "export", "--study", "DEMO", "-o", str(tmp_path / "export"))
     assert (tmp_path / "export" / "DEMO" / f"{analysis_id}.json").is_file()
     assert "watcher: not running" in cli(root, "status")
@@ -338,3 +341,57 @@ def test_one_events_dispatcher_runs_per_s3_root_across_processes(
     assert lease["released"] is True  # given back on the way out: the next one starts at once
     third = cli_process(aws, "--root", root, "events", "run", "--once")
     assert third.returncode == 0, third.stderr
+
+
+# -- the four races, on an S3 root ---------------------------------------------------------------
+
+
+def test_the_four_races_on_an_s3_root_each_end_with_one_truth(
+    moto: MotoS3, bucket: str, aws: dict[str, str], tmp_path: Path
+) -> None:
+    """Writer processes released at one instant (tests/catalog/write/conftest.py's race), the
+    writer lease and the tables in the bucket."""
+    root = f"s3://{bucket}/cat"
+    cli(root, "init")
+    cli(root, "study", "create", "DEMO", "--name", "Demo")
+    p = Payloads(tmp_path / "data")
+
+    def racers(*bodies: Any, op: str = "submit") -> list[Any]:
+        work = [(op, {"study": "DEMO", "payloads": [b]} if op == "submit" else b) for b in bodies]
+        answers = race(root, tmp_path / "race", work)
+        return [a["ok"][0] if isinstance(a.get("ok"), list) else a.get("ok", a) for a in answers]
+
+    def one(query: str) -> Any:
+        return json.loads(cli(root, "sql", query, "--format", "json"))[0]["n"]
+
+    def donor(gender: str, tag: str) -> dict[str, Any]:
+        sample = p.sample(f"sa-{tag}", f"sp-{tag}", "race-donor", gender=gender)
+        return p.variant_call("DEMO", samples=[sample], files=[p.file(f"{tag}.vcf.gz")])
+
+    answers = racers(donor("Male", "m"), donor("Female", "f"))
+    assert sorted(str(a.get("error")) for a in answers if isinstance(a, dict)) == [
+        "mismatching.donor.data"
+    ], answers
+    assert one("SELECT count(*) AS n FROM _donors WHERE submitter_donor_id = 'race-donor'") == 1
+
+    same = b"the same bytes, twice\n"
+    twins = [
+        p.variant_call(
+            "DEMO",
+            samples=[p.sample(f"sa-t{i}", f"sp-t{i}", f"do-t{i}")],
+            files=[p.file(f"t{i}.vcf.gz", same)],
+        )
+        for i in range(2)
+    ]
+    answers = racers(*twins)
+    assert [a["error"] for a in answers if isinstance(a, dict)] == ["info.already.exists"]
+    md5 = twins[0]["files"][0]["fileMd5sum"]
+    assert one(f"SELECT count(*) AS n FROM files WHERE file_md5sum = '{md5}'") == 1
+
+    schema = {"type": "object", "required": ["experiment"], "properties": {"experiment": {}}}
+    answers = racers(*({"name": "raceType", "schema": schema} for _ in range(2)), op="type")
+    assert sorted(answers) == [1, 2]
+
+    answers = racers(*({"studyId": "RACE1", "name": n} for n in "AB"), op="study")
+    assert [a["error"] for a in answers if isinstance(a, dict)] == ["study.already.exists"]
+    assert one("SELECT count(*) AS n FROM studies WHERE study_id = 'RACE1'") == 1
