@@ -121,7 +121,8 @@ class Group(click.Group):
     envvar="SONGLAKE_ROOT",
     default=None,
     metavar="DIR",
-    help="Catalog root (default: $SONGLAKE_ROOT, else ./catalog-data).",
+    help="Catalog root: a folder or s3://BUCKET/PREFIX (default: $SONGLAKE_ROOT, else "
+    "./catalog-data).",
 )
 @click.version_option(package_name="songlake")
 @click.pass_context
