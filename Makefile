@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/watcher.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/slowclients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -165,13 +165,25 @@ def patch_analysis(study_id: str, analysis_id: str) -> Response:
     return Response(status=200)
 
 
-def _change(study_id: str, analysis_id: str, action: str, ignore_md5: bool = False) -> Response:
-    transition = Transition(study_id, analysis_id, action, actor(), None, ignore_md5)
+def change_state(
+    study_id: str,
+    analysis_id: str,
+    action: str,
+    *,
+    reason: str | None = None,
+    ignore_md5: bool = False,
+) -> str:
+    """Publish, unpublish or suppress through the group committer; Song's message."""
+    transition = Transition(study_id, analysis_id, action, actor(), reason, ignore_md5)
     if action == "publish":
         # in this request's thread, so concurrent publishes check storage side by side, and a
         # slow store never holds up the batch; the batch re-checks the state under its lock
         current_catalog().check_publishable(transition)
-    return jsonify({"message": committer().run(transition)})
+    return committer().run(transition)
+
+
+def _change(study_id: str, analysis_id: str, action: str, ignore_md5: bool = False) -> Response:
+    return jsonify({"message": change_state(study_id, analysis_id, action, ignore_md5=ignore_md5)})
 
 
 @bp.put("/studies/<study_id>/analysis/publish/<analysis_id>")

@@ -20,6 +20,7 @@ from . import (
     analyses,
     analysis_types,
     auth,
+    console,
     downloads,
     entities,
     events,
@@ -31,10 +32,10 @@ from . import (
     studies,
     system,
 )
-from .errors import register_error_handlers
+from .errors import refuse_large_body, register_error_handlers
 from .groupcommit import GroupCommitter
 from .jsonio import FastJSONProvider
-from .params import COMMITTER, EXTENSION, SETTINGS, check_path_args
+from .params import COMMITTER, EXTENSION, REFRESH, SETTINGS, check_path_args
 
 log = logging.getLogger("songlake.api")
 
@@ -51,6 +52,7 @@ class RefreshGate:
         self.interval = interval
         self._due = 0.0
         self._lock = threading.Lock()
+        self.failure: str | None = None  # why the last refresh failed (shown by /health)
 
     def __call__(self) -> None:
         if time.monotonic() < self._due or not self._lock.acquire(blocking=False):
@@ -60,16 +62,24 @@ class RefreshGate:
                 return
             try:
                 self.catalog.refresh()
-            except Exception:
+                self.failure = None
+            except Exception as exc:
                 # reads still work from the state in memory; the next interval tries again
                 log.exception("catalog refresh failed; serving the last state seen")
+                self.failure = f"{type(exc).__name__} at {time.strftime('%H:%M:%S')}"
             self._due = time.monotonic() + self.interval
         finally:
             self._lock.release()
 
 
-def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
-    """A Flask app serving `catalog` with Song's REST API."""
+def create_app(
+    catalog: Catalog,
+    *,
+    settings: Settings | None = None,
+    inbox: console.InboxReader | None = None,
+) -> Flask:
+    """A Flask app serving `catalog` with Song's REST API, and the web console under /ui
+    (`inbox` reads the watcher's pending, rejected and receipts for its inbox page)."""
     settings = settings or catalog.settings
     app = Flask(__name__, static_folder=None)
     app.json = FastJSONProvider(app)
@@ -79,7 +89,9 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions[EXTENSION] = catalog
     app.extensions[SETTINGS] = settings
-    app.before_request(RefreshGate(catalog, settings.refresh_interval))
+    app.before_request(refuse_large_body)
+    gate = app.extensions[REFRESH] = RefreshGate(catalog, settings.refresh_interval)
+    app.before_request(gate)
     app.before_request(check_path_args)
     register_error_handlers(app)
     auth.init_app(app, settings)
@@ -92,4 +104,5 @@ def create_app(catalog: Catalog, *, settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(events.bp)  # GET /events (SSE)
     app.register_blueprint(downloads.bp)  # Score downloads
+    console.init_app(app, settings, inbox)  # /ui, and / for browsers
     return app

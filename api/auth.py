@@ -128,7 +128,7 @@ class _FileTokens:
                     if token:
                         plain[token] = Caller("admin", frozenset({system_scope}), "admin")
                 else:
-                    for number, line in enumerate(text.splitlines(), 1):
+                    for number, line in enumerate(text.split("\n"), 1):
                         parts = line.split("#", 1)[0].split()
                         if not parts:
                             continue
@@ -283,6 +283,21 @@ def _resolve(settings: Settings, path: str) -> Path:
 
 def admin_token_path(settings: Settings) -> Path:
     return settings.state_dir / ADMIN_TOKEN_NAME
+
+
+def secret_key(path: Path) -> bytes:
+    """The 32 random bytes kept in `path` (mode 0600), made on first use by whoever comes first."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        return path.read_bytes()
 
 
 def auth_configured(settings: Settings) -> bool:

@@ -12,23 +12,22 @@ URLs, the ping, the existence check, and the bytes themselves when the store is 
 Access, as Score enforces it (checked before the analysis state, as Score's @PreAuthorize is):
 ``open`` files need no token; ``controlled`` ones (and empty access) need a token whose scopes
 include ``score.READ`` or ``<prefix><studyId>.READ`` (prefix from ``auth_study_prefix``, default
-``PROGRAMDATA-``), compared case-insensitively. URLs are handed out only for PUBLISHED analyses;
-``exclude-urls=true`` (what Song sends at publish) skips that check. ``GET /upload/{id}`` needs
-``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes every check. With ``auth =
-false`` no token is checked. Local URLs are signed with HMAC-SHA256 under a key kept in
-``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration`` seconds, and carry
-``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume (Score issue #394).
+``PROGRAMDATA-``); the study id is compared exactly (case-sensitive, as in Song). URLs are
+handed out only for PUBLISHED analyses; ``exclude-urls=true`` (what Song sends at publish) skips
+that check.
+``GET /upload/{id}`` needs ``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes
+every check. With ``auth = false`` no token is checked. Local URLs are signed with HMAC-SHA256
+under a key kept in ``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration``
+seconds, and carry ``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume
+(Score issue #394).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -53,6 +52,7 @@ WRITE_SCOPE = "score.WRITE"
 PING_EXPIRES = 300  # Score's ping URL lives five minutes
 KEY_FILE = "download-url.key"
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+SEND_BLOCK = 256 * 1024
 
 
 # -- access -------------------------------------------------------------------------------------
@@ -82,11 +82,25 @@ def check_access(study_id: str, access: str | None, action: str = "READ") -> Non
             "'Authorization: Bearer <token>'"
         )
     prefix = authn.study_prefix if authn is not None else "PROGRAMDATA-"
-    wanted = {f"score.{action}".lower(), f"{prefix}{study_id}.{action}".lower()}
-    if caller.source == "admin" or any(s.lower() in wanted for s in caller.scopes):
+    if caller.source == "admin" or any(
+        _grants(scope, prefix, study_id, action) for scope in caller.scopes
+    ):
         return
     raise auth.ForbiddenToken(
         f"The token's scopes include neither 'score.{action}' nor '{prefix}{study_id}.{action}'"
+    )
+
+
+def _grants(scope: str, prefix: str, study_id: str, action: str) -> bool:
+    """``score.<ACTION>`` or ``<prefix><studyId>.<ACTION>``: the words in any case, as before,
+    but the study id exactly (study ids are case-sensitive: ``a`` is not ``A``)."""
+    if scope.lower() == f"score.{action}".lower():
+        return True
+    head, _, act = scope.rpartition(".")
+    return (
+        act.upper() == action
+        and head[: len(prefix)].upper() == prefix.upper()
+        and head[len(prefix) :] == study_id
     )
 
 
@@ -107,18 +121,7 @@ def _entity(object_id: str) -> tuple[str, str, str | None]:
 
 
 def _key() -> bytes:
-    path: Path = current_catalog().settings.state_dir / KEY_FILE
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-        return path.read_bytes()
+    return auth.secret_key(current_catalog().settings.state_dir / KEY_FILE)
 
 
 def _signature(name: str, date: str, expires: str) -> str:
@@ -269,6 +272,19 @@ def blob(name: str) -> Response:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     headers["Content-Length"] = str(stop - start)
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    blob_file = store.open_file(name) if wrapper is not None else None
+    if wrapper is not None and blob_file is not None:
+        # waitress sends the file from its event loop: a client that never reads pins no worker
+        # thread and no memory (it reads a block when the socket can take one)
+        blob_file.seek(start)
+        return Response(
+            wrapper(blob_file, SEND_BLOCK),
+            status=status,
+            headers=headers,
+            mimetype="application/octet-stream",
+            direct_passthrough=True,
+        )
     reader = store.open_range(name, start, stop - start)
 
     def chunks() -> Iterator[bytes]:

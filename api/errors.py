@@ -25,8 +25,8 @@ from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from catalog.errors import (
     BadRequest,
@@ -139,6 +139,7 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         "duplicate.analysis.schema",
         "duplicate.analysis.data",
     ),
+    413: ("payload.too.large",),  # songlake's own: a body or a SQL answer over its limit
     501: ("not.implemented.yet",),
     502: (
         "bad.reply.from.gateway",
@@ -210,13 +211,31 @@ def song_error(
     problems: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A full SongError body for the current request: Song's 8 fields, datetime, any problems."""
+    body = song_error_body(
+        error_id, status, text, request.url, context=context, debug_message=debug_message
+    )
+    if problems:
+        body["problems"] = problems
+    return body
+
+
+def song_error_body(
+    error_id: str,
+    status: int,
+    text: str,
+    url: str,
+    *,
+    context: str = DEFAULT_CONTEXT,
+    debug_message: str = "N/A",
+) -> dict[str, Any]:
+    """Song's 8 fields and a datetime, for any request (the server's own answers included)."""
     millis = time.time_ns() // 1_000_000
-    body: dict[str, Any] = {
+    return {
         "errorId": error_id,
         "httpStatusCode": status,
         "httpStatusName": status_name(status),
         "message": f"[{context}::{error_id}] - {text}",
-        "requestUrl": request.url,
+        "requestUrl": url,
         "debugMessage": debug_message,
         "timestamp": millis,
         "stackTrace": [],
@@ -224,9 +243,6 @@ def song_error(
         .astimezone()
         .isoformat(timespec="milliseconds"),
     }
-    if problems:
-        body["problems"] = problems
-    return body
 
 
 def error_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -270,7 +286,9 @@ def handle_http_exception(error: HTTPException) -> Response | HTTPException:
 
 def handle_unexpected(error: Exception) -> Response:
     incident = uuid.uuid4().hex[:12]
-    log.error("unexpected error %s on %s %s", incident, request.method, request.url, exc_info=error)
+    log.error(
+        "unexpected error %s on %s %s", incident, request.method, redacted_url(), exc_info=error
+    )
     return error_response(
         song_error(
             "unknown.error",
@@ -279,6 +297,23 @@ def handle_unexpected(error: Exception) -> Response:
             debug_message=f"incident {incident}",
         )
     )
+
+
+def redacted_url() -> str:
+    """The request's path and the names of its query parameters, their values hidden: a query
+    string can carry a signature or a token, which a log must not keep."""
+    names = sorted(set(request.args))
+    return request.path + ("?" + "&".join(f"{n}=…" for n in names) if names else "")
+
+
+def refuse_large_body() -> None:
+    """Refuse a body over the limit from its Content-Length, before anything reads it (and
+    before the token is checked, so that a caller without one learns nothing more)."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(
+            f"The body is {request.content_length:,} bytes, over the limit of {limit:,} bytes"
+        )
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -39,6 +39,8 @@ _PATH_NAMES = {
     "ids": ("ids", "comma-joined ids"),
     "name": ("name", "an analysis type name"),
 }
+#: what a path id may hold (api/params.py check_path_args): no control character, DEL included
+ID_PATTERN = "^[^\\x00-\\x1f\\x7f]+$"
 _VAR_RE = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
@@ -64,7 +66,9 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
             "required": True,
             "schema": {
                 "type": "string",
+                "minLength": 1,
                 "maxLength": 256 if arg not in ("ids", "analysis_ids") else 65536,
+                "pattern": ID_PATTERN,  # check_path_args refuses control characters
             },
             "description": _PATH_NAMES.get(arg, ("", arg))[1],
         }
@@ -77,6 +81,9 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
         "parameters": params + [p.spec() for p in record.params],
         "responses": {**record.responses, "default": _ERR},
     }
+    if params or record.params:
+        # a path or query value no id or parameter can have: malformed.parameter
+        op["responses"].setdefault("400", _ERR)
     if record.description:
         op["description"] = record.description
     elif view is not None and view.__doc__ and record.summary not in view.__doc__:
@@ -99,12 +106,21 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
     return op
 
 
+#: endpoints that are pages for people, not API: the web console (api/console/) and its way in
+PAGES = ("static", "root", "console")
+
+
+def documented(rule: Any) -> bool:
+    """Whether a route belongs in the API's description (the console's pages do not)."""
+    return rule.endpoint.split(".")[0] not in PAGES
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.0 document of every route of `app`."""
     paths: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if not documented(rule):
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op = _operation(app, method, rule)
@@ -170,6 +186,11 @@ def docs() -> Response:
 
 @bp.get("/swagger-ui.html")
 @bp.get("/api-docs")
+@doc(
+    "Song's docs paths: a redirect to /docs",
+    tag="system",
+    responses={302: answer(STRING, "a redirect to /docs (Location)", "text/html")},
+)
 def song_docs_paths() -> Response:
     """Song's docs paths: redirect to /docs."""
     return redirect("/docs", code=302)  # type: ignore[return-value]

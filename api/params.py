@@ -26,6 +26,7 @@ from catalog.settings import Settings
 EXTENSION = "songlake"
 SETTINGS = "songlake.settings"
 COMMITTER = "songlake.groupcommit"  # the app's GroupCommitter of lifecycle changes
+REFRESH = "songlake.refresh"  # the app's RefreshGate (its last failure is in /health)
 
 _TRUE = {"true", "on", "yes", "1"}
 _FALSE = {"false", "off", "no", "0"}

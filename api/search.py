@@ -64,13 +64,13 @@ def _params(sort: str) -> tuple[Query, ...]:
     return PARAMS.of(*FILTER_FIELDS, sort, "order", "limit", "offset")
 
 
-def _filters() -> Filters:
+def read_filters() -> Filters:
     values = {field: PARAMS[field].read() for field in FILTER_FIELDS}
     given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return Filters(**given)
 
 
-def _paging(sorts: Choice) -> tuple[str, bool, int, int]:
+def read_paging(sorts: Choice) -> tuple[str, bool, int, int]:
     sort = sorts.read()
     if sort not in sorts.choices:
         raise MalformedParameter(
@@ -92,8 +92,8 @@ def _paging(sorts: Choice) -> tuple[str, bool, int, int]:
 )
 def search_analyses() -> Response:
     """Analyses matching the filters (PUBLISHED unless analysisStates says otherwise), paged."""
-    filters = _filters()
-    sort, descending, limit, offset = _paging(ANALYSIS_SORT)
+    filters = read_filters()
+    sort, descending, limit, offset = read_paging(ANALYSIS_SORT)
     return jsonify(
         current_catalog().search_analyses(
             filters, sort=sort, descending=descending, limit=limit, offset=offset
@@ -109,8 +109,8 @@ def search_analyses() -> Response:
 )
 def search_files() -> Response:
     """Files matching the filters; analysis filters apply to each file's analysis."""
-    filters = _filters()
-    sort, descending, limit, offset = _paging(FILE_SORT)
+    filters = read_filters()
+    sort, descending, limit, offset = read_paging(FILE_SORT)
     return jsonify(
         current_catalog().search_files(
             filters, sort=sort, descending=descending, limit=limit, offset=offset

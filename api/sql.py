@@ -1,8 +1,11 @@
 """Read-only SQL for admins: ``POST /sql`` with the system scope, over the views of ``songlake
-sql`` (catalog/sql.py: one SELECT, no file access outside the catalog), with a row limit and a
-time limit (the query is interrupted when it runs out)."""
+sql`` (catalog/sql.py: one SELECT, no file access outside the catalog), with a row limit, a time
+limit (the query is interrupted when it runs out), a memory limit and a limit on the answer's
+bytes (``payload.too.large``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -28,7 +31,6 @@ def run_sql() -> Response:
     """Body: ``{"query": "SELECT ...", "limit": 100, "asOf": "<version or ISO time>"}``, or the
     query alone as text/plain. Answer: ``{columns, rows, rowCount, truncated}``."""
     require_system()
-    catalog = current_catalog()
     settings = current_settings()
     if request.mimetype == "text/plain":
         body: dict = {"query": request.get_data(as_text=True)}
@@ -37,20 +39,29 @@ def run_sql() -> Response:
     query = body.get("query")
     if not isinstance(query, str) or not query.strip():
         raise MalformedParameter("The body needs a 'query' string", name="query")
-    limit = body.get("limit", settings.sql_row_limit)
+    return jsonify(run_query(query, body.get("limit", settings.sql_row_limit), body.get("asOf")))
+
+
+def run_query(query: str, limit: Any, as_of: Any = None) -> dict[str, Any]:
+    """One read-only query with POST /sql's limits: ``{columns, rows, rowCount, truncated}``."""
+    catalog = current_catalog()
+    settings = current_settings()
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise MalformedParameter("'limit' must be an integer >= 0", name="limit", value=limit)
     limit = min(limit, settings.sql_row_limit)
-    as_of = body.get("asOf")
     versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None
     columns, rows = sql.run(
-        catalog.tables, query, versions=versions, row_limit=limit + 1, timeout=settings.sql_timeout
+        catalog.tables,
+        query,
+        versions=versions,
+        row_limit=limit + 1,
+        timeout=settings.sql_timeout,
+        memory_limit=settings.sql_memory_limit,
+        max_bytes=settings.sql_max_bytes,
     )
-    return jsonify(
-        {
-            "columns": columns,
-            "rows": [list(r) for r in rows[:limit]],
-            "rowCount": min(len(rows), limit),
-            "truncated": len(rows) > limit,
-        }
-    )
+    return {
+        "columns": columns,
+        "rows": [list(r) for r in rows[:limit]],
+        "rowCount": min(len(rows), limit),
+        "truncated": len(rows) > limit,
+    }

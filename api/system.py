@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from catalog.errors import Unavailable
 
 from .docs import BOOLEAN, doc, ref
-from .params import COMMITTER, current_catalog
+from .params import COMMITTER, REFRESH, current_catalog
 
 bp = Blueprint("system", __name__)
 
@@ -49,6 +49,10 @@ def health() -> Response:
         store_error = f"object store error: {type(exc).__name__}"
     if not reachable:
         problems.append(store_error)
+    gate = current_app.extensions.get(REFRESH)
+    failure = getattr(gate, "failure", None)
+    if failure:  # the writes check against a state that no longer follows the tables
+        problems.append(f"catalog refresh failing: {failure}")
     body = {
         "status": "DOWN" if problems else "UP",
         "tables": versions,

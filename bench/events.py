@@ -126,7 +126,9 @@ class Receiver:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
-                expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+                stamp = headers.get("x-songlake-timestamp", "").encode()
+                signed = stamp + b"." + body
+                expected = "sha256=" + hmac.new(SECRET, signed, hashlib.sha256).hexdigest()
                 ok = hmac.compare_digest(headers.get("x-songlake-signature-256", ""), expected)
                 with self.cond:
                     if ok:

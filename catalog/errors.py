@@ -43,6 +43,7 @@
     ├── StorageCheckFailed              missing.storage.objects (publish)
     │   ├── MismatchingObjectSize       mismatching.storage.object.sizes
     │   └── MismatchingObjectChecksum   mismatching.storage.object.checksums
+    ├── ResultTooLarge                  payload.too.large (a SQL answer or memory over its limit)
     ├── Unavailable                     service.unavailable (too many clients, shutting down)
     │   └── GatewayTimeout              gateway.timed.out (a query ran out of time)
     └── Internal                        unknown.error and Song's other 5xx ids
@@ -354,6 +355,10 @@ class MismatchingObjectChecksum(StorageCheckFailed):
 
 
 # -- unavailable and internal ---------------------------------------------------------------------
+
+
+class ResultTooLarge(SonglakeError):
+    error_id = "payload.too.large"
 
 
 class Unavailable(SonglakeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -174,9 +175,39 @@ def parse_payload(raw: bytes | str | dict[str, Any], *, max_bytes: int, max_dept
             problems=[problem("", "type", f"expected an object, got {_json_kind(doc)}")],
         )
     check_depth(doc, max_depth)
+    # a lone surrogate comes only from a \u escape (UTF-8 cannot carry one); no column can store it
+    if isinstance(raw, dict) or _SURROGATE_ESCAPE.search(raw):
+        check_text(doc)
     checked = Payload(doc)
     checked.max_depth = max_depth
     return checked
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(doc: Any) -> None:
+    """Refuse a document holding a lone surrogate in any key or string: it is not text (it cannot
+    be encoded as UTF-8, so no table, file or answer could hold it)."""
+    stack = [("", doc)]
+    while stack:
+        pointer, node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                raise PayloadParsing(
+                    f"Unable to read the input payload: the string at '{pointer or '/'}' holds a "
+                    "lone surrogate (\\ud800-\\udfff), which is not text",
+                    problems=[problem(pointer, "utf8", "a lone surrogate is not text")],
+                )
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                name = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                where = f"{pointer}/{name}"
+                stack.append((where, key))
+                stack.append((where, value))
+        elif isinstance(node, list):
+            stack.extend((f"{pointer}/{i}", v) for i, v in enumerate(node))
 
 
 def _not_a_number(token: str) -> float:
@@ -187,6 +218,8 @@ def _finite_float(token: str) -> float:
     value = float(token)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"the number {token[:40]} is too large")
+    if value == 0 and any(c in "123456789" for c in token.split("e")[0].split("E")[0]):
+        raise ValueError(f"the number {token[:40]} is too small to be told from 0")
     return value
 
 

@@ -110,7 +110,28 @@ class Settings:
     sql_timeout: float = field(
         default=30.0, metadata={"help": "seconds a POST /sql query may run before it is stopped"}
     )
+    sql_memory_limit: str = field(
+        default="25%",
+        metadata={"help": "memory a sql query may use: a size ('2GB') or a share of RAM ('25%')"},
+    )
+    sql_max_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "largest POST /sql answer, in bytes"}
+    )
     api_threads: int = field(default=32, metadata={"help": "worker threads of the API server"})
+    api_max_connections_per_client: int = field(
+        default=500,
+        metadata={
+            "help": "open connections one client address may hold (of the server's 1,000); "
+            "more are answered 503 and closed (0: no limit)"
+        },
+    )
+    api_max_body_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "help": "largest request body the server reads (at least max_payload_bytes); a "
+            "larger one is refused from its Content-Length before it is read"
+        },
+    )
     auth: bool = field(
         default=True,
         metadata={"help": "false switches API auth off: anyone reaching the port can write"},

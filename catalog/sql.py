@@ -8,12 +8,14 @@ only a single SELECT statement is accepted.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from typing import Any
 
 import duckdb
 
-from .errors import GatewayTimeout, IllegalQueryParameter
+from .errors import GatewayTimeout, IllegalQueryParameter, MalformedParameter, ResultTooLarge
 from .tables import DATA_TABLES, TableStore
 
 _VISIBLE = "analysis_id IN (SELECT analysis_id FROM _analyses WHERE version = 1)"
@@ -58,10 +60,13 @@ VIEWS = {
 
 
 def connect(
-    tables: TableStore, versions: dict[str, int] | None = None
+    tables: TableStore, versions: dict[str, int] | None = None, *, memory_limit: str | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """A locked-down DuckDB connection with one view per table (at `versions` when given)."""
+    """A locked-down DuckDB connection with one view per table (at `versions` when given),
+    using at most `memory_limit` (a size such as '2GB', or a share of RAM such as '25%')."""
     con = duckdb.connect()
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{_memory_limit(memory_limit)}'")
     for name in [*DATA_TABLES, "commits"]:
         version = versions.get(name) if versions else None
         con.register(f"_{name}", tables.dataset(name, version))
@@ -70,6 +75,23 @@ def connect(
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _memory_limit(value: str) -> str:
+    """DuckDB's size for a setting: a share of RAM ('25%') becomes bytes; a size is checked."""
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1]) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:
+            raise MalformedParameter(f"sql_memory_limit '{value}' is not a share of RAM")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return f"{int(ram * share)}B"
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?i?B", text, re.IGNORECASE):
+        raise MalformedParameter(f"sql_memory_limit '{value}' is not a size such as '2GB'")
+    return text
 
 
 def check_query(query: str) -> None:
@@ -93,23 +115,31 @@ def run(
     versions: dict[str, int] | None = None,
     row_limit: int = 10_000,
     timeout: float | None = None,
+    memory_limit: str | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one read-only query; returns column names and at most row_limit rows.
 
     With a timeout (seconds) the query is interrupted when it runs longer: ``gateway.timed.out``.
+    A query needing more than ``memory_limit``, or an answer of more than about ``max_bytes``,
+    is refused with ``payload.too.large`` (rows do not bound bytes: one row can hold a gigabyte).
     """
     check_query(query)
-    con = connect(tables, versions)
+    con = connect(tables, versions, memory_limit=memory_limit)
     timer = threading.Timer(timeout, con.interrupt) if timeout else None
     try:
         if timer is not None:
             timer.start()
         cur = con.execute(query)
         columns = [d[0] for d in cur.description or []]
-        rows = cur.fetchmany(row_limit)
+        rows = _fetch(cur, row_limit, max_bytes)
     except duckdb.InterruptException as exc:
         raise GatewayTimeout(
             f"The query was stopped after the time limit of {timeout:g} s",
+        ) from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise ResultTooLarge(
+            f"The query needs more memory than the limit of {memory_limit} (sql_memory_limit)"
         ) from exc
     except duckdb.PermissionException as exc:
         raise IllegalQueryParameter(f"SQL refused: {exc}") from exc
@@ -121,3 +151,32 @@ def run(
             timer.join()
         con.close()
     return columns, rows
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection, row_limit: int, max_bytes: int | None) -> list[Any]:
+    """At most ``row_limit`` rows, refused once their text passes ``max_bytes``."""
+    if max_bytes is None:
+        return cur.fetchmany(row_limit)
+    rows: list[Any] = []
+    size = 0
+    while len(rows) < row_limit:
+        chunk = cur.fetchmany(min(1000, row_limit - len(rows)))
+        if not chunk:
+            break
+        for row in chunk:
+            size += sum(_size(v) for v in row)
+        if size > max_bytes:
+            raise ResultTooLarge(
+                f"The answer is over the limit of {max_bytes:,} bytes (sql_max_bytes); select "
+                "fewer or shorter columns, or fewer rows"
+            )
+        rows.extend(chunk)
+    return rows
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if value is None or isinstance(value, (int, float)):
+        return 8
+    return len(repr(value))  # lists, structs, maps, times

@@ -181,6 +181,10 @@ class TableStore:
         self._compacted_at: dict[str, int] = {}
         self._listed_at: dict[str, float] = {}  # when latest() last listed a table's log
         self._lock = threading.Lock()
+        # a writer under the catalog-wide lease must not spend seconds compacting: the Committer
+        # sets this, and compacts the tables that came due after it let the lease go
+        self.deferred_compaction = False
+        self._due: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -265,8 +269,7 @@ class TableStore:
             _write_expected(dt, data, EXPECTED_VERSION)
             self._file_counts[name] = self._file_counts.get(name, 0) + 1
             version = dt.version()
-            if self._needs_compaction(name):
-                self._compact_locked(name)
+            self._compact_if_due(name)
         return version
 
     def group_commit(
@@ -307,15 +310,17 @@ class TableStore:
         with self._lock:
             dt = self.table("commits")
             custom = {**(metadata or {}), "songlake.table_versions": record["table_versions"]}
-            _write_expected(
+            # after the commit point: the write is visible already, so this row must land even if
+            # a compaction took the next version meanwhile (Delta re-bases a blind append)
+            write_deltalake(
                 dt,
                 to_arrow("commits", [record]),
-                CommitProperties(custom_metadata=custom, max_commit_retries=0),
+                mode="append",
+                commit_properties=CommitProperties(custom_metadata=custom),
             )
             self._file_counts["commits"] = self._file_counts.get("commits", 0) + 1
             version = dt.version()
-            if self._needs_compaction("commits"):
-                self._compact_locked("commits")
+            self._compact_if_due("commits")
         return version
 
     # -- maintenance --------------------------------------------------------------------------
@@ -332,6 +337,33 @@ class TableStore:
     def _needs_compaction(self, name: str) -> bool:
         added = self._file_counts.get(name, 0) - self._compacted_at.get(name, 0)
         return added >= self.compact_after_files
+
+    def _compact_if_due(self, name: str) -> None:
+        if self._needs_compaction(name):
+            if self.deferred_compaction:
+                self._due.add(name)
+            else:
+                self._compact_locked(name)
+
+    @property
+    def compaction_due(self) -> bool:
+        return bool(self._due)
+
+    def compact_due(self) -> list[str]:
+        """Compact the tables that came due, each through its own DeltaTable so that writers go
+        on meanwhile: compaction only rewrites files (``dataChange: false``), which Delta lets
+        commit beside concurrent appends; a writer whose expected version the compaction took
+        re-validates (write/commit.py). Returns the tables compacted."""
+        with self._lock:
+            names = sorted(self._due)
+            self._due.clear()
+        for name in names:
+            dt = self.open(name)
+            dt.optimize.compact(target_size=self.compact_target_bytes)
+            with self._lock:
+                self._file_counts[name] = len(dt.file_uris())
+                self._compacted_at[name] = self._file_counts[name]
+        return names
 
     def compact(self, name: str | None = None) -> dict[str, int]:
         """Compact one table or all of them; returns the file count of each afterwards."""

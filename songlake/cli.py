@@ -624,8 +624,13 @@ def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], outp
     show_default=True,
 )
 @click.option("--as-of", help="A catalog version (integer) or an ISO-8601 time.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds the query may run before it is stopped (default: the sql_timeout setting).",
+)
 @pass_ctx
-def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
+def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | None) -> None:
     """Run a read-only SELECT over views named after the tables."""
     from catalog import sql as sqlmod
     from catalog.tables import TableStore
@@ -633,7 +638,14 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None) -> None:
     s = c.settings
     tables = TableStore(s.tables_dir)
     versions = tables.versions_as_of(as_of) if as_of else None
-    columns, rows = sqlmod.run(tables, query, versions=versions, row_limit=s.sql_row_limit)
+    columns, rows = sqlmod.run(
+        tables,
+        query,
+        versions=versions,
+        row_limit=s.sql_row_limit,
+        timeout=s.sql_timeout if timeout is None else timeout,
+        memory_limit=s.sql_memory_limit,
+    )
     if fmt == "json":
         echo_json([dict(zip(columns, r, strict=True)) for r in rows])
     elif fmt == "csv":

@@ -9,7 +9,10 @@ its upload processes, are stopped whatever happened.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
+
+from flask import Flask
 
 from api.app import create_app
 from api.auth import admin_token_path, auth_configured, ensure_admin_token
@@ -20,6 +23,7 @@ from catalog.settings import Settings
 from catalog.tables import TableStore
 from watcher import Watcher
 from watcher.logs import configure as configure_watcher_logs
+from watcher.status import inbox
 
 
 def prepare(settings: Settings, *, no_auth: bool = False) -> tuple[Settings, list[str]]:
@@ -44,6 +48,12 @@ def prepare(settings: Settings, *, no_auth: bool = False) -> tuple[Settings, lis
     return settings, notices
 
 
+def make_app(catalog: Catalog, settings: Settings) -> Flask:
+    """The API and the console over `catalog`; the console's inbox page reads the watcher's
+    ledger through the reader handed in here (the API never imports the watcher)."""
+    return create_app(catalog, settings=settings, inbox=functools.partial(inbox, settings))
+
+
 def serve(
     catalog: Catalog,
     settings: Settings,
@@ -55,7 +65,7 @@ def serve(
     announce: Callable[[str], object] = print,
 ) -> None:
     """Serve until interrupted; the watcher and the dispatcher share the API's catalog."""
-    app = create_app(catalog, settings=settings)
+    app = make_app(catalog, settings)
     watcher = None
     dispatcher = None
     try:

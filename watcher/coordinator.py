@@ -35,7 +35,7 @@ from catalog.settings import Settings
 
 from .hashcache import HashCache
 from .layout import Folder, errors_path, fingerprint, is_outcome, is_sidecar, receipt_path
-from .ledger import Known, Ledger
+from .ledger import Known, Ledger, storable
 from .readiness import Rules, Trigger, Verdict, check
 from .receipts import OutcomeWriter, errors_doc
 from .registrar import Registrar
@@ -513,7 +513,8 @@ class Coordinator:
                 if hasattr(known, key):
                     setattr(known, key, _json(value) if key == "uploads" else value)
         self._forget.discard(path)
-        self._writes.setdefault(path, {}).update(cols)
+        if storable(path):  # else known in memory only (a name that is not UTF-8)
+            self._writes.setdefault(path, {}).update(cols)
 
     def flush(self) -> None:
         """Commit the loop's ledger writes in one transaction (not fsynced: all derivable)."""

@@ -113,6 +113,25 @@ def symlink_problem(folder: Folder, path: str, pointer: str, label: str) -> dict
     return None
 
 
+def folder_link_problem(sidecar: str, path: str, pointer: str, label: str) -> dict | None:
+    """A problem when a folder on the way from the sidecar's folder to ``path`` is a symbolic link
+    that leaves the sidecar's folder (``lstat`` sees a link only in the last component)."""
+    here = os.path.dirname(sidecar)
+    parent = os.path.dirname(path)
+    if parent == here:
+        return None  # a plain name: no folder on the way
+    real_here = os.path.realpath(here)
+    real = os.path.realpath(parent)
+    if is_within(real, real_here):
+        return None
+    return problem(
+        pointer,
+        "symlink",
+        f"{label} passes through a symbolic link to {real}, outside the sidecar's folder; "
+        "links leaving it are refused",
+    )
+
+
 def fingerprint(st: os.stat_result) -> tuple[int, int, int]:
     """What says a file is unchanged: (size, mtime_ns, inode)."""
     return (st.st_size, st.st_mtime_ns, st.st_ino)

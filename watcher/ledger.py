@@ -81,6 +81,16 @@ COLUMNS = (
 )
 
 
+def storable(path: str) -> bool:
+    """SQLite keeps text as UTF-8: a path holding a name that is not UTF-8 (decoded by Python as
+    lone surrogates) cannot be a row."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Row:
     """One sidecar as the ledger remembers it."""
@@ -277,3 +287,10 @@ class Ledger:
 
     def latest(self, status: str, limit: int) -> list[Row]:
         return self._rows("WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status, limit))
+
+    def count_since(self, status: str, when: float) -> int:
+        """How many sidecars reached `status` after `when` (their last change)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT count(*) FROM sidecars WHERE status = ? AND updated_at > ?", (status, when)
+            ).fetchone()[0]

@@ -42,11 +42,13 @@ from .layout import (
     Folder,
     data_file_path,
     fingerprint,
+    folder_link_problem,
     is_regular,
     receipt_path,
     symlink_problem,
 )
 from .ledger import Known
+from .scanner import stat_key
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,26 @@ def _stat_sidecar(v: Verdict) -> os.stat_result | None:
             st = os.stat(v.path)
         except FileNotFoundError:
             return None
-    if not is_regular(st):
+        except OSError as exc:  # a link loop
+            _not_a_file(v, lst, f"The sidecar cannot be read: {exc.strerror}")
+            return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not is_regular(st):  # a FIFO would block the reader, a socket cannot be read
+        _not_a_file(v, lst, "The sidecar is not a regular file")
         return None
     v.fingerprint = fingerprint(st)
     if v.folder.study_from_folder:
         v.study_id = v.folder.study_of(v.path)
     return st
+
+
+def _not_a_file(v: Verdict, lst: os.stat_result, message: str) -> None:
+    v.fingerprint = fingerprint(lst)
+    if v.folder.study_from_folder:
+        v.study_id = v.folder.study_of(v.path)
+    error_id = PayloadParsing.error_id
+    v.reject(error_id, message, [_p(error_id, "", "regularFile", message)])
 
 
 def _read_sidecar(v: Verdict, st: os.stat_result, rules: Rules) -> bytes | None:
@@ -348,6 +364,8 @@ def _check_files(
             continue
         if not isinstance(size, int) or isinstance(size, bool) or not isinstance(md5, str):
             continue  # the schema reports it; nothing to compare against
+        if not 0 <= size < 2**63:
+            continue  # no file has that size: the schema check refuses it at once (no waiting)
         fc = FileCheck(i, name, target, size, md5.lower(), "ok")
         out.append(fc)
         _check_one(v, fc, rules, cache, now)
@@ -359,11 +377,15 @@ def _check_one(v: Verdict, fc: FileCheck, rules: Rules, cache: HashCache, now: f
     try:
         lst = os.lstat(fc.path)
         st = lst
-        if stat.S_ISLNK(lst.st_mode):
+        bad = folder_link_problem(v.path, fc.path, f"{pointer}/fileName", f"'{fc.name}'")
+        if bad is None and stat.S_ISLNK(lst.st_mode):
             bad = symlink_problem(v.folder, fc.path, f"{pointer}/fileName", f"'{fc.name}'")
-            if bad is not None:
-                fc.status, fc.problem = "bad", {"errorId": "file.symlink.outside", **bad}
-                return
+        if bad is not None:
+            # the stat seen is kept, so that only a change of the link looks again (no hot loop)
+            fc.stat = stat_key(fc.path)
+            fc.status, fc.problem = "bad", {"errorId": "file.symlink.outside", **bad}
+            return
+        if stat.S_ISLNK(lst.st_mode):
             st = os.stat(fc.path)
     except (FileNotFoundError, NotADirectoryError):
         fc.status = "missing"
@@ -372,6 +394,16 @@ def _check_one(v: Verdict, fc: FileCheck, rules: Rules, cache: HashCache, now: f
             f"{pointer}/fileName",
             "missing",
             f"'{fc.name}' is not in the sidecar's folder",
+        )
+        return
+    except OSError as exc:  # a link loop, a name too long: nothing a wait would fix
+        fc.stat = stat_key(fc.path)
+        fc.status = "bad"
+        fc.problem = _p(
+            "file.not.regular",
+            f"{pointer}/fileName",
+            "regularFile",
+            f"'{fc.name}' cannot be read as a file: {exc.strerror}",
         )
         return
     fc.stat = fingerprint(st)

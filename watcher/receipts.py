@@ -48,7 +48,10 @@ class OutcomeWriter:
         """Write ``target`` whole or not at all. A new file is hard-linked into place, so the
         inbox sees one create event; a rename would be a move event, and watchdog matches every
         move against its whole queue of pending events (quadratic in a burst of receipts)."""
-        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        # a name that is not UTF-8 is written as the escape JSON reads back
+        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
         write_file(
             target,
             data,

@@ -25,16 +25,21 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from catalog import Catalog, SubmitItem
 from catalog.errors import (
+    Busy,
     IllegalAnalysisUpdate,
+    Internal,
     SonglakeError,
+    StorageServiceError,
     StudyAlreadyExists,
     StudyNotFound,
+    Unavailable,
     problem,
 )
 from catalog.model import (
@@ -58,6 +63,8 @@ log = logging.getLogger("songlake.watcher")
 ACTOR = "songlake watcher"
 STOP = object()
 Post = Callable[[tuple[Any, ...]], None]
+#: failures a wait may cure (a full disk, a lock held elsewhere, storage away): retried
+TRANSIENT = (OSError, Busy, Unavailable, StorageServiceError)
 
 
 @dataclass
@@ -168,17 +175,53 @@ class Registrar(threading.Thread):
 
     def _guarded(self, batch: list[Verdict]) -> None:
         try:
-            self._process(batch)
-        except Exception as exc:  # noqa: BLE001 - commit conflicts, disk full: retry later
-            log.exception("registration batch of %d failed; retrying", len(batch))
-            queued = {job.path for job in self._jobs}
-            for v in batch:
-                if v.path not in queued:
-                    self.post(("retry", v.path, 2.0, repr(exc)))
+            self._isolated(batch)
         finally:
             jobs, self._jobs = self._jobs, []
             if jobs:
                 self.upload(jobs)
+
+    def _isolated(self, batch: list[Verdict]) -> None:
+        """Register a batch; when it fails, each sidecar alone, so that the one that fails gets
+        an errors file (or, for a failure a wait may cure, a retry) and the others commit."""
+        try:
+            self._process(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - one sidecar's fault, or the disk's
+            failure = exc
+        done = {job.path for job in self._jobs}
+        left = [v for v in batch if v.path not in done]
+        if len(batch) > 1:
+            log.warning(
+                "registration batch of %d failed (%r); registering its sidecars one by one",
+                len(batch),
+                failure,
+            )
+            for v in left:
+                self._isolated([v])
+            return
+        for v in left:
+            if isinstance(failure, TRANSIENT):
+                log.exception("registration of %s failed; retrying", v.path, exc_info=failure)
+                self.post(("retry", v.path, 2.0, repr(failure)))
+            else:
+                self._failed(v, failure)
+
+    def _failed(self, v: Verdict, exc: Exception) -> None:
+        """An unexpected error of this sidecar alone: its errors file says so; it is looked at
+        again when it changes."""
+        incident = uuid.uuid4().hex[:12]
+        log.error("registration of %s failed (incident %s)", v.path, incident, exc_info=exc)
+        if v.analysis_id not in self.catalog.model.analyses:
+            self._drop_staged(v)
+            v.analysis_id = None
+        self._reject(
+            v,
+            Internal(
+                f"The sidecar could not be registered: {type(exc).__name__} (incident "
+                f"{incident}; the watcher's log has the details)"
+            ),
+        )
 
     # -- registration ---------------------------------------------------------------------------
 

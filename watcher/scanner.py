@@ -49,6 +49,6 @@ def stat_key(path: str) -> tuple[int, int, int] | None:
     """(size, mtime_ns, inode) following symlinks, None when absent."""
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # absent, or a link loop
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -1,4 +1,5 @@
-"""``songlake status``: what the watcher has seen, per study, read from its ledger.
+"""``songlake status``, and the inbox behind the web console: what the watcher has seen, per
+study, read from its ledger.
 
 It opens the ledger read-only, so it answers while a watcher runs (SQLite WAL readers never
 block the writer) and needs neither the catalog tables nor a running server.
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ledger import Ledger
+from catalog.settings import Settings
+
+from .ledger import Ledger, Row
 
 STATUSES = ("pending", "registering", "registered", "rejected")
 
@@ -79,6 +82,84 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
     return out
 
 
+#: the largest sidecar text the inbox shows (a sidecar is a Song payload: kilobytes, not more)
+MAX_SIDECAR_TEXT = 256 * 1024
+
+
+def inbox(settings: Settings, *, limit: int = 200) -> dict[str, Any]:
+    """The inbox as the console shows it: totals, pending sidecars with what each waits for and
+    the time left before the timeout, rejected ones with every problem and their text, and the
+    latest receipts. Plain data, so the API never imports the watcher."""
+    out: dict[str, Any] = {
+        "totals": {"pending": 0, "rejected": 0, "registered24h": 0},
+        "pending": [],
+        "rejected": [],
+        "receipts": [],
+    }
+    path = settings.state_dir / "watcher.sqlite3"
+    if not path.exists():
+        return out
+    now = time.time()
+    ledger = Ledger(path, readonly=True)
+    try:
+        for _, status, n in ledger.counts():
+            if status in ("pending", "rejected"):
+                out["totals"][status] += n
+        out["totals"]["registered24h"] = ledger.count_since("registered", now - 86_400)
+        for row in ledger.latest("pending", limit):
+            waited = now - row.since if row.since else 0.0
+            out["pending"].append(
+                {
+                    **_where(row),
+                    "since": _when(row.since),
+                    "waitingFor": [p.get("message") for p in _problems(row)],
+                    "secondsLeft": max(0.0, round(settings.watch_pending_timeout - waited, 1)),
+                }
+            )
+        for row in ledger.latest("rejected", limit):
+            out["rejected"].append(
+                {
+                    **_where(row),
+                    "errorId": row.error_id,
+                    "message": row.message,
+                    "problems": _problems(row),
+                    "text": _text(Path(row.path)),
+                }
+            )
+        for row in ledger.latest("registered", limit):
+            out["receipts"].append(
+                {**_where(row), "analysisId": row.analysis_id, "state": row.receipt_state}
+            )
+    finally:
+        ledger.close()
+    return out
+
+
+def _where(row: Row) -> dict[str, Any]:
+    return {
+        "path": row.path,
+        "folder": row.folder,
+        "studyId": row.study_id,
+        "at": _when(row.updated_at),
+    }
+
+
+def _problems(row: Row) -> list[dict[str, Any]]:
+    found = json.loads(row.problems) if row.problems else []
+    return [p for p in found if isinstance(p, dict)]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SIDECAR_TEXT + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_SIDECAR_TEXT:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
 def _when(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -89,4 +170,4 @@ def short(path: str, width: int = 60) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1) :]
 
 
-__all__ = ["StatusReport", "report", "short"]
+__all__ = ["StatusReport", "inbox", "report", "short"]

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import BadRequest, FileNotFound, Internal, SonglakeError
+from catalog.errors import BadRequest, FileNotFound, Internal, SonglakeError, problem
 from catalog.store import ObjectSpec, ObjectStore, PutRequest
 
 from .hashcache import HashCache
-from .layout import Folder, is_within
-from .receipts import OutcomeWriter, receipt_doc, utc_now
+from .layout import Folder, is_within, receipt_path
+from .receipts import OutcomeWriter, errors_doc, receipt_doc, utc_now
 
 log = logging.getLogger("songlake.watcher")
 
@@ -143,9 +143,34 @@ class Uploader:
         if now is not None:
             analysis = {**analysis, "state": now[0], "analysisVersion": now[1]}
         doc = receipt_doc(sidecar=job.path, sha256=job.sha256, analysis=analysis, uploads=uploads)
-        self.writer.write_receipt(job.path, doc)
+        try:
+            self.writer.write_receipt(job.path, doc)
+        except IsADirectoryError:
+            # something else holds the receipt's name: say so once; a retry cannot help (the
+            # rescan looks again when the name is freed)
+            self._receipt_blocked(job, aid, analysis.get("studyId"))
         return UploadResult(
             job.path, aid, uploads, complete, analysis["state"], analysis["analysisVersion"], waits
+        )
+
+    def _receipt_blocked(self, job: UploadJob, aid: str, study_id: str | None) -> None:
+        name = os.path.basename(receipt_path(job.path))
+        message = (
+            f"Analysis {aid} is registered, but its receipt cannot be written: '{name}' is a "
+            "folder; remove it and the receipt follows"
+        )
+        problems = [{"errorId": "receipt.not.written", **problem("", "receipt", message)}]
+        self.writer.write_errors(
+            job.path,
+            errors_doc(
+                sidecar=job.path,
+                sha256=job.sha256,
+                study_id=study_id,
+                error_id="receipt.not.written",
+                message=message,
+                problems=problems,
+                analysis_id=aid,
+            ),
         )
 
     def _stored(self, f: dict[str, Any]) -> bool:

@@ -210,7 +210,7 @@ class Outbox:
             return found
         entry = (table, "_delta_log", f"{version:020d}.json")
         try:
-            lines = self.dir.read_bytes(*entry).splitlines()
+            lines = self.dir.read_bytes(*entry).split(b"\n")  # not str.splitlines(): U+2028
         except FileNotFoundError:
             raise OutboxGap(
                 f"The Delta log entry {self.dir.uri(*entry)} is gone (log retention?): events "

@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from ..errors import DeliveryFailed
 from .sink import Delivery, Record, RetryPolicy, Sink, SinkSpec, send_with_retries
 
 SIGNATURE_HEADER = "X-Songlake-Signature-256"
+TIMESTAMP_HEADER = "X-Songlake-Timestamp"
 _MAX_HEADERS = 100
 _MAX_BODY = 1 << 20  # an answer's body is read to reuse the connection, up to this much
 
@@ -174,7 +176,8 @@ class WebhookSink(Sink):
 
     Headers: ``Content-Type: application/json``, ``X-Songlake-Event-Id`` (stable across retries
     and replays, for de-duplication), ``X-Songlake-Key`` (the analysisId), ``X-Songlake-Action``
-    and ``X-Songlake-Signature-256: sha256=<hex HMAC of the body>``. Any 2xx is a delivery.
+    and, with a secret, ``X-Songlake-Timestamp: <unix seconds>`` and ``X-Songlake-Signature-256:
+    sha256=<hex HMAC of "<timestamp>.<body>">``. Any 2xx is a delivery.
     Records are spread over ``concurrency`` lanes by key, each lane sending in order on its own
     keep-alive connection, so order per analysis holds while analyses go in parallel.
     """
@@ -218,10 +221,14 @@ class WebhookSink(Sink):
                 conn.close()
             self._connections.clear()
 
-    def signature(self, body: bytes) -> str | None:
+    def signature(self, body: bytes, timestamp: str) -> str | None:
+        """HMAC-SHA256 of ``<timestamp>.<body>``: the time is signed with the body, so that a
+        receiver can refuse a replay (an old timestamp) that it could not tell apart otherwise."""
         if self._mac is None:
             return None
         mac = self._mac.copy()  # the key schedule is done once
+        mac.update(timestamp.encode())
+        mac.update(b".")
         mac.update(body)
         return "sha256=" + mac.hexdigest()
 
@@ -270,9 +277,12 @@ class WebhookSink(Sink):
             record.action.encode(),
             b"\r\n",
         ]
-        signature = self.signature(record.body)
+        timestamp = str(int(time.time()))  # each attempt's own: a retry is signed anew
+        signature = self.signature(record.body, timestamp)
         if signature:
-            headers.append(f"{SIGNATURE_HEADER}: {signature}\r\n".encode())
+            headers.append(
+                f"{TIMESTAMP_HEADER}: {timestamp}\r\n{SIGNATURE_HEADER}: {signature}\r\n".encode()
+            )
         conn = self._connection()
         try:
             try:

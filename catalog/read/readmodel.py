@@ -97,10 +97,10 @@ class ReadModel(Indexes):
         out = []
         for version in range(after + 1, upto + 1):
             try:
-                lines = self.tables.dir.read_bytes(name, "_delta_log", f"{version:020d}.json")
+                log = self.tables.dir.read_bytes(name, "_delta_log", f"{version:020d}.json")
             except FileNotFoundError:
                 return None
-            for line in lines.splitlines():
+            for line in filter(None, log.split(b"\n")):  # not str.splitlines(): U+2028
                 action = json.loads(line)
                 add = action.get("add")
                 if add and add.get("dataChange", True):

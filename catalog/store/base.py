@@ -232,6 +232,11 @@ class ObjectStore(abc.ABC):
             )
         return None
 
+    def open_file(self, object_id: str) -> BinaryIO | None:
+        """The blob as a seekable file of this machine, which a server can send by itself without
+        a thread per client; None when the backend has no such file."""
+        return None
+
     def presigned_url(self, object_id: str, *, expires: int | None = None) -> str | None:
         """A URL that GETs the blob with no other credential, or None (the API serves it)."""
         return None

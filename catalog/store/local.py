@@ -295,6 +295,15 @@ class LocalObjectStore(ObjectStore):
         f.seek(offset)
         return io.BufferedReader(RangeReader(f, end - offset), BUFFER_SIZE)
 
+    def open_file(self, object_id: str) -> BinaryIO:
+        try:
+            return open(self._blob(object_id), "rb")  # closed by its reader
+        except FileNotFoundError:
+            raise StorageObjectNotFound(
+                f"The data of objectId '{object_id}' is missing from the storage server",
+                object_id=object_id,
+            ) from None
+
     def delete(self, object_id: str) -> None:
         self._meta(object_id).unlink(missing_ok=True)
         self._blob(object_id).unlink(missing_ok=True)

@@ -56,6 +56,8 @@ class Committer:
         self.epoch = 0  # the fencing epoch of the lease hold in progress
         self.conflicts = 0  # writes that found another writer's commit, then re-validated
         self.commits = 0
+        self._compactor: threading.Thread | None = None
+        tables.deferred_compaction = True
 
     def refresh(self) -> bool:
         """Pick up commits made by other processes; True when the model changed."""
@@ -77,6 +79,29 @@ class Committer:
     def run(self, write: Callable[[], T]) -> T:
         """Run one logical write (validate, then ``commit``) against the latest committed state,
         again from the new state each time another writer turns out to have committed first."""
+        try:
+            return self._attempts(write)
+        finally:
+            self._compact_later()
+
+    def _compact_later(self) -> None:
+        """Compact what came due, outside the lease, in the background (one compaction at a
+        time); at 1M analyses a compaction takes seconds that no other write should wait for."""
+        if not self.tables.compaction_due:
+            return
+        if self._compactor is not None and self._compactor.is_alive():
+            return
+        self._compactor = threading.Thread(
+            target=self.tables.compact_due, name="songlake-compact", daemon=False
+        )
+        self._compactor.start()
+
+    def settle(self) -> None:
+        """Wait for a background compaction to finish (tests, and a clean stop)."""
+        if self._compactor is not None:
+            self._compactor.join()
+
+    def _attempts(self, write: Callable[[], T]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.latest():

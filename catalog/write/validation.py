@@ -115,19 +115,47 @@ def schema_problems(payload: dict[str, Any], compiled: CompiledType) -> list[dic
                         label,
                     )
                 )
-            size = f.get("fileSize")
-            # the files table stores a 64-bit size (Song's Java Long): a larger one would fail
-            # the whole batch's commit
-            if isinstance(size, int) and not -(2**63) <= size < 2**63:
-                found.append(
-                    problem(
-                        f"/files/{i}/fileSize",
-                        "maximum",
-                        f"{size} does not fit in a 64-bit integer",
-                        label,
-                    )
-                )
+            found.extend(_size_problems(f.get("fileSize"), f"/files/{i}/fileSize", label))
+        found.extend(_duplicate_names(files, label))
     found.extend(compiled.problems(payload))
+    return found
+
+
+def _size_problems(size: Any, pointer: str, label: str) -> list[dict[str, Any]]:
+    """A fileSize no file can have: negative, or beyond the files table's 64-bit integer (Song's
+    Java Long), which would fail the whole batch's commit."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        return []  # the schema reports the type
+    if size < 0:
+        return [
+            problem(pointer, "minimum", f"{size} is negative: a file has 0 bytes or more", label)
+        ]
+    if size >= 2**63:
+        return [problem(pointer, "maximum", f"{size} does not fit in a 64-bit integer", label)]
+    return []
+
+
+def _duplicate_names(files: list[Any], label: str) -> list[dict[str, Any]]:
+    """Two files of one payload with the same fileName would share an objectId: refused (Song
+    silently kept one of them)."""
+    first: dict[str, int] = {}
+    found = []
+    for i, f in enumerate(files):
+        name = f.get("fileName") if isinstance(f, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            found.append(
+                problem(
+                    f"/files/{i}/fileName",
+                    "uniqueFileName",
+                    f"the fileName '{name}' is also the fileName of /files/{first[name]}; the "
+                    "files of an analysis need distinct names",
+                    label,
+                )
+            )
+        else:
+            first[name] = i
     return found
 
 

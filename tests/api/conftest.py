@@ -3,7 +3,10 @@ snapshots."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jwt
@@ -13,6 +16,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.auth import ensure_admin_token
 from api.errors import status_name
+from api.server import ApiServer
 from catalog.catalog import Catalog
 
 SONG_ERROR_KEYS = {
@@ -80,3 +84,17 @@ def client(catalog: Catalog, token: str) -> FlaskClient:
     client = create_app(catalog).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     return client
+
+
+@contextmanager
+def running(catalog: Catalog, threads: int = 16) -> Iterator[tuple[ApiServer, Any]]:
+    app = create_app(catalog)
+    server = ApiServer(app, "127.0.0.1", 0, threads=threads)
+    thread = threading.Thread(target=server.run, name="songlake-test-server")
+    thread.start()
+    try:
+        yield server, app
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()

@@ -24,6 +24,8 @@ TOKENS = {
     "shouty": "SCORE.read",
     "study-reader": f"PROGRAMDATA-{STUDY}.READ",
     "other-reader": "PROGRAMDATA-OTHER.READ",
+    "lower-study": f"PROGRAMDATA-{STUDY.lower()}.READ",  # study ids are case-sensitive
+    "lower-writer": f"programdata-{STUDY.lower()}.write",
     "writer": "score.WRITE",
 }
 
@@ -125,6 +127,7 @@ def test_controlled_file_needs_a_read_scope(cat, client, payloads) -> None:
     assert_song_error(client.get(url, headers=bearer("nobody")), 401, "unauthorized.token")
     assert_song_error(client.get(url, headers=bearer("other-reader")), 403, "forbidden.token")
     assert_song_error(client.get(url, headers=bearer("writer")), 403, "forbidden.token")
+    assert_song_error(client.get(url, headers=bearer("lower-study")), 403, "forbidden.token")
     for token in ("reader", "shouty", "study-reader"):
         assert client.get(url, headers=bearer(token)).status_code == 200, token
 
@@ -147,6 +150,9 @@ def test_ping_and_upload_existence(cat, client, payloads) -> None:
     assert_song_error(client.get(f"/upload/{oid}"), 401, "unauthorized.token")
     assert_song_error(
         client.get(f"/upload/{oid}", headers=bearer("reader")), 403, "forbidden.token"
+    )
+    assert_song_error(
+        client.get(f"/upload/{oid}", headers=bearer("lower-writer")), 403, "forbidden.token"
     )
     assert client.get(f"/upload/{oid}", headers=bearer("writer")).get_json() is True
     cat.store.delete(oid)

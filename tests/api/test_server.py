@@ -6,32 +6,16 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 from api.analyses import COMMITTER
-from api.app import create_app
 from api.auth import ensure_admin_token
 from api.server import ApiServer
 from catalog.catalog import Catalog
 from catalog.store import LocalObjectStore
+from tests.api.conftest import running
 from tests.conftest import STUDY
-
-
-@contextmanager
-def running(catalog: Catalog, threads: int = 16) -> Iterator[tuple[ApiServer, Any]]:
-    app = create_app(catalog)
-    server = ApiServer(app, "127.0.0.1", 0, threads=threads)
-    thread = threading.Thread(target=server.run, name="songlake-test-server")
-    thread.start()
-    try:
-        yield server, app
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 class Http:

@@ -92,6 +92,30 @@ def test_submit_without_a_study_names_songs_error(root: Path, tmp_path: Path) ->
     assert Catalog(load_settings(root)).count_analyses("DEMO") == 0
 
 
+def test_submit_of_a_lone_surrogate_prints_the_error_not_a_traceback(
+    root: Path, tmp_path: Path
+) -> None:
+    """It printed a 53-line traceback: now the error and its problem, and nothing registered."""
+    run(root, "init")
+    run(root, "study", "create", "DEMO")
+    text = (EXAMPLE / "variant-call.song.json").read_text()
+    bad = tmp_path / "surrogate.json"
+    bad.write_text(text.replace('"studyId"', '"x": "\\ud800", "studyId"', 1))
+    result = run(root, "submit", str(bad), ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error [payload.parsing]: ")
+    assert result.stderr.splitlines()[1:] == ["  /x: a lone surrogate is not text [utf8]"]
+    assert Catalog(load_settings(root)).count_analyses("DEMO") == 0
+
+
+def test_sql_has_a_time_limit(root: Path) -> None:
+    run(root, "init")
+    query = "SELECT count(*) FROM range(100000000000) a"
+    result = run(root, "sql", query, "--timeout", "0.5", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error [gateway.timed.out]: ")
+
+
 def test_sql_refuses_writes_and_files(root: Path) -> None:
     run(root, "init")
     for query in ["COPY (SELECT 1) TO 'x.csv'", "SELECT * FROM read_csv('/etc/passwd')"]:

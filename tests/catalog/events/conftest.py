@@ -125,8 +125,16 @@ class Receiver:
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         signature = handler.headers.get("X-Songlake-Signature-256", "")
-        signed = self.secret is not None and hmac.compare_digest(
-            signature, "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        stamp = handler.headers.get("X-Songlake-Timestamp", "")
+        signed = (
+            self.secret is not None
+            and stamp.isdigit()
+            and abs(time.time() - int(stamp)) <= 300  # a replay of an old request is refused
+            and hmac.compare_digest(
+                signature,
+                "sha256="
+                + hmac.new(self.secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest(),
+            )
         )
         key = handler.headers.get("X-Songlake-Key", "")
         with self._cond:

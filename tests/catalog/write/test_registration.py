@@ -6,7 +6,10 @@ import json
 import uuid
 from datetime import datetime
 
+import pytest
+
 from catalog import Catalog, SubmitItem, sql
+from catalog.errors import SchemaViolation
 from catalog.model import entity_id, object_id
 from tests.conftest import STUDY
 
@@ -240,13 +243,21 @@ def test_duplicate_md5_in_another_study_is_a_duplicate(catalog, payloads):
     assert result.error.error_id == "info.already.exists"
 
 
-def test_duplicate_file_names_collapse_to_one_file(catalog, payloads):
+def test_duplicate_file_names_are_refused(catalog, payloads):
+    """Song silently kept one of two files with one fileName (they would share an objectId);
+    songlake refuses the payload, and nothing is written."""
     f = payloads.file("a.vcf.gz")
     payload = payloads.variant_call(files=[f, dict(f), dict(f)])
-    aid = catalog.submit(payload, STUDY)
-    doc = catalog.get_analysis(STUDY, aid)
-    assert [x["fileName"] for x in doc["files"]] == ["a.vcf.gz"]
-    assert count(catalog, "files") == 1
+    before = catalog.tables.versions()
+    with pytest.raises(SchemaViolation) as caught:
+        catalog.submit(payload, STUDY)
+    found = {(p["pointer"], p["rule"]) for p in caught.value.problems}
+    assert found >= {
+        ("/files/1/fileName", "uniqueFileName"),
+        ("/files/2/fileName", "uniqueFileName"),
+    }
+    assert catalog.tables.versions() == before
+    assert count(catalog, "files") == 0
 
 
 def test_reopened_catalog_serves_identical_documents(catalog, settings, payloads, upload):

@@ -195,6 +195,7 @@ def test_reopen_after_compacting_updated_analyses(settings, payloads):
             ids[-1],
             {"analysisType": {"name": "variantCall"}, "experiment": NEW_EXPERIMENT, "n": i},
         )
+    catalog.committer.settle()  # compaction runs after the lease is let go, in the background
     assert catalog.tables.file_count("analyses") < 8  # compacted along the way
     reopened = Catalog(compacting)
     for i, aid in enumerate(ids):
