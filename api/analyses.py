@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from catalog.errors import MalformedParameter
 from catalog.model import STATES
 from catalog.read.idsearch import ID_SEARCH_PARAMS
 from catalog.write.lifecycle import Transition
@@ -96,14 +97,33 @@ def search_ids(study_id: str) -> Response:
     ok=array(ref("Analysis")),
 )
 def search_ids_post(study_id: str) -> Response:
-    """Song's IdSearchRequest body; list-valued keys take their first item."""
+    """Song's IdSearchRequest body; list-valued keys take their first item.
+
+    A key Song does not define, or a value that is no string (or list of strings), is refused:
+    ignored, it would widen the search to the whole study.
+    """
     body = json_body()
+    accepted = ", ".join(SEARCH_BODY_KEYS)
+    for key, value in body.items():
+        if key not in SEARCH_BODY_KEYS:
+            raise MalformedParameter(
+                f"Unknown id search key '{key}'; the keys accepted are {accepted}",
+                name=key,
+                value=value,
+            )
+        items = value if isinstance(value, list) else [value]
+        if not all(item is None or isinstance(item, str) for item in items):
+            raise MalformedParameter(
+                f"The id search key '{key}' takes a string or a list of strings",
+                name=key,
+                value=value,
+            )
     terms: dict[str, str | None] = {}
     for key, name in SEARCH_BODY_KEYS.items():
         value = body.get(key)
         if isinstance(value, list):
             value = value[0] if value else None
-        terms[name] = value if isinstance(value, str) and value else None
+        terms[name] = value or None
     return _search(study_id, terms)
 
 

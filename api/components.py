@@ -154,15 +154,19 @@ SCHEMAS: dict[str, Any] = {
         limit=INTEGER,
         offset=INTEGER,
     ),
-    "IdSearchRequest": _object(
-        donorId=STRING,
-        sampleId=STRING,
-        specimenId=STRING,
-        objectId=STRING,
-        submitterSampleId=STRING,
-        submitterDonorIds=array(STRING),
-        submitterSpecimenIds=array(STRING),
-    ),
+    # any other key is refused (malformed.parameter): ignored, it would match the whole study
+    "IdSearchRequest": {
+        **_object(
+            donorId=STRING,
+            sampleId=STRING,
+            specimenId=STRING,
+            objectId=STRING,
+            submitterSampleId=STRING,
+            submitterDonorIds=array(STRING),
+            submitterSpecimenIds=array(STRING),
+        ),
+        "additionalProperties": False,
+    },
     "AnalysisType": _object(
         name=STRING,
         version=INTEGER,

@@ -7,8 +7,8 @@ events committed from now on) and ``limit`` (end the stream after that many even
 after ``[events] sse_max_seconds`` and the client reconnects; at most ``sse_max_clients`` streams
 run at once, since each holds a server thread: the next one gets 503.
 
-NO auth yet, like the rest of this foundation: the messages carry unpublished analyses too, so
-this must need a token once the API issue brings them.
+Public, like every read of the API (as in Song: api/auth.py guards writes only). The messages
+carry unpublished analyses too, as Song's own reads of a study do.
 """
 
 from __future__ import annotations

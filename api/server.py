@@ -3,8 +3,10 @@ never stops the API from answering, Score's callbacks included."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -128,7 +130,10 @@ class ApiServer:
             return
         self._stopping = True
         socket_map = self._server._map
-        self._server.trigger.pull_trigger(lambda: _close_all(socket_map))
+        try:
+            self._server.trigger.pull_trigger(lambda: _close_all(socket_map))
+        except OSError:  # the loop has ended already, and closed its trigger with its sockets
+            close_all(socket_map)
 
 
 def _close_all(socket_map: dict) -> None:
@@ -139,10 +144,37 @@ def _close_all(socket_map: dict) -> None:
     close_all(socket_map)
 
 
-def serve(app: Flask, host: str = "127.0.0.1", port: int = 8080, threads: int = 8) -> None:
-    """Serve `app` until interrupted (Ctrl-C, or SIGTERM: the caller's cleanup then runs, such as
-    stopping the watcher and its upload processes)."""
-    server = ApiServer(app, host, port, threads)
+def listen_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port, in one line (None when it can).
+
+    Asked before anything starts, so that a second ``serve`` on a taken port says so instead of
+    announcing itself and failing later. Binds the way waitress does (``SO_REUSEADDR``), so only
+    a listening socket counts, not connections of an earlier server still closing.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return bind_problem(exc, host, port)
+    return None
+
+
+def bind_problem(exc: OSError, host: str, port: int) -> str:
+    """The one line that says why binding host:port failed."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"{host}:{port} is in use (another songlake serve?): stop it or pass --port"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def serve(server: ApiServer) -> None:
+    """Run a bound server until interrupted (Ctrl-C, or SIGTERM: the caller's cleanup then runs,
+    such as stopping the watcher and its upload processes)."""
     if threading.current_thread() is not threading.main_thread():
         server.run()
         return

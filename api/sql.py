@@ -5,12 +5,14 @@ bytes (``payload.too.large``)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from catalog import sql
 from catalog.errors import MalformedParameter
+from catalog.model import utc_iso
 
 from .auth import require_system
 from .docs import doc, ref, request_body
@@ -61,7 +63,12 @@ def run_query(query: str, limit: Any, as_of: Any = None) -> dict[str, Any]:
     )
     return {
         "columns": columns,
-        "rows": [list(r) for r in rows[:limit]],
+        "rows": [[_value(v) for v in r] for r in rows[:limit]],
         "rowCount": min(len(rows), limit),
         "truncated": len(rows) > limit,
     }
+
+
+def _value(value: Any) -> Any:
+    """Times in songlake's own format, as `songlake sql` prints them (UTC, milliseconds, Z)."""
+    return utc_iso(value) if isinstance(value, datetime) else value

@@ -117,6 +117,23 @@ def song_time(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+def utc_iso(value: datetime | float | None) -> str | None:
+    """songlake's own time format (receipts, status, logs, events, SQL results): ISO-8601 in UTC
+    with milliseconds and ``Z``, e.g. 2026-12-06T12:18:41.924Z. Song's fields keep song_time."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = datetime.fromtimestamp(value, UTC)
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    """Now, in songlake's own time format (see utc_iso)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 # --- payload parsing -------------------------------------------------------------------------
 
 

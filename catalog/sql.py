@@ -14,9 +14,13 @@ import threading
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from .errors import GatewayTimeout, IllegalQueryParameter, MalformedParameter, ResultTooLarge
 from .tables import DATA_TABLES, TableStore
+
+#: the commit-log metadata in which TableStore.log_commit records every table's version
+TABLE_VERSIONS_KEY = "songlake.table_versions"
 
 _VISIBLE = "analysis_id IN (SELECT analysis_id FROM _analyses WHERE version = 1)"
 
@@ -55,21 +59,65 @@ VIEWS = {
         WHERE file_name IS NOT NULL""",
     "analysis_samples": f"SELECT DISTINCT * FROM _analysis_samples WHERE {_VISIBLE}",
     "analysis_state_history": f"SELECT * FROM _analysis_state_history WHERE {_VISIBLE}",
-    "commits": "SELECT * FROM _commits",
+    # the catalog version of each commit is the Delta version of its row, read from the log
+    "commits": """
+        SELECT v.version, c.* EXCLUDE (_n) FROM (
+            SELECT *, row_number() OVER (PARTITION BY table_versions ORDER BY committed_at) AS _n
+            FROM _commits) c
+        LEFT JOIN _commit_versions v ON v.table_versions = c.table_versions AND v.n = c._n
+        ORDER BY v.version NULLS FIRST, c.committed_at""",
 }
 
 
+def commit_versions(tables: TableStore, *, wanted: bool = True) -> pa.Table:
+    """The catalog version of every commit still in the log, keyed as the ``commits`` view joins
+    it: the commit's ``table_versions`` and its rank among commits recording the same ones.
+
+    The log is read only when ``wanted`` (a query naming ``commits``): it costs one file per
+    commit.
+    """
+    found: list[tuple[int, str]] = []
+    if wanted:
+        for entry in tables.table("commits").history():
+            recorded = entry.get(TABLE_VERSIONS_KEY)
+            if isinstance(recorded, str) and isinstance(entry.get("version"), int):
+                found.append((entry["version"], recorded))
+    found.sort()
+    seen: dict[str, int] = {}
+    ranks = []
+    for _, recorded in found:
+        seen[recorded] = seen.get(recorded, 0) + 1
+        ranks.append(seen[recorded])
+    return pa.table(
+        {
+            "version": pa.array([v for v, _ in found], pa.int64()),
+            "table_versions": pa.array([r for _, r in found], pa.string()),
+            "n": pa.array(ranks, pa.int64()),
+        }
+    )
+
+
 def connect(
-    tables: TableStore, versions: dict[str, int] | None = None, *, memory_limit: str | None = None
+    tables: TableStore,
+    versions: dict[str, int] | None = None,
+    *,
+    query: str | None = None,
+    memory_limit: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A locked-down DuckDB connection with one view per table (at `versions` when given),
-    using at most `memory_limit` (a size such as '2GB', or a share of RAM such as '25%')."""
+    using at most `memory_limit` (a size such as '2GB', or a share of RAM such as '25%').
+
+    Catalog versions are read from the commit log only when `query` names ``commits`` (or no
+    query is given).
+    """
     con = duckdb.connect()
     if memory_limit:
         con.execute(f"SET memory_limit = '{_memory_limit(memory_limit)}'")
     for name in [*DATA_TABLES, "commits"]:
         version = versions.get(name) if versions else None
         con.register(f"_{name}", tables.dataset(name, version))
+    wanted = query is None or "commits" in duckdb.get_table_names(query)
+    con.register("_commit_versions", commit_versions(tables, wanted=wanted))
     for view, body in VIEWS.items():
         con.execute(f"CREATE VIEW {view} AS {body}")
     con.execute("SET enable_external_access = false")
@@ -125,7 +173,7 @@ def run(
     is refused with ``payload.too.large`` (rows do not bound bytes: one row can hold a gigabyte).
     """
     check_query(query)
-    con = connect(tables, versions, memory_limit=memory_limit)
+    con = connect(tables, versions, query=query, memory_limit=memory_limit)
     timer = threading.Timer(timeout, con.interrupt) if timeout else None
     try:
         if timer is not None:

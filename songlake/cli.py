@@ -1,28 +1,34 @@
 """The ``songlake`` command line: each command opens the catalog, calls one method, prints.
 
-Documents print as JSON; lists print as tables; errors print ``error [<errorId>]: <message>`` (and
-the problem list for validation) and exit 1 (2 for usage errors).
+Documents (one analysis, study, type, submit answer) print as JSON; lists print as tables, or as
+JSON with ``--json``. Fields Song defines keep Song's time format; songlake's own times are UTC
+ISO-8601 with a ``Z`` (``catalog.model.utc_iso``). Errors print ``error [<errorId>]: <message>``
+(and the problem list for validation) and exit 1 (2 for usage errors).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from catalog.errors import SonglakeError, StudyIdMissing
-from catalog.model import STATES
+from catalog.model import STATES, song_time, utc_iso
 from catalog.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CatalogError(click.ClickException):
@@ -45,7 +51,9 @@ class CatalogError(click.ClickException):
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
+    if isinstance(value, datetime):
+        return utc_iso(value)
+    if isinstance(value, date):
         return value.isoformat()
     return str(value)
 
@@ -64,13 +72,35 @@ def echo_table(columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]
     click.echo(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
 
 
+def json_option(what: str = "the list") -> Callable[[F], F]:
+    """``--json``: print `what` as JSON instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def echo_list(records: list[dict[str, Any]], as_json: bool) -> None:
+    """A list: a table with a column per key, or the records as JSON (``--json``)."""
+    if as_json:
+        echo_json(records)
+        return
+    columns = list(records[0]) if records else []
+    echo_table(columns, [[r.get(name) for name in columns] for r in records])
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
+        return utc_iso(value) or ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, ``error: <message>``, and exit 1 (for failures outside Song's ids)."""
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(1)
 
 
 def actor() -> str:
@@ -146,8 +176,10 @@ def init(c: Context) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=int, help="Port to listen on (0: any free one)."
+)
 @click.option("--no-watch", is_flag=True, help="Serve the API without the inbox watcher.")
 @click.option("--threads", type=int, default=None, help="API worker threads (api_threads).")
 @click.option(
@@ -160,20 +192,29 @@ def serve(
     c: Context, host: str, port: int, no_watch: bool, threads: int | None, no_auth: bool
 ) -> None:
     """Serve the Song-compatible API, with the inbox watcher unless --no-watch."""
+    from api.server import bind_problem, listen_problem
     from songlake import serve as serving
 
+    problem = listen_problem(host, port)  # before anything is opened, started or announced
+    if problem:
+        fail(problem)
     settings, notices = serving.prepare(c.settings, no_auth=no_auth)
     for notice in notices:
         click.echo(notice, err=True)
-    serving.serve(
-        c.catalog,
-        settings,
-        host=host,
-        port=port,
-        threads=threads or settings.api_threads,
-        watch=not no_watch,
-        announce=lambda text: click.echo(text, err=True),
-    )
+    try:
+        serving.serve(
+            c.catalog,
+            settings,
+            host=host,
+            port=port,
+            threads=threads or settings.api_threads,
+            watch=not no_watch,
+            announce=lambda text: click.echo(text, err=True),
+        )
+    except OSError as exc:  # the port was taken between the check and the bind
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        fail(bind_problem(exc, host, port))
 
 
 # -- the watcher: watch / ingest / status ---------------------------------------------------------
@@ -258,7 +299,13 @@ def ingest(c: Context, paths: tuple[Path, ...], quiet: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--limit",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Latest errors and waiting sidecars to show.",
+)
 @pass_ctx
 def status(c: Context, as_json: bool, limit: int) -> None:
     """Pending, registered and rejected sidecars per study, and the latest errors."""
@@ -317,9 +364,9 @@ def study() -> None:
 
 @study.command("create")
 @click.argument("study_id")
-@click.option("--name")
-@click.option("--organization")
-@click.option("--description")
+@click.option("--name", help="The study's name.")
+@click.option("--organization", help="The organization running the study.")
+@click.option("--description", help="A description of the study.")
 @click.option("--info", help="JSON object of extra study information.")
 @pass_ctx
 def study_create(
@@ -342,23 +389,20 @@ def study_create(
 
 
 @study.command("list")
+@json_option("the studies")
 @pass_ctx
-def study_list(c: Context) -> None:
+def study_list(c: Context, as_json: bool) -> None:
     """List studies with their analysis counts by state."""
     cat = c.catalog
-    rows = []
-    for sid in cat.list_studies():
-        s = cat.get_study(sid)
-        rows.append(
-            (
-                sid,
-                s.get("name"),
-                cat.count_analyses(sid, ["UNPUBLISHED"]),
-                cat.count_analyses(sid, ["PUBLISHED"]),
-                cat.count_analyses(sid, ["SUPPRESSED"]),
-            )
-        )
-    echo_table(["studyId", "name", "unpublished", "published", "suppressed"], rows)
+    rows = [
+        {
+            "studyId": sid,
+            "name": cat.get_study(sid).get("name"),
+            **{state.lower(): cat.count_analyses(sid, [state]) for state in STATES},
+        }
+        for sid in cat.list_studies()
+    ]
+    echo_list(rows, as_json)
 
 
 @study.command("show")
@@ -393,14 +437,20 @@ def schema_register(c: Context, file: Path) -> None:
 
 
 @schema.command("list")
+@json_option("the types")
 @pass_ctx
-def schema_list(c: Context) -> None:
-    """List every version of every analysis type."""
+def schema_list(c: Context, as_json: bool) -> None:
+    """List every version of every analysis type (fileTypes empty: any)."""
     rows = [
-        (t.name, t.version, ", ".join(t.file_types) or "(any)", t.created_at)
+        {
+            "name": t.name,
+            "version": t.version,
+            "fileTypes": list(t.file_types),
+            "createdAt": song_time(t.created_at),  # as Song's GET /schemas shows it
+        }
         for t in c.catalog.registry.all()
     ]
-    echo_table(["name", "version", "fileTypes", "createdAt"], rows)
+    echo_list(rows, as_json)
 
 
 @schema.command("show")
@@ -452,11 +502,13 @@ def _payload_study(raw: bytes, c: Context) -> str:
     "directory",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The folder holding the analysis' files, named as in the payload.",
 )
+@json_option("the stored objects")
 @pass_ctx
-def upload(c: Context, analysis_id: str, directory: Path) -> None:
+def upload(c: Context, analysis_id: str, directory: Path, as_json: bool) -> None:
     """Put an analysis' files into object storage, verified by size and md5."""
-    echo_json(c.catalog.upload(analysis_id, directory))
+    echo_list(c.catalog.upload(analysis_id, directory), as_json)
 
 
 @main.command()
@@ -466,6 +518,7 @@ def upload(c: Context, analysis_id: str, directory: Path) -> None:
     "directory",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The folder holding the analysis' files (their paths go into the manifest).",
 )
 @click.option(
     "-o",
@@ -501,7 +554,9 @@ def analysis_show(c: Context, analysis_id: str) -> None:
 
 
 @analysis.command("list")
-@click.option("--study", "study_id", required=True)
+@click.option(
+    "--study", "study_id", required=True, metavar="S", help="The study whose analyses to list."
+)
 @click.option(
     "--state",
     "states",
@@ -509,8 +564,16 @@ def analysis_show(c: Context, analysis_id: str) -> None:
     type=click.Choice(STATES),
     help="Repeatable; default: every state.",
 )
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(min=0), help="Page size."
+)
+@click.option(
+    "--offset",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Analyses to skip (sorted by analysisId).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print Song's paginated JSON.")
 @pass_ctx
 def analysis_list(
@@ -538,11 +601,12 @@ def analysis_list(
 
 @analysis.command("history")
 @click.argument("analysis_id")
+@json_option("the history")
 @pass_ctx
-def analysis_history(c: Context, analysis_id: str) -> None:
+def analysis_history(c: Context, analysis_id: str, as_json: bool) -> None:
     """The state history of an analysis, with actor and reason."""
     cat = c.catalog
-    echo_json(cat.history(cat.study_of(analysis_id), analysis_id))
+    echo_list(cat.history(cat.study_of(analysis_id), analysis_id), as_json)
 
 
 def _transition(action: str):
@@ -566,9 +630,12 @@ def _transition(action: str):
 analysis.command(
     "publish", help="Publish: every file must be in object storage, size and md5 matching."
 )(
-    click.option("--ignore-undefined-md5", "ignore_undefined_md5", is_flag=True)(
-        _transition("publish")
-    )
+    click.option(
+        "--ignore-undefined-md5",
+        "ignore_undefined_md5",
+        is_flag=True,
+        help="Accept stored objects whose .meta records no md5 (Song's ignoreUndefinedMd5).",
+    )(_transition("publish"))
 )
 analysis.command("unpublish", help="Unpublish a published analysis.")(_transition("unpublish"))
 analysis.command("suppress", help="Suppress an analysis (from any state).")(_transition("suppress"))
@@ -599,9 +666,21 @@ def analysis_update(c: Context, analysis_id: str, file: Path, patch: bool) -> No
 
 
 @main.command()
-@click.option("--study", "study_id")
-@click.option("--analysis", "analysis_ids", multiple=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--study", "study_id", metavar="S", help="Every analysis of this study.")
+@click.option(
+    "--analysis",
+    "analysis_ids",
+    multiple=True,
+    metavar="ID",
+    help="This analysis; repeat for several: --analysis ID1 --analysis ID2.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write <studyId>/<analysisId>.json into.",
+)
 @pass_ctx
 def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], output: Path) -> None:
     """Export resubmittable payloads to <output>/<studyId>/<analysisId>.json."""
@@ -622,6 +701,7 @@ def export(c: Context, study_id: str | None, analysis_ids: tuple[str, ...], outp
     type=click.Choice(["table", "csv", "json"]),
     default="table",
     show_default=True,
+    help="Output format.",
 )
 @click.option("--as-of", help="A catalog version (integer) or an ISO-8601 time.")
 @click.option(
@@ -650,7 +730,7 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | No
         echo_json([dict(zip(columns, r, strict=True)) for r in rows])
     elif fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")  # not \r\n: $(...) must not keep a \r
         writer.writerow(columns)
         writer.writerows(
             [[_default(v) if isinstance(v, (datetime, date)) else v for v in r] for r in rows]
@@ -661,15 +741,16 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | No
 
 
 @main.command()
+@json_option("the file counts")
 @pass_ctx
-def compact(c: Context) -> None:
+def compact(c: Context, as_json: bool) -> None:
     """Compact every table's small Parquet files (also done automatically)."""
     from catalog.store import open_lease
     from catalog.tables import TableStore
 
     with open_lease(c.settings).hold():  # a rewrite commit: one writer at a time
         counts = TableStore(c.settings.tables_dir).compact()
-    echo_table(["table", "files"], sorted(counts.items()))
+    echo_list([{"table": k, "files": v} for k, v in sorted(counts.items())], as_json)
 
 
 @main.command()
@@ -681,16 +762,18 @@ def compact(c: Context) -> None:
     help="Only rows older than this many seconds (younger ones may still be committing).",
 )
 @click.option("--dry-run", is_flag=True, help="List the orphans without deleting them.")
+@json_option("the counts")
 @pass_ctx
-def repair(c: Context, min_age: float, dry_run: bool) -> None:
+def repair(c: Context, min_age: float, dry_run: bool, as_json: bool) -> None:
     """Remove invisible orphan rows left by a crash between the commits of a batch."""
     cat = c.catalog
     if dry_run:
         found = cat.orphans(min_age_seconds=min_age)
-        echo_table(["table", "orphan analyses"], [(k, len(v)) for k, v in sorted(found.items())])
-        return
-    deleted = cat.repair(min_age_seconds=min_age, actor=actor())
-    echo_table(["table", "rows deleted"], sorted(deleted.items()))
+        rows = [{"table": k, "orphanAnalyses": len(v)} for k, v in sorted(found.items())]
+    else:
+        deleted = cat.repair(min_age_seconds=min_age, actor=actor())
+        rows = [{"table": k, "rowsDeleted": v} for k, v in sorted(deleted.items())]
+    echo_list(rows, as_json)
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -776,8 +859,9 @@ def events_status(c: Context, as_json: bool) -> None:
     help="A catalog version (its changes and every later one) or an ISO-8601 time.",
 )
 @click.option("--sink", "sinks", multiple=True, help="Only this sink (repeatable).")
+@json_option("what was re-sent")
 @pass_ctx
-def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
+def events_replay(c: Context, from_: str, sinks: tuple[str, ...], as_json: bool) -> None:
     """Send the messages of committed changes again, from a version or time on."""
     import time
 
@@ -803,13 +887,17 @@ def events_replay(c: Context, from_: str, sinks: tuple[str, ...]) -> None:
             pass
     finally:
         d.stop()
-    echo_table(
-        ["sink", "re-sent", "failures", "dead_letters", "error"],
-        [
-            [w.name, w.sent, w.stats["failures"], w.stats["dead_letters"], w.error]
-            for w in d.workers
-        ],
-    )
+    rows = [
+        {
+            "sink": w.name,
+            "re-sent": w.sent,
+            "failures": w.stats["failures"],
+            "dead_letters": w.stats["dead_letters"],
+            "error": w.error,
+        }
+        for w in d.workers
+    ]
+    echo_list(rows, as_json)
 
 
 # -- storage ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``songlake serve``: the Song-compatible API, the inbox watcher and the event dispatcher, started,
 run and stopped together around one Catalog (one read model for all three).
 
-The order matters: the watcher starts before the API announces itself, the dispatcher beside it,
+The order matters: the port is bound first (a taken port stops everything before it starts), the
+watcher starts before the API announces itself, the dispatcher beside it,
 and on the way out (Ctrl-C, SIGTERM, a failing server) the dispatcher and then the watcher, with
 its upload processes, are stopped whatever happened.
 """
@@ -16,6 +17,7 @@ from flask import Flask
 
 from api.app import create_app
 from api.auth import admin_token_path, auth_configured, ensure_admin_token
+from api.server import ApiServer
 from api.server import serve as run_server
 from catalog.catalog import Catalog
 from catalog.events import start_background
@@ -64,8 +66,11 @@ def serve(
     watch: bool = True,
     announce: Callable[[str], object] = print,
 ) -> None:
-    """Serve until interrupted; the watcher and the dispatcher share the API's catalog."""
-    app = make_app(catalog, settings)
+    """Serve until interrupted; the watcher and the dispatcher share the API's catalog.
+
+    The port is bound first: when it is taken, OSError is raised before anything starts.
+    """
+    server = ApiServer(make_app(catalog, settings), host, port, threads)
     watcher = None
     dispatcher = None
     try:
@@ -74,7 +79,7 @@ def serve(
             watcher = Watcher(catalog, settings).start()
         announce(f"songlake serving {settings.location} on http://{host}:{port}")
         dispatcher = start_background(catalog)  # Song's analysis messages, beside the API
-        run_server(app, host=host, port=port, threads=threads)
+        run_server(server)
     finally:
         if dispatcher is not None:
             dispatcher.stop()

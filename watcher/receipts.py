@@ -15,25 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 from catalog.errors import SonglakeError, problem
+from catalog.model import now_iso, utc_iso
 from catalog.store.newfiles import write_file
 
 from .layout import TMP_PREFIX, errors_path, receipt_path
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class OutcomeWriter:
@@ -100,7 +88,7 @@ def errors_doc(
         "errorId": error_id,
         "message": message,
         "problems": problems,
-        "writtenAt": utc_now(),
+        "writtenAt": now_iso(),
     }
     if analysis_id is not None:
         doc["analysisId"] = analysis_id
@@ -135,7 +123,7 @@ def receipt_doc(
         "createdAt": analysis["createdAt"],
         "updatedAt": analysis["updatedAt"],
         "files": files,
-        "receiptWrittenAt": utc_now(),
+        "receiptWrittenAt": now_iso(),
     }
 
 
@@ -152,7 +140,7 @@ def analysis_summary(model: Any, analysis_id: str) -> dict[str, Any]:
         "state": rec.state,
         "analysisType": {"name": rec.type_name, "version": rec.type_version},
         "analysisVersion": rec.version,
-        "createdAt": iso(rec.created_at),
-        "updatedAt": iso(rec.updated_at),
+        "createdAt": utc_iso(rec.created_at),
+        "updatedAt": utc_iso(rec.updated_at),
         "files": files,
     }

@@ -55,7 +55,7 @@ from catalog.settings import Settings
 from .layout import receipt_path
 from .ledger import Ledger, Row
 from .readiness import Verdict
-from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc, utc_now
+from .receipts import OutcomeWriter, analysis_summary, problems_of, receipt_doc
 from .uploader import UploadJob
 
 log = logging.getLogger("songlake.watcher")
@@ -613,4 +613,4 @@ def staged_object_ids(v: Verdict) -> list[tuple[str, Any]]:
     return [(object_id(v.analysis_id, fc.name), fc) for fc in v.files if fc.status == "stage"]
 
 
-__all__ = ["Registrar", "staged_object_ids", "utc_now"]
+__all__ = ["Registrar", "staged_object_ids"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.model import utc_iso
 from catalog.settings import Settings
 
 from .ledger import Ledger, Row
@@ -62,7 +63,7 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
                     "errorId": row.error_id,
                     "message": row.message,
                     "problems": len(problems),
-                    "at": _when(row.updated_at),
+                    "at": utc_iso(row.updated_at),
                 }
             )
         now = time.time()
@@ -72,7 +73,7 @@ def report(state_dir: Path, *, limit: int = 10, watcher_pid: int | None = None) 
                 {
                     "path": row.path,
                     "studyId": row.study_id,
-                    "since": _when(row.since),
+                    "since": utc_iso(row.since),
                     "waitingSeconds": round(now - row.since, 1) if row.since else None,
                     "waitingFor": [p.get("message") for p in problems],
                 }
@@ -111,7 +112,7 @@ def inbox(settings: Settings, *, limit: int = 200) -> dict[str, Any]:
             out["pending"].append(
                 {
                     **_where(row),
-                    "since": _when(row.since),
+                    "since": utc_iso(row.since),
                     "waitingFor": [p.get("message") for p in _problems(row)],
                     "secondsLeft": max(0.0, round(settings.watch_pending_timeout - waited, 1)),
                 }
@@ -140,7 +141,7 @@ def _where(row: Row) -> dict[str, Any]:
         "path": row.path,
         "folder": row.folder,
         "studyId": row.study_id,
-        "at": _when(row.updated_at),
+        "at": utc_iso(row.updated_at),
     }
 
 
@@ -158,12 +159,6 @@ def _text(path: Path) -> str | None:
     if len(data) > MAX_SIDECAR_TEXT:
         return None
     return data.decode("utf-8", errors="replace")
-
-
-def _when(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def short(path: str, width: int = 60) -> str:

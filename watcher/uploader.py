@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.errors import BadRequest, FileNotFound, Internal, SonglakeError, problem
+from catalog.model import now_iso
 from catalog.store import ObjectSpec, ObjectStore, PutRequest
 
 from .hashcache import HashCache
 from .layout import Folder, is_within, receipt_path
-from .receipts import OutcomeWriter, errors_doc, receipt_doc, utc_now
+from .receipts import OutcomeWriter, errors_doc, receipt_doc
 
 log = logging.getLogger("songlake.watcher")
 
@@ -197,7 +198,7 @@ class Uploader:
                 "status": "skipped",
                 "message": f"files are taken into storage only while the analysis is UNPUBLISHED, "
                 f"not {state}",
-                "at": utc_now(),
+                "at": now_iso(),
             }
         return None
 
@@ -210,7 +211,7 @@ class Uploader:
                 "status": "failed",
                 "errorId": stored.error_id,
                 "message": stored.message,
-                "at": utc_now(),
+                "at": now_iso(),
             }
         if isinstance(stored, Exception):
             return self._failed(src, stored)
@@ -225,7 +226,7 @@ class Uploader:
             "status": "failed",
             "errorId": FileNotFound.error_id if missing else Internal.error_id,
             "message": str(exc),
-            "at": utc_now(),
+            "at": now_iso(),
         }
 
     def _record(self, status: str, f: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +235,7 @@ class Uploader:
             "objectSize": f["fileSize"],
             "objectMd5": f["fileMd5sum"].lower(),
             "store": self.store.describe(),
-            "at": utc_now(),
+            "at": now_iso(),
         }
 
     def _archive(self, job: UploadJob, f: dict[str, Any], src: str) -> dict[str, Any] | None:
@@ -257,7 +258,7 @@ class Uploader:
             os.unlink(src)
             self.cache.forget(src)
             log.info("deleted %s (verified as object %s)", src, f["objectId"])
-            return {"action": "deleted", "at": utc_now()}
+            return {"action": "deleted", "at": now_iso()}
         assert self.archive_dir is not None
         study = job.analysis["studyId"]
         target = os.path.join(self.archive_dir, study, job.analysis["analysisId"], f["fileName"])
@@ -270,4 +271,4 @@ class Uploader:
             shutil.move(src, target)
         self.cache.forget(src)
         log.info("moved %s to %s (verified as object %s)", src, target, f["objectId"])
-        return {"action": "moved", "to": target, "at": utc_now()}
+        return {"action": "moved", "to": target, "at": now_iso()}

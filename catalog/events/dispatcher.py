@@ -31,12 +31,13 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..errors import BadRequest, DispatcherBusy, Internal, SinkError, SonglakeError
+from ..model import now_iso
 from ..root import Location
 from ..settings import Settings
 from .config import EventsConfig, events_config, open_sink
 from .messages import Messages
 from .outbox import BEGINNING, Cut, Outbox, Position
-from .runlock import now_iso, run_lock
+from .runlock import run_lock
 from .sink import Record, Sink, SinkSpec
 
 log = logging.getLogger("songlake.events")

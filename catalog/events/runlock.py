@@ -16,18 +16,14 @@ import fcntl
 import json
 import os
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..model import now_iso
 from ..settings import Settings
 from ..store import s3_lease
 
 LEASE_TTL = 30.0  # seconds a dead dispatcher's lease keeps other dispatchers waiting on S3
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class FileRunLock:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..model import now, song_time
+from ..model import now_iso
 
 
 def holder_name() -> str:
@@ -97,13 +97,11 @@ class LocalLease:
                 self.stats.holds += 1
                 record = _read_record(fd)
                 epoch = int(record.get("epoch", 0)) + 1
-                _write_record(
-                    fd, {"holder": self.holder, "epoch": epoch, "since": song_time(now())}
-                )
+                _write_record(fd, {"holder": self.holder, "epoch": epoch, "since": now_iso()})
                 try:
                     yield epoch
                 finally:
-                    released = {**_read_record(fd), "released_at": song_time(now())}
+                    released = {**_read_record(fd), "released_at": now_iso()}
                     _write_record(fd, released)
             finally:
                 os.close(fd)  # closing the file releases the flock

@@ -28,7 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..errors import StorageServiceError, WriteConflict
-from ..model import now, song_time
+from ..model import now_iso
 from .lease import LeaseStats, Waiting, holder_name
 
 _REFUSED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
@@ -122,7 +122,7 @@ class S3Lease:
                 mine = {
                     "holder": self.holder,
                     "epoch": epoch,
-                    "since": song_time(now()),
+                    "since": now_iso(),
                     "ttl": self.ttl,
                     "released": False,
                 }

@@ -24,11 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..errors import Unavailable, WriteConflict
-from ..model import song_time
+from ..model import utc_iso
 from ..read.readmodel import ReadModel
 from ..read.records import MODEL_TABLES
 from ..store.lease import Lease, holder_name
@@ -167,7 +166,7 @@ def last_commit(tables: TableStore) -> dict[str, Any] | None:
     stamp = entry.get("timestamp")
     return {
         "version": commits.version(),
-        "committedAt": (song_time(datetime.fromtimestamp(stamp / 1000, tz=UTC)) if stamp else None),
+        "committedAt": utc_iso(stamp / 1000) if stamp else None,
         "operation": entry.get("songlake.operation"),
         "writer": entry.get("songlake.writer"),
         "epoch": int(entry["songlake.epoch"]) if entry.get("songlake.epoch") else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from flask.testing import FlaskClient
@@ -199,6 +200,25 @@ def test_search_id_get_and_post(client, payloads):
     assert_song_error(client.get(base + "?donorId=("), 400, "search.term.syntax")
 
 
+def test_search_id_post_refuses_keys_song_does_not_define(client, payloads):
+    """GET's singular `submitterDonorId` in a POST body (which takes `submitterDonorIds`) must
+    not be ignored: the search would return the whole study."""
+    _submit(client, payloads.variant_call())
+    base = f"/studies/{STUDY}/analysis/search/id"
+    typo = assert_song_error(
+        client.post(base, json={"submitterDonorId": "nobody"}), 400, "malformed.parameter"
+    )
+    assert typo["message"].endswith(
+        "Unknown id search key 'submitterDonorId'; the keys accepted are donorId, sampleId, "
+        "specimenId, objectId, submitterSampleId, submitterDonorIds, submitterSpecimenIds"
+    )
+    wrong_type = assert_song_error(
+        client.post(base, json={"submitterDonorIds": [7]}), 400, "malformed.parameter"
+    )
+    assert "'submitterDonorIds' takes a string or a list of strings" in wrong_type["message"]
+    assert client.post(base, json={"submitterDonorIds": ["nobody"]}).get_json() == []
+
+
 def test_export(client, payloads):
     payload = payloads.variant_call()
     first = _submit(client, payload)
@@ -346,6 +366,12 @@ def test_sql(client, catalog, payloads):
     }
     text = client.post("/sql", data="SELECT 1 AS a", content_type="text/plain")
     assert text.get_json()["rows"] == [[1]]
+    # times as `songlake sql` prints them: UTC, milliseconds, Z; catalog versions numbered
+    log = client.post("/sql", json={"query": "SELECT version, committed_at FROM commits"})
+    rows = log.get_json()["rows"]
+    version, committed_at = rows[-1]
+    assert version == len(rows)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", committed_at)
     many = client.post("/sql", json={"query": "SELECT * FROM range(50)", "limit": 10}).get_json()
     assert many["rowCount"] == 10 and many["truncated"] is True
     before = snapshot(catalog)

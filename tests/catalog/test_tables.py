@@ -56,6 +56,31 @@ def test_group_commit_records_one_catalog_version(tmp_path):
     assert json.loads(rows[0][3])["studies"] == 1
 
 
+def test_commits_view_numbers_each_row_with_its_catalog_version(tmp_path):
+    """The ``version`` column is the number ``--as-of`` takes, also when compaction of the
+    commit log spends Delta versions that record no commit, and when two commits record the
+    same table versions."""
+    tables = TableStore(tmp_path / "tables", compact_after_files=3)
+    tables.create_all()
+    for i in range(7):
+        tables.group_commit([("studies", [study_row(i)])], operation=f"op{i}", actor="me")
+        if i == 3:
+            tables.group_commit([("studies", [])], operation="empty", actor="me")
+    columns, rows = sql.run(tables, "SELECT * FROM commits")
+    assert columns[:3] == ["version", "committed_at", "operation"]
+    assert [r[2] for r in rows] == ["op0", "op1", "op2", "op3", "empty", "op4", "op5", "op6"]
+    versions = [r[0] for r in rows]
+    assert versions == sorted(versions) and len(set(versions)) == len(rows)
+    assert versions[-1] > len(rows)  # compaction commits took numbers in between
+    for version, *_, table_versions in rows:
+        assert tables.versions_as_of(str(version)) == json.loads(table_versions)
+    # the catalog as of a row's version holds exactly the studies committed up to that row
+    op2 = versions[2]
+    assert sql.run(
+        tables, "SELECT count(*) FROM studies", versions=tables.versions_as_of(str(op2))
+    )[1] == [(3,)]
+
+
 def test_commits_of_another_writer_are_seen_and_recorded(tmp_path):
     """``latest`` loads a table only when a newer commit exists; what another writer (another
     process) committed is seen by reads and in the versions the next catalog commit records."""

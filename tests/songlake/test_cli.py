@@ -42,8 +42,15 @@ def test_first_five_minutes_from_the_readme(root: Path, tmp_path: Path) -> None:
     assert refused.exit_code == 1
     assert refused.stderr.startswith("error [missing.storage.objects]: ")
 
-    run(root, "upload", aid, "--dir", str(EXAMPLE))
+    uploaded = run(root, "upload", aid, "--dir", str(EXAMPLE)).stdout  # a list: a table
+    assert uploaded.splitlines()[0].split() == ["objectId", "fileName", "objectSize", "objectMd5"]
+    assert uploaded.endswith("(2 rows)\n")
     run(root, "analysis", "publish", aid, "--reason", "first release")
+    history = run(root, "analysis", "history", aid).stdout
+    assert history.splitlines()[0].split()[:3] == ["initialState", "updatedState", "updatedAt"]
+    assert "first release" in history
+    as_json = json.loads(run(root, "analysis", "history", aid, "--json").stdout)
+    assert [h["reason"] for h in as_json] == ["first release"]
 
     catalog = Catalog(load_settings(root))
     doc = catalog.get_analysis("DEMO", aid)
@@ -52,6 +59,13 @@ def test_first_five_minutes_from_the_readme(root: Path, tmp_path: Path) -> None:
 
     table = run(root, "sql", "SELECT analysis_id, analysis_state FROM analyses").stdout
     assert aid in table and "PUBLISHED" in table
+    # the README's --as-of example: the version of the submit is the catalog before the publish
+    query = "SELECT max(version) FROM commits WHERE operation = 'submit'"
+    before = run(root, "sql", query, "--format", "csv").stdout.splitlines()[-1]
+    then = "SELECT analysis_id, analysis_state FROM analyses"
+    assert json.loads(run(root, "sql", then, "--as-of", before, "--format", "json").stdout) == [
+        {"analysis_id": aid, "analysis_state": "UNPUBLISHED"}
+    ]
     rows = json.loads(
         run(root, "sql", "SELECT file_name FROM files ORDER BY 1", "--format", "json").stdout
     )
@@ -190,3 +204,92 @@ def test_every_command_is_documented_in_the_readme() -> None:
         else:
             line = next((ln for ln in text.splitlines() if ln.strip().startswith(words[0])), "")
             assert words[1] in line, f"'{command}' undocumented in README"
+
+
+def test_required_options_are_shown_in_the_readme() -> None:
+    """A required option (`analysis list --study S`) is shown with its command, so a newcomer
+    does not learn it from `Error: Missing option`."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Command line\n\n```\n(.*?)```", readme, re.S)
+    assert block
+    lines = block.group(1).splitlines()
+    for path, cmd in _every_command(main):
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.required:
+                # the command's own line, or the line continuing its group (`analysis ... list`)
+                shown = [ln for ln in lines if path[-1] in ln and any(o in ln for o in param.opts)]
+                assert shown, f"songlake {' '.join(path)} {param.opts[-1]} not in README"
+
+
+def _every_command(group: click.Group, path: tuple[str, ...] = ()):
+    yield path, group
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _every_command(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    missing = [
+        f"songlake {' '.join(path)} {'/'.join(param.opts)}".replace("  ", " ")
+        for path, cmd in _every_command(main)
+        for param in cmd.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert missing == []
+
+
+#: the commands that print a list: a table, or JSON with --json (documents always print JSON)
+LISTS = [
+    "study list",
+    "schema list",
+    "analysis list",
+    "analysis history",
+    "upload",
+    "compact",
+    "repair",
+    "status",
+    "events status",
+    "events replay",
+    "storage verify",
+    "storage sync",
+]
+
+
+def test_every_list_command_takes_json() -> None:
+    commands = {" ".join(path): cmd for path, cmd in _every_command(main)}
+    for name in LISTS:
+        assert "--json" in [o for p in commands[name].params for o in p.opts], name
+
+
+def test_times_song_fields_in_songs_format_songlakes_own_in_utc(root: Path, tmp_path: Path) -> None:
+    """A field Song defines (an analysis type's createdAt) reads the same in `schema register`
+    and `schema list`, in Song's format; songlake's own times (SQL results) are UTC with a Z."""
+    run(root, "init")
+    body = tmp_path / "alignment.json"
+    body.write_text(
+        json.dumps(
+            {
+                "name": "alignment",
+                "schema": {
+                    "type": "object",
+                    "required": ["experiment"],
+                    "properties": {"experiment": {"type": "object"}},
+                },
+            }
+        )
+    )
+    registered = json.loads(run(root, "schema", "register", str(body)).stdout)["createdAt"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}", registered)
+    listed = json.loads(run(root, "schema", "list", "--json").stdout)
+    assert [t["createdAt"] for t in listed if t["name"] == "alignment"] == [registered]
+    assert registered in run(root, "schema", "list").stdout
+
+    utc = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    query = "SELECT committed_at FROM commits ORDER BY version DESC LIMIT 1"
+    (row,) = json.loads(run(root, "sql", query, "--format", "json").stdout)
+    assert re.fullmatch(utc, row["committed_at"])
+    csv_lines = run(root, "sql", query, "--format", "csv").stdout.split("\n")
+    assert csv_lines == ["committed_at", row["committed_at"], ""]  # no \r for $(...)
+    assert row["committed_at"] in run(root, "sql", query).stdout

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,34 @@ def test_serve_runs_the_watcher(root: Path, tmp_path: Path, stop_with: signal.Si
     assert workers  # the upload processes (and multiprocessing's resource tracker) end too
     wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the serve's children to end")
     assert Catalog(load_settings(root)).find_analysis(receipt["analysisId"])["studyId"] == "DEMO"
+
+
+def test_a_second_serve_on_a_taken_port_says_so_in_one_line(root: Path, tmp_path: Path) -> None:
+    """The README's second `make run` beside a running one: one line, exit 1, nothing started,
+    announced or created first."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "first.log"
+    first = start(root, log, "serve", "--no-watch", "--port", str(port))
+    try:
+        wait_for(lambda: b"songlake serving" in log.read_bytes() or first.poll() is not None, 30)
+        assert first.poll() is None, log.read_text()
+        other = tmp_path / "other-root"
+        second = subprocess.run(
+            [sys.executable, "-m", "songlake", "--root", str(other), "serve", "--port", str(port)],
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert second.stderr.decode() == (
+            f"error: 127.0.0.1:{port} is in use (another songlake serve?): stop it or pass --port\n"
+        )
+        assert second.stdout == b""
+        assert not other.exists()  # the port was checked before the root was made
+        assert first.poll() is None  # the first server is untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0, log.read_text()[-2000:]

@@ -347,7 +347,8 @@ def test_a_sidecar_for_a_missing_study_is_retried_once_the_study_exists(
     assert "songlake study create NEWSTUDY" in errors["message"]
     Catalog(catalog.settings).create_study({"studyId": "NEWSTUDY"})
     assert wait_receipt(sidecar)["studyId"] == "NEWSTUDY"
-    assert not errors_of(sidecar).exists()
+    # the receipt is written first, then the stale errors file removed: wait for the second step
+    wait_for(lambda: not errors_of(sidecar).exists(), 10, "the stale errors file to go")
 
 
 def test_auto_create_studies(catalog, start_watcher, payloads) -> None:

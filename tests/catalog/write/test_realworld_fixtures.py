@@ -13,10 +13,10 @@ import pytest
 from catalog import Catalog, SubmitItem
 from catalog.errors import SonglakeError
 from catalog.settings import load_settings
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, FIXTURES_MISSING, fixtures_present
 
-if not (FIXTURES / "MANIFEST.json").is_file():
-    pytest.skip(f"real-world fixtures not found at {FIXTURES}", allow_module_level=True)
+if not fixtures_present():
+    pytest.skip(FIXTURES_MISSING, allow_module_level=True)
 
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text("utf-8"))
 # exact problem counts Song's own SchemaValidationTests expect (payloads/invalid/EXPECTED.md)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, FIXTURES_MISSING, REPO, fixtures_present
 
 SCHEMAS = REPO / "schemas"
 
@@ -25,9 +28,7 @@ EN_DASH_SPECIMEN_TYPES = {
     f"Xenograft {EN_DASH} derived from metastatic tumour",
 }
 
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"real-world fixtures not present at {FIXTURES}"
-)
+needs_fixtures = pytest.mark.skipif(not fixtures_present(), reason=FIXTURES_MISSING)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ def test_registration_rejects_base_owned_property(key):
 @pytest.fixture(scope="module")
 def manifest() -> dict:
     if not FIXTURES.is_dir():
-        pytest.skip(f"real-world fixtures not present at {FIXTURES}")
+        pytest.skip(FIXTURES_MISSING)
     return load(FIXTURES / "MANIFEST.json")
 
 
@@ -631,3 +632,34 @@ def test_fixture_missing_required_count(fixture_types):
             (("experiment",), "'variantCallingTool' is a required property"),
         ]
     )
+
+
+def _suite_without_fixtures(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["REALWORLD_FIXTURES"] = str(tmp_path / "absent")
+    if ci is not None:
+        env["CI"] = ci
+    test = REPO / "tests" / "catalog" / "write" / "test_realworld_fixtures.py"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_missing_fixtures_skip_with_a_reason_but_fail_on_ci(tmp_path: Path) -> None:
+    """A newcomer without ../shared sees one line saying what is missing and how to get it; CI,
+    which always has the fixtures, fails instead of skipping."""
+    user = _suite_without_fixtures(tmp_path, None)
+    assert user.returncode in (0, 5), user.stdout[-2000:]  # 5: every test skipped
+    assert "1 skipped" in user.stdout
+    assert f"real-world Song fixtures not found at {tmp_path / 'absent'}" in user.stdout
+    assert "place the project's shared folder beside your clone (../shared)" in user.stdout
+
+    ci = _suite_without_fixtures(tmp_path, "true")
+    assert ci.returncode != 0
+    assert "CI=true and real-world Song fixtures not found" in ci.stdout
+    assert "skipped" not in ci.stdout.splitlines()[-1]
