@@ -143,7 +143,7 @@ def test_every_command_works_on_an_s3_root(
     cli(root, "upload", analysis_id, "--dir", str(EXAMPLE))
     cli(root, "analysis", "publish", analysis_id)
     assert "PUBLISHED" in cli(root, "analysis", "list", "--study", "DEMO")
-    history = json.loads(cli(root, "analysis", "history", analysis_id))
+    history = json.loads(cli(root, "analysis", "history", analysis_id, "--json"))
     assert [h["updatedState"] for h in history] == ["PUBLISHED"]
     rows = json.loads(
         cli(
