@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadRequest, Internal, MalformedParameter, OutboxGap
@@ -41,7 +42,9 @@ from ..tables import TableStore
 
 ANALYSES = "analyses"
 HISTORY = "analysis_state_history"
-_RANK = {ANALYSES: 0, HISTORY: 1}
+FILES = "files"  # not an outbox table, but the documents of its changes read it (asof.py)
+# the order of commits made in the same millisecond: a logical write appends files first
+_RANK = {FILES: -1, ANALYSES: 0, HISTORY: 1}
 _COLUMNS = {
     ANALYSES: ["analysis_id", "study_id", "version", "created_at"],
     HISTORY: [
@@ -269,10 +272,15 @@ class Outbox:
         """Every change after `start` up to `end`, in order."""
         out: list[Change] = []
         for commit in self.merged(start, end):
-            out.extend(self._commit_changes(commit))
+            out.extend(self.commit_changes(commit))
         return out
 
-    def _commit_changes(self, commit: Commit) -> list[Change]:
+    def read_file(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file a commit added (a path of ``Commit.files``), local or on S3."""
+        return pq.ParquetFile(path, filesystem=self._fs).read(columns=columns)
+
+    def commit_changes(self, commit: Commit) -> list[Change]:
+        """The changes one commit of an outbox table added, in row order (cached)."""
         key = (commit.table, commit.version)
         with self._lock:
             cached = self._changes.get(key)
@@ -284,8 +292,8 @@ class Outbox:
         for path in commit.files:
             try:
                 # state-history rows are read whole: the read model may want them (history_rows)
-                table = pq.ParquetFile(path, filesystem=self._fs).read(
-                    columns=None if commit.table == HISTORY else _COLUMNS[commit.table]
+                table = self.read_file(
+                    path, None if commit.table == HISTORY else _COLUMNS[commit.table]
                 )
             except FileNotFoundError:
                 raise OutboxGap(
@@ -312,7 +320,7 @@ class Outbox:
         for version in range(after + 1, upto + 1):
             key = (HISTORY, version)
             if key not in self._rows:
-                self._commit_changes(self.commit(HISTORY, version))
+                self.commit_changes(self.commit(HISTORY, version))
             out.extend(self._rows.get(key, ()))
         return out
 
