@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             AWS_REGION="us-east-1",
             AWS_ENDPOINT_URL=moto.url,
             AWS_EC2_METADATA_DISABLED="true",
-            XDG_STATE_HOME=f"/tmp/songlake-bench-s3root-{uuid.uuid4().hex[:8]}",
+            XDG_STATE_HOME=tempfile.mkdtemp(prefix="songlake-bench-s3root-"),
         )
         moto.client().create_bucket(Bucket="bench")
         root = "s3://bench/catalog"

@@ -100,10 +100,10 @@ def test_a_location_is_a_folder_or_an_s3_prefix(aws: dict[str, str]) -> None:
     assert options["conditional_put"] == "etag"
     assert options["AWS_ENDPOINT_URL"] == aws["AWS_ENDPOINT_URL"]
     assert options["AWS_ALLOW_HTTP"] == "true"  # an http:// endpoint (moto, MinIO)
-    local = Location.parse("/tmp/x")
+    local = Location.parse("catalog-data")
     assert (local.is_s3, local.uri("tables"), local.storage_options) == (
         False,
-        "/tmp/x/tables",
+        "catalog-data/tables",
         None,
     )
     with pytest.raises(MalformedParameter, match="names no bucket"):
