@@ -22,6 +22,7 @@ from . import (
     auth,
     console,
     downloads,
+    drs,
     entities,
     events,
     export,
@@ -31,6 +32,7 @@ from . import (
     sql,
     studies,
     system,
+    uploads,
 )
 from .errors import refuse_large_body, register_error_handlers
 from .groupcommit import GroupCommitter
@@ -105,4 +107,6 @@ def create_app(
     app.register_blueprint(events.bp)  # GET /events (SSE)
     app.register_blueprint(downloads.bp)  # Score downloads
     console.init_app(app, settings, inbox)  # /ui, and / for browsers
+    app.register_blueprint(uploads.bp)  # Score's upload protocol
+    app.register_blueprint(drs.bp)  # GA4GH DRS 1.4
     return app

@@ -14,34 +14,31 @@ Access, as Score enforces it (checked before the analysis state, as Score's @Pre
 include ``score.READ`` or ``<prefix><studyId>.READ`` (prefix from ``auth_study_prefix``, default
 ``PROGRAMDATA-``); the study id is compared exactly (case-sensitive, as in Song). URLs are
 handed out only for PUBLISHED analyses; ``exclude-urls=true`` (what Song sends at publish) skips
-that check.
-``GET /upload/{id}`` needs ``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin token passes
-every check. With ``auth = false`` no token is checked. Local URLs are signed with HMAC-SHA256
-under a key kept in ``<root>/state/download-url.key`` (mode 0600), valid ``s3_url_expiration``
-seconds, and carry ``X-Amz-Date`` / ``X-Amz-Expires`` because score-client reads them to resume
-(Score issue #394).
+that check. ``GET /upload/{id}`` needs ``score.WRITE`` or ``<prefix><studyId>.WRITE``. The admin
+token passes every check. With ``auth = false`` no token is checked. Local URLs are signed
+(signing.py), valid ``s3_url_expiration`` seconds and only while the analysis state and the file's
+access stay as they were. A blob without its .meta is still served, as Score does since 5.10.1:
+its spec is made from the blob.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from catalog.errors import (
     IllegalAnalysisState,
-    LegacyEntityNotFound,
     MalformedParameter,
     NotFound,
+    RangeExceedsObject,
     StorageObjectNotFound,
 )
 from catalog.store.layout import SENTINEL, SENTINEL_CONTENT, ObjectSpec, check_object_id, part_plan
 
-from . import auth
+from . import auth, signing
+from .access import entity
 from .errors import error_response, http_error_id, song_error
 from .params import current_catalog, flag, integer
 
@@ -50,8 +47,6 @@ bp = Blueprint("downloads", __name__)
 READ_SCOPE = "score.READ"
 WRITE_SCOPE = "score.WRITE"
 PING_EXPIRES = 300  # Score's ping URL lives five minutes
-KEY_FILE = "download-url.key"
-_AMZ_DATE = "%Y%m%dT%H%M%SZ"
 SEND_BLOCK = 256 * 1024
 
 
@@ -106,53 +101,29 @@ def _grants(scope: str, prefix: str, study_id: str, action: str) -> bool:
 
 def _entity(object_id: str) -> tuple[str, str, str | None]:
     """(studyId, analysis state, access) of a registered file; 404 when it is not registered."""
-    model = current_catalog().model
-    with model.lock:
-        row = model.files.get(object_id)
-        rec = model.analyses.get(row.analysis_id) if row is not None else None
-        if row is None or rec is None:
-            raise LegacyEntityNotFound(
-                f"The entity with objectId '{object_id}' is not registered", object_id=object_id
-            )
-        return rec.study_id, rec.state, row.file_access
+    row, state = entity(object_id)
+    return row.study_id, state, row.file_access
 
 
 # -- local URLs ---------------------------------------------------------------------------------
 
 
-def _key() -> bytes:
-    return auth.secret_key(current_catalog().settings.state_dir / KEY_FILE)
+def local_url(name: str, expires: int, grant: str | None = None) -> str:
+    """A signed URL of the local store's bytes (signing.py: ``grant`` defaults to the name)."""
+    query = signing.signed_query(grant or name, expires)
+    return f"{signing.base_url()}objects/data/{name}?{query}"
 
 
-def _signature(name: str, date: str, expires: str) -> str:
-    return hmac.new(_key(), f"{name}\n{date}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def object_grant(object_id: str, state: str, access: str | None) -> str:
+    """What a download URL grants: this object while its analysis state and access stay so."""
+    return f"{object_id}\n{state}\n{access or ''}"
 
 
-def local_url(name: str, expires: int) -> str:
-    date = datetime.now(UTC).strftime(_AMZ_DATE)
-    sig = _signature(name, date, str(expires))
-    return (
-        f"{request.host_url}objects/data/{name}?X-Amz-Date={date}&X-Amz-Expires={expires}"
-        f"&X-Songlake-Signature={sig}"
-    )
-
-
-def _check_signature(name: str) -> None:
-    date = request.args.get("X-Amz-Date", "")
-    expires = request.args.get("X-Amz-Expires", "")
-    sig = request.args.get("X-Songlake-Signature", "")
-    try:
-        issued = datetime.strptime(date, _AMZ_DATE).replace(tzinfo=UTC)
-        valid = datetime.now(UTC) <= issued + timedelta(seconds=int(expires))
-    except ValueError:
-        valid = False
-    if not (valid and hmac.compare_digest(sig, _signature(name, date, expires))):
-        raise auth.ForbiddenToken("The download URL is not valid or has expired")
-
-
-def _url(object_id: str, expires: int) -> str:
+def _url(object_id: str, expires: int, state: str, access: str | None) -> str:
     url = current_catalog().store.presigned_url(object_id, expires=expires)
-    return url if url is not None else local_url(object_id, expires)
+    if url is not None:
+        return url
+    return local_url(object_id, expires, object_grant(object_id, state, access))
 
 
 # -- endpoints ----------------------------------------------------------------------------------
@@ -185,36 +156,37 @@ def download(object_id: str) -> Response:
             object_id=object_id,
         )
     catalog = current_catalog()
-    raw = catalog.store.read_meta(object_id)
+    raw = catalog.store.read_meta(object_id) or catalog.store.blob_spec(object_id)
     if raw is None:
         raise StorageObjectNotFound(object_id=object_id)
     size = int(raw["objectSize"])
-    if (
-        offset < 0
-        or length < -1
-        or length == 0
-        or offset + max(length, 0) > size
-        or (length == -1 and offset > size)
-    ):
+    if offset < 0:
         raise MalformedParameter(
-            f"The range offset={offset} length={length} is outside objectId '{object_id}' "
-            f"({size} bytes)",
-            name="offset,length",
-            value=f"{offset},{length}",
-            object_id=object_id,
+            f"The offset {offset} is negative", name="offset", value=str(offset)
         )
+    # Score's rules: offset 0 and any negative length is the whole object; otherwise a negative
+    # length runs to the end, and a range past the end is its InternalUnrecoverableError (500)
+    if external or offset != 0 or length >= 0:
+        if not external and length < 0:
+            length = size - offset
+        if offset + length > size or (not external and length < 0):
+            raise RangeExceedsObject(
+                f"Specified parameters exceed object size (object id: {object_id}, offset: "
+                f"{offset}, length: {length})",
+                object_id=object_id,
+            )
     expires = catalog.settings.s3_url_expiration
-    url = None if exclude_urls else _url(object_id, expires)
+    url = None if exclude_urls else _url(object_id, expires, state, access)
     if external:
         body = dict(raw)
         body["uploadId"] = object_id
-        body["objectSize"] = size - offset if length == -1 else length
+        body["objectSize"] = length  # Score echoes the length asked for
         body["parts"] = [{"partNumber": 1, "partSize": -1, "offset": 0, "url": url, "md5": None}]
-    elif offset == 0 and length == -1:
+    elif offset == 0 and length < 0:
         body = dict(raw)  # the stored spec as it is, sourceMd5 included
         body["parts"] = [dict(p, url=url) for p in raw.get("parts") or []]
     else:
-        span = size - offset if length == -1 else length
+        span = length
         body = dict(raw)
         body["uploadId"] = object_id
         body["objectSize"] = span
@@ -247,12 +219,19 @@ def exists(object_id: str) -> Response:
 @bp.get("/objects/data/<name>")
 def blob(name: str) -> Response:
     """The local store's bytes behind a signed URL, with one HTTP Range."""
-    _check_signature(name)
     store = current_catalog().store
     if name == SENTINEL:
+        signing.check_signed(name)
         return Response(SENTINEL_CONTENT, mimetype="application/octet-stream")
     check_object_id(name)
-    raw = store.read_meta(name)
+    # the URL holds while the analysis state and the file's access are what they were when it
+    # was signed: an unpublish or a suppress takes effect at once
+    _, state, access = _entity(name)
+    signing.check_signed(
+        object_grant(name, state, access),
+        ", or the analysis state or the file's access changed since it was issued",
+    )
+    raw = store.read_meta(name) or store.blob_spec(name)
     if raw is None:
         raise StorageObjectNotFound(object_id=name)
     size = ObjectSpec.from_json(raw).object_size

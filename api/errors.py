@@ -57,6 +57,7 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         # songlake's own, beyond Song's list
         "illegal.analysis.state",  # Score: a download (with URLs) of an unpublished object
         "illegal.analysis.update.request",  # the watcher: a sidecar edit that cannot apply
+        "upload.refused",  # Score's upload protocol: a part, finalize or recovery refused
     ),
     401: ("unauthorized.token",),
     403: ("forbidden.token",),
@@ -135,6 +136,8 @@ _IDS_BY_STATUS: dict[int, tuple[str, ...]] = {
         "sequencing.read.corrupted.duplicate",
         "unregistered.type",
         "invalid.storage.download.response",
+        "object.overwrite.refused",  # Score: an upload with overwrite=false of a stored object
+        "storage.range.exceeds.object",  # Score: a download range past the object's end
         "unknown.error",
         "duplicate.analysis.schema",
         "duplicate.analysis.data",

@@ -19,7 +19,7 @@ from waitress.wasyncore import close_all
 
 from .errors import http_error_id, song_error_body
 from .jsonio import dumps_bytes
-from .params import SETTINGS
+from .params import EXTENSION, SETTINGS
 
 log = logging.getLogger("songlake.api")
 
@@ -84,7 +84,13 @@ class ApiServer:
     ):
         settings = app.extensions.get(SETTINGS)
         if max_body is None and settings is not None:
-            max_body = max(settings.api_max_body_bytes, settings.max_payload_bytes)
+            # a part of a Score upload into the local store comes through songlake (20 MiB and
+            # more); every other route is held to its own, smaller limit by Content-Length
+            catalog = app.extensions.get(EXTENSION)
+            part = getattr(getattr(catalog, "store", None), "part_size", 0)
+            max_body = max(
+                settings.api_max_body_bytes, settings.max_payload_bytes, part + (1 << 20)
+            )
         server = waitress.create_server(
             app,
             host=host,
@@ -99,6 +105,9 @@ class ApiServer:
             # a 500-analysis search answer is ~1.3 MB; waitress spills anything over 1 MB to a
             # temporary file by default
             outbuf_overflow=64 * 1024 * 1024,
+            # Score's upload parts (20 MiB and more) arrive in the request body: 8 KiB reads
+            # (waitress' default) cost a pass of its event loop each
+            recv_bytes=1024 * 1024,
         )
         if isinstance(server, MultiSocketServer):  # only when several listen addresses are given
             raise ValueError("songlake serves on one host:port")

@@ -18,12 +18,26 @@ from typing import Any
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
-from moto.s3.models import s3_backends
+from moto.s3.models import FakeKey, s3_backends
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 
+def _lock_etags() -> None:
+    """moto computes a key's ETag lazily, reading its buffer without the key's lock: two
+    requests that ask at once (a part PUT answering its ETag while a ListParts lists it) read
+    interleaved bytes and cache a wrong ETag for good. Compute it under the lock ``value`` uses."""
+    plain = FakeKey.etag.fget
+
+    def etag(self: Any) -> str:
+        with self.lock:
+            return plain(self)
+
+    FakeKey.etag = property(etag)  # type: ignore[method-assign, assignment]
+
+
 def main(port: int) -> None:
+    _lock_etags()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     s3_app = create_backend_app("s3")
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]

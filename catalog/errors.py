@@ -9,7 +9,8 @@
     │   │                               donor|specimen|sample.does.not.exist
     │   ├── FileNotFound                file.not.found
     │   ├── LegacyEntityNotFound        legacy.entity.not.found
-    │   └── StorageObjectNotFound       storage.object.not.found         (object_id=)
+    │   ├── StorageObjectNotFound       storage.object.not.found         (object_id=)
+    │   └── UploadNotFound              upload.id.not.found (no upload in progress for an object)
     ├── Conflict                        info.already.exists (a file md5 registered already)
     │   ├── StudyAlreadyExists          study.already.exists             (study_id=)
     │   ├── StudyIdMismatch             study.id.mismatch
@@ -34,6 +35,8 @@
     │   ├── IllegalFileUpdate           illegal.file.update.request      (analysis_id=)
     │   ├── IllegalAnalysisState        illegal.analysis.state (Score: download of unpublished)
     │   ├── IllegalAnalysisUpdate       illegal.analysis.update.request (watcher: sidecar edits)
+    │   ├── UploadRefused               upload.refused (Score's NotRetryableException: a part,
+    │   │                               a finalize or a recovery the upload's state refuses)
     │   ├── IllegalTypeName             illegal.analysis.type.name
     │   ├── MalformedJsonSchema         malformed.json.schema
     │   ├── SchemaViolation             schema.violation, with a list of problems
@@ -52,6 +55,9 @@
         ├── InvalidStorageResponse      invalid.storage.download.response
         ├── StorageServiceError         storage.service.error (S3 failed or refused)
         │   └── UnusableRoot            an s3:// root without bucket, credentials or conditional put
+        ├── ObjectOverwriteRefused      object.overwrite.refused (Score: 500, overwrite=false)
+        ├── RangeExceedsObject          storage.range.exceeds.object (Score: 500, a download range
+        │                               past the object's end)
         └── OutboxGap                   a commit's log entry is gone (events)
 
     DeliveryFailed                      not a request's error: one attempt of an events sink
@@ -167,6 +173,10 @@ class StorageObjectNotFound(NotFound):
             or f"The object with objectId '{object_id}' does not exist in the storage server",
             **context,
         )
+
+
+class UploadNotFound(NotFound):
+    error_id = "upload.id.not.found"
 
 
 # -- conflicts ------------------------------------------------------------------------------------
@@ -315,6 +325,10 @@ class IllegalAnalysisUpdate(BadRequest):
     error_id = "illegal.analysis.update.request"
 
 
+class UploadRefused(BadRequest):
+    error_id = "upload.refused"
+
+
 class IllegalTypeName(BadRequest):
     error_id = "illegal.analysis.type.name"
 
@@ -400,6 +414,14 @@ class StorageServiceError(Internal):
 
 class UnusableRoot(StorageServiceError):
     """A catalog root on S3 that cannot be used: no bucket, no credentials, no conditional put."""
+
+
+class ObjectOverwriteRefused(Internal):
+    error_id = "object.overwrite.refused"
+
+
+class RangeExceedsObject(Internal):
+    error_id = "storage.range.exceeds.object"
 
 
 class OutboxGap(Internal):

@@ -166,6 +166,17 @@ class Settings:
             "help": "GET /events streams to anyone, no token (it carries unpublished analyses)"
         },
     )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated addresses or networks (CIDR) of proxies whose "
+            "X-Forwarded-Proto/-Host/-Prefix headers build the URLs songlake hands out"
+        },
+    )
+    upload_url_expiration: int = field(
+        default=6 * 86_400,
+        metadata={"help": "seconds a part URL of a Score upload stays valid (Score: 6 days)"},
+    )
     events: dict[str, Any] = field(
         default_factory=dict,
         hash=False,

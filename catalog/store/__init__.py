@@ -7,9 +7,12 @@
     lease       the catalog-wide writer lease (flock locally)
     s3          S3ObjectStore: any S3-compatible endpoint, through boto3 (the only boto3 user)
     newfiles    files written whole before they get a name (O_TMPFILE), and atomic replacement
+    multipart   Score's upload protocol (initiate, parts, finalize, status, recovery, cancel)
+    localparts  ... on the local store: parts PUT to songlake, written in place, renamed at the end
+    s3parts     ... on S3: real multipart uploads, presigned part URLs, Score's upload/ state
     audit       ``storage verify`` and ``storage sync``: the registry against what is stored
 
-``open_store(settings)`` picks the backend the settings name.
+``open_store(settings)`` picks the backend the settings name; ``open_uploads(store)`` its uploads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .base import ObjectStore, PutRequest, StoredObject
 from .layout import ObjectSpec, Part, check_object_id, is_object_id, part_plan
 from .lease import Lease, LocalLease
 from .local import LocalObjectStore
+from .localparts import LocalUploads
+from .multipart import Uploads
 
 __all__ = [
     "Lease",
@@ -35,6 +40,9 @@ __all__ = [
     "is_object_id",
     "open_lease",
     "open_store",
+    "open_uploads",
+    "Uploads",
+    "LocalUploads",
     "s3_lease",
     "part_plan",
 ]
@@ -74,3 +82,15 @@ def s3_lease(folder: Any, name: str, **options: Any) -> Lease:
     from .s3root import s3_client
 
     return S3Lease(s3_client(folder), folder.bucket, folder.key(name), **options)
+
+
+def open_uploads(store: ObjectStore) -> Uploads:
+    """Score's upload protocol over a store."""
+    if isinstance(store, LocalObjectStore):
+        return LocalUploads(store)
+    from .s3 import S3ObjectStore  # boto3: only for a store that is S3 already
+    from .s3parts import S3Uploads
+
+    if isinstance(store, S3ObjectStore):
+        return S3Uploads(store)
+    raise MalformedParameter(f"{store.describe()} does not take Score uploads")

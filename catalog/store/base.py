@@ -8,6 +8,7 @@
       exists(id) -> bool                Score's rule: data/<id>.meta is present (blob not looked at)
       read_meta(id) -> dict | None      raw .meta JSON (what Score's download endpoint answers)
       spec(id) -> ObjectSpec | None     the parsed .meta
+      blob_spec(id), served_spec(id)    Score's fallback: a spec made from a blob without .meta
       open_range(id, offset, length)    binary file-like over a byte range of the blob
       delete(id), ping(), describe(), list_object_ids()
       inventory(), listed_spec(), blob_problem(), blob_mismatch()
@@ -188,6 +189,23 @@ class ObjectStore(abc.ABC):
                 f"The object specification of objectId '{object_id}' is invalid: {exc}",
                 object_id=object_id,
             ) from exc
+
+    def blob_spec(self, object_id: str) -> dict[str, Any] | None:
+        """Score's fallback (5.10.1) when the .meta is missing: a spec made from the blob itself
+        (parts planned over its size, md5 from its md5chksum or None), or None without a blob."""
+        return None
+
+    def last_modified(self, object_id: str) -> int:
+        """When the blob was last written, in epoch milliseconds (0: unknown)."""
+        return 0
+
+    def served_spec(self, object_id: str) -> ObjectSpec | None:
+        """The .meta's spec, else the one ``blob_spec`` makes."""
+        found = self.spec(object_id)
+        if found is None:
+            raw = self.blob_spec(object_id)
+            found = ObjectSpec.from_json(raw) if raw is not None else None
+        return found
 
     @abc.abstractmethod
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:

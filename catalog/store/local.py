@@ -38,6 +38,7 @@ from .layout import (
     check_object_id,
     is_object_id,
     parse_meta,
+    part_plan,
     range_end,
 )
 from .newfiles import Folder, NewFile, write_file
@@ -283,8 +284,21 @@ class LocalObjectStore(ObjectStore):
             self._fill(item, folder, src, size, want_md5, ctx)
         return None
 
+    def last_modified(self, object_id: str) -> int:
+        try:
+            return self._blob(object_id).stat().st_mtime_ns // 1_000_000
+        except FileNotFoundError:
+            return 0
+
+    def blob_spec(self, object_id: str) -> dict[str, Any] | None:
+        try:
+            size = self._blob(object_id).stat().st_size
+        except FileNotFoundError:
+            return None
+        return ObjectSpec(object_id, size, None, tuple(part_plan(size, self.part_size))).to_dict()
+
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
-        end = range_end(object_id, self.spec(object_id), offset, length)
+        end = range_end(object_id, self.served_spec(object_id), offset, length)
         try:
             f = open(self._blob(object_id), "rb", buffering=0)  # closed by the reader
         except FileNotFoundError:

@@ -337,8 +337,24 @@ class S3ObjectStore(ObjectStore):
                 return None
             raise
 
+    def blob_spec(self, object_id: str) -> dict[str, Any] | None:
+        head = self.head_blob(object_id)
+        if head is None:
+            return None
+        size = int(head["ContentLength"])
+        stored = (head.get("Metadata") or {}).get(MD5_METADATA)
+        try:
+            md5 = base64.b64decode(stored, validate=True).hex() if stored else None
+        except ValueError:
+            md5 = None
+        plan = tuple(part_plan(size, self.part_size))
+        return ObjectSpec(object_id, size, md5 if md5 and len(md5) == 32 else None, plan).to_dict()
+
     def open_range(self, object_id: str, offset: int = 0, length: int = -1) -> BinaryIO:
-        current, bucket = self._located_spec(object_id) or (None, "")
+        current, bucket = self._located_spec(object_id) or (
+            self.served_spec(object_id),
+            self.object_bucket(object_id),
+        )
         end = range_end(object_id, current, offset, length)  # raises when current is None
         if end == offset:
             return io.BytesIO(b"")
@@ -780,6 +796,7 @@ class S3ObjectStore(ObjectStore):
         return self._presign(bucket, self.data_key(object_id), expires)
 
     def sentinel_url(self, *, expires: int | None = None) -> str:
+        self.ensure_sentinel()  # score-client GETs it before its first upload
         return self._presign(self.bucket, self.sentinel_key, expires)
 
     def _presign(self, bucket: str, key: str, expires: int | None) -> str:

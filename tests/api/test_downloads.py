@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 
 from api.app import create_app
-from catalog import Catalog, SubmitItem
-from catalog.settings import load_settings
+from catalog import Catalog
 from songlake.cli import main
-from tests.api.conftest import assert_song_error
-from tests.conftest import STUDY, Payloads
+from tests.api.conftest import assert_song_error, bearer, local_path, register, scoped_catalog
+from tests.conftest import STUDY
 
 TOKENS = {
     "reader": "score.READ",
@@ -32,44 +30,12 @@ TOKENS = {
 
 @pytest.fixture
 def cat(tmp_path: Path) -> Catalog:
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "tokens").write_text("".join(f"{t} {s}\n" for t, s in TOKENS.items()))
-    (root / "songlake.toml").write_text('auth_token_file = "tokens"\n')
-    catalog = Catalog.init(load_settings(root))
-    catalog.create_study({"studyId": STUDY})
-    return catalog
+    return scoped_catalog(tmp_path / "root", TOKENS)
 
 
 @pytest.fixture
 def client(cat: Catalog):
     return create_app(cat).test_client()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def register(
-    cat: Catalog, payloads: Payloads, access: str = "controlled", state: str = "PUBLISHED"
-):
-    """One analysis with one file of `access`, its bytes uploaded, in `state`."""
-    payload = payloads.variant_call(files=[payloads.file("a.vcf.gz", fileAccess=access)])
-    folder = payloads.write_files(payload)
-    source = {"a.vcf.gz": str(folder / "a.vcf.gz")}
-    aid = cat.submit_batch([SubmitItem(payload, STUDY, source_paths=source)])[0].analysis_id
-    cat.upload(aid, folder)
-    if state != "UNPUBLISHED":
-        cat.publish(STUDY, aid)
-    if state == "SUPPRESSED":
-        cat.suppress(STUDY, aid)
-    (f,) = cat.analysis_files(STUDY, aid)
-    return f["objectId"], payloads.contents[f["fileMd5sum"]]
-
-
-def local_path(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}"
 
 
 def test_open_file_spec_urls_and_ranges(cat, client, payloads) -> None:
@@ -107,7 +73,11 @@ def test_ranged_and_external_specs(cat, client, payloads) -> None:
         (1, -1, 0)
     ]
     past = client.get(f"/download/{oid}?offset={len(content) - 2}&length=5")
-    assert_song_error(past, 400, "malformed.parameter")
+    assert_song_error(past, 500, "storage.range.exceeds.object")  # Score's answer
+    assert_song_error(client.get(f"/download/{oid}?offset=-1&length=5"), 400, "malformed.parameter")
+    tail = client.get(f"/download/{oid}?offset=3&length=-7").get_json()  # negative: to the end
+    assert (tail["objectSize"], tail["parts"][0]["offset"]) == (len(content) - 3, 3)
+    assert client.get(f"/download/{oid}?offset=0&length=-5").get_json()["uploadId"] == oid
 
 
 def test_bad_object_ids(client) -> None:

@@ -7,13 +7,15 @@ Both are real servers reached over loopback by real boto3 calls; nothing of song
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -87,6 +89,17 @@ class MotoProcess(MotoS3):
     def stop(self) -> None:
         self._proc.terminate()
         self._proc.wait(30)
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoS3]:
+    """moto's server for the duration of a fixture, its request log quiet."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = MotoS3()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class TcpProxy:

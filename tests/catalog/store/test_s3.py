@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import urllib.request
 import uuid
@@ -24,7 +23,7 @@ from catalog.store import s3 as s3module
 from catalog.store.s3 import S3ObjectStore, bucket_for, multipart_etag
 from catalog.write.lifecycle import verify_for_publish
 from songlake.cli import main
-from tests.catalog.store.conftest import CREDENTIALS, MotoS3, TcpProxy
+from tests.catalog.store.conftest import CREDENTIALS, MotoS3, TcpProxy, moto_server
 from tests.conftest import STUDY, Payloads
 
 MIB = 1024 * 1024
@@ -36,10 +35,8 @@ def md5(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoS3]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = MotoS3()
-    yield server
-    server.stop()
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
