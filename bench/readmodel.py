@@ -278,7 +278,7 @@ def build(root: Path, n: int, seed: int = 42) -> dict[str, Any]:
         raise SystemExit(f"expected {TYPE_NAME} version 1 in a fresh catalog")
     for sid, _ in layout(n):
         cat.create_study({"studyId": sid, "name": f"benchmark study {sid}"})
-    tables_dir = settings.tables_dir
+    tables_dir = Path(settings.tables_dir.url)  # the bench builds a local root
     del cat
 
     rng = random.Random(seed)

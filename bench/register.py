@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="payloads to register")
     ap.add_argument("--batch", type=int, default=1000, help="payloads per submit_batch call")
-    ap.add_argument("--root", type=Path, help="catalog root (default: a fresh temp dir)")
+    ap.add_argument("--root", help="catalog root, a folder or s3://bucket/prefix (default: temp)")
     ap.add_argument("--study", default="BENCH1")
     ap.add_argument(
         "--dicts",

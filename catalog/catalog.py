@@ -62,8 +62,8 @@ class Catalog:
         )
         if not self.tables.exists():
             raise NotFound(
-                f"{settings.root} is not a songlake catalog: run 'songlake --root "
-                f"{settings.root} init' first"
+                f"{settings.location} is not a songlake catalog: run 'songlake --root "
+                f"{settings.location} init' first"
             )
         self.registry = Registry(self.tables)
         self.model = ReadModel(self.tables)
@@ -79,7 +79,14 @@ class Catalog:
 
     @classmethod
     def init(cls, settings: Settings, *, seed_types: bool = True) -> Catalog:
-        """Create a catalog root (idempotent): tables, inbox, state, object store, bundled types."""
+        """Create a catalog root (idempotent): tables, inbox, state, object store, bundled types.
+
+        A root on S3 is checked first (bucket, credentials, conditional put): nothing is created
+        anywhere for a root that cannot hold a catalog safely."""
+        if settings.location.is_s3:
+            from .store.s3root import check_root  # boto3 loads only for a root on S3
+
+            check_root(settings.location)
         for folder in (settings.root, settings.inbox_dir, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
         TableStore(settings.tables_dir).create_all()

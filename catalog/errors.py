@@ -54,6 +54,7 @@
         ├── CorruptedId                 donor|specimen|sample.id.is.corrupted
         ├── InvalidStorageResponse      invalid.storage.download.response
         ├── StorageServiceError         storage.service.error (S3 failed or refused)
+        │   └── UnusableRoot            an s3:// root without bucket, credentials or conditional put
         ├── ObjectOverwriteRefused      object.overwrite.refused (Score: 500, overwrite=false)
         ├── RangeExceedsObject          storage.range.exceeds.object (Score: 500, a download range
         │                               past the object's end)
@@ -409,6 +410,10 @@ class InvalidStorageResponse(Internal):
 
 class StorageServiceError(Internal):
     error_id = "storage.service.error"
+
+
+class UnusableRoot(StorageServiceError):
+    """A catalog root on S3 that cannot be used: no bucket, no credentials, no conditional put."""
 
 
 class ObjectOverwriteRefused(Internal):

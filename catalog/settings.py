@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import MalformedParameter
+from .errors import MalformedParameter, UnusableRoot
+from .root import Location
 
 DEFAULT_ROOT = "./catalog-data"
 
@@ -22,7 +23,20 @@ DEFAULT_ROOT = "./catalog-data"
 class Settings:
     """Everything a catalog process needs to know, passed down explicitly."""
 
-    root: Path = field(default=Path(DEFAULT_ROOT), metadata={"help": "catalog root folder"})
+    root: Path = field(
+        default=Path(DEFAULT_ROOT),
+        metadata={"help": "catalog root folder (an s3:// root: this machine's local_state_dir)"},
+    )
+    root_url: str = field(
+        default="", metadata={"help": "the root when it is on S3: s3://bucket/prefix (from --root)"}
+    )
+    local_state_dir: str = field(
+        default="",
+        metadata={
+            "help": "what belongs to this machine: inbox, watcher ledger, admin token (empty: "
+            "<root>/state; for an s3:// root $XDG_STATE_HOME/songlake/<bucket>/<prefix>)"
+        },
+    )
     enforce_latest: bool = field(
         default=True, metadata={"help": "submit/update/publish must use the latest type version"}
     )
@@ -229,8 +243,18 @@ class Settings:
     )
 
     @property
-    def tables_dir(self) -> Path:
-        return self.root / "tables"
+    def location(self) -> Location:
+        """The catalog root: a local folder or an S3 prefix (tables, shared state, config)."""
+        return Location.parse(self.root_url or self.root)
+
+    @property
+    def tables_dir(self) -> Location:
+        return self.location.child("tables")
+
+    @property
+    def shared_state(self) -> Location:
+        """State every process of the catalog shares: event cursors, replay requests, leases."""
+        return self.location.child("state")
 
     @property
     def objects_dir(self) -> Path:
@@ -242,10 +266,14 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        """This machine's state: the watcher's ledger and lock, the admin token."""
+        if self.local_state_dir:
+            return Path(self.local_state_dir)
+        return self.root if self.root_url else self.root / "state"
 
     @property
     def config_file(self) -> Path:
+        """``songlake.toml`` of a local root (on S3: ``<root>/songlake.toml``, read the same)."""
         return self.root / "songlake.toml"
 
 
@@ -282,16 +310,23 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
 def load_settings(root: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build settings from defaults, ``songlake.toml``, ``SONGLAKE_*`` variables and overrides."""
     env = os.environ
-    root_path = Path(root or env.get("SONGLAKE_ROOT") or DEFAULT_ROOT)
+    location = Location.parse(root or env.get("SONGLAKE_ROOT") or DEFAULT_ROOT)
     values: dict[str, Any] = {}
-    config = root_path / "songlake.toml"
-    if config.is_file():
-        with config.open("rb") as fh:
-            values.update(tomllib.load(fh))
+    config = location.uri("songlake.toml")
+    try:
+        values.update(tomllib.loads(location.read_bytes("songlake.toml").decode()))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # S3: no such bucket, no credentials, endpoint unreachable
+        # boto3 loads only when an S3 root fails: check_root says in one line what is wrong
+        from .store.s3root import check_root
+
+        check_root(location, probe=False)
+        raise UnusableRoot(f"Cannot read {config}: {exc}".splitlines()[0]) from exc
     known = {f.name: f for f in fields(Settings)}
     for f in known.values():
         env_value = env.get(f"SONGLAKE_{f.name.upper()}")
-        if env_value is not None and f.name != "root":
+        if env_value is not None and f.name not in ("root", "root_url"):
             values[f.name] = env_value
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - set(known))
@@ -300,5 +335,29 @@ def load_settings(root: str | os.PathLike[str] | None = None, **overrides: Any) 
             f"Unknown settings in {config}: {', '.join(unknown)}", name=", ".join(unknown)
         )
     values = {k: _coerce(k, known[k].type, v) for k, v in values.items()}
-    values["root"] = root_path
+    values.pop("root_url", None)
+    if location.path is not None:
+        values["root"] = location.path
+    else:
+        values.update(_s3_root_defaults(location, values))
     return Settings(**values)
+
+
+def _s3_root_defaults(location: Location, values: dict[str, Any]) -> dict[str, Any]:
+    """An S3 root keeps this machine's things in a local folder and, unless told otherwise, the
+    object store in Score's layout in the root's own bucket."""
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    local = values.get("local_state_dir") or os.path.join(
+        xdg, "songlake", location.bucket, location.prefix
+    )
+    out: dict[str, Any] = {"root_url": location.url, "root": Path(local)}
+    out["local_state_dir"] = local
+    if "object_store" not in values:
+        out["object_store"] = "s3"
+    if not values.get("s3_bucket"):
+        out["s3_bucket"] = location.bucket
+    if not values.get("s3_endpoint_url"):
+        out["s3_endpoint_url"] = location.s3.endpoint_url
+    if not values.get("s3_region"):
+        out["s3_region"] = location.s3.region
+    return out

@@ -9,7 +9,6 @@ every table at that moment travel in the commit's custom metadata.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from deltalake.transaction import CommitProperties
 
 from .errors import MalformedParameter, NotFound, WriteConflict
 from .model import now
+from .root import Location
 
 TS = pa.timestamp("us", tz="UTC")
 #: every append is made at the version its writer refreshed to: a concurrent commit is a conflict
@@ -188,12 +188,13 @@ class TableStore:
 
     def __init__(
         self,
-        tables_dir: Path,
+        tables_dir: Location | Path | str,
         *,
         compact_after_files: int = 64,
         compact_target_bytes: int = COMPACT_TARGET_BYTES,
     ) -> None:
-        self.dir = tables_dir
+        self.dir = tables_dir if isinstance(tables_dir, Location) else Location.parse(tables_dir)
+        self.storage_options = self.dir.storage_options
         self.compact_after_files = compact_after_files
         self.compact_target_bytes = compact_target_bytes
         self._tables: dict[str, DeltaTable] = {}
@@ -209,20 +210,39 @@ class TableStore:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def create_all(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dir.path is not None:
+            self.dir.path.mkdir(parents=True, exist_ok=True)
         for name, schema in SCHEMAS.items():
-            path = self.dir / name
-            if not DeltaTable.is_deltatable(str(path)):
-                DeltaTable.create(str(path), schema, name=name, mode="ignore")
+            if not self._has_log(name):
+                DeltaTable.create(
+                    self.uri(name),
+                    schema,
+                    name=name,
+                    mode="ignore",
+                    storage_options=self.storage_options,
+                )
 
     def exists(self) -> bool:
-        return all(DeltaTable.is_deltatable(str(self.dir / n)) for n in SCHEMAS)
+        return all(self._has_log(n) for n in SCHEMAS)
+
+    def _has_log(self, name: str) -> bool:
+        # not DeltaTable.is_deltatable: on S3 that call can hang for its whole retry timeout
+        # (deltalake 1.6 against moto)
+        return bool(self.dir.list(name, "_delta_log"))
+
+    def uri(self, name: str) -> str:
+        """Where a table lives: a local path or an ``s3://`` URI."""
+        return self.dir.uri(name)
+
+    def open(self, name: str, version: int | None = None) -> DeltaTable:
+        """A new handle on a table (at a version), outside this store's cache."""
+        return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
 
     def table(self, name: str) -> DeltaTable:
         dt = self._tables.get(name)
         if dt is None:
             try:
-                dt = DeltaTable(str(self.dir / name))
+                dt = self.open(name)
             except TableNotFoundError as exc:
                 raise NotFound(
                     f"No catalog table '{name}' under {self.dir}: run 'songlake init' first",
@@ -241,8 +261,10 @@ class TableStore:
         retention would find its next entry cleaned up (and a checkpoint in its place)."""
         dt = self.table(name)
         now = time.monotonic()
-        nxt = f"{self.dir}/{name}/_delta_log/{dt.version() + 1:020d}.json"
-        if now - self._listed_at.get(name, 0.0) >= FULL_CHECK_EVERY or os.path.exists(nxt):
+        nxt = f"{dt.version() + 1:020d}.json"
+        if now - self._listed_at.get(name, 0.0) >= FULL_CHECK_EVERY or self.dir.exists(
+            name, "_delta_log", nxt
+        ):
             dt.update_incremental()
             self._listed_at[name] = now
         return dt
@@ -357,7 +379,7 @@ class TableStore:
             names = sorted(self._due)
             self._due.clear()
         for name in names:
-            dt = DeltaTable(str(self.dir / name))
+            dt = self.open(name)
             dt.optimize.compact(target_size=self.compact_target_bytes)
             with self._lock:
                 self._file_counts[name] = len(dt.file_uris())
@@ -401,8 +423,10 @@ class TableStore:
         """
         dt = self.latest(name) if version is None else self.table(name)
         if version is not None and dt.version() != version:
-            dt = DeltaTable(str(self.dir / name), version=version)
-        return pads.dataset(dt.file_uris(), schema=SCHEMAS[name], format="parquet")
+            dt = self.open(name, version)
+        fs, _ = self.dir.filesystem()
+        paths = [self.dir.fs_path(u) for u in dt.file_uris()]
+        return pads.dataset(paths, schema=SCHEMAS[name], format="parquet", filesystem=fs)
 
     def read(self, name: str, version: int | None = None) -> pa.Table:
         return self.dataset(name, version).to_table()
@@ -440,7 +464,7 @@ class TableStore:
             when = when.astimezone()
         out = {}
         for name in DATA_TABLES:
-            dt = DeltaTable(str(self.dir / name))
+            dt = self.open(name)
             try:
                 dt.load_as_version(when)
             except Exception as exc:  # deltalake raises a generic error before the first commit

@@ -151,7 +151,8 @@ class Group(click.Group):
     envvar="SONGLAKE_ROOT",
     default=None,
     metavar="DIR",
-    help="Catalog root (default: $SONGLAKE_ROOT, else ./catalog-data).",
+    help="Catalog root: a folder or s3://BUCKET/PREFIX (default: $SONGLAKE_ROOT, else "
+    "./catalog-data).",
 )
 @click.version_option(package_name="songlake")
 @click.pass_context
@@ -170,7 +171,7 @@ def init(c: Context) -> None:
     from catalog.catalog import Catalog
 
     catalog = Catalog.init(c.settings)
-    click.echo(f"catalog ready at {catalog.settings.root}")
+    click.echo(f"catalog ready at {catalog.settings.location}")
     click.echo(f"analysis types: {', '.join(catalog.registry.names())}")
 
 
@@ -872,11 +873,11 @@ def events_replay(c: Context, from_: str, sinks: tuple[str, ...], as_json: bool)
     d = ev.Dispatcher(c.catalog, only=list(sinks) or None)
     names = [w.name for w in d.workers]
     if not d.try_lock():
-        path = ev.request_replay(settings, cut, names)
+        name, folder = ev.request_replay(settings, cut, names), ev.replay_folder(settings)
         deadline = time.monotonic() + 10
-        while path.exists() and time.monotonic() < deadline:
+        while folder.exists(name) and time.monotonic() < deadline:
             time.sleep(0.1)
-        taken = "taken" if not path.exists() else "queued"
+        taken = "taken" if not folder.exists(name) else "queued"
         click.echo(f"replay from {from_} {taken} by the running dispatcher ({ev.holder(d)})")
         return
     ev.rewind_saved(settings, cut, names)

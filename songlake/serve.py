@@ -22,6 +22,7 @@ from api.server import serve as run_server
 from catalog.catalog import Catalog
 from catalog.events import start_background
 from catalog.settings import Settings
+from catalog.tables import TableStore
 from watcher import Watcher
 from watcher.logs import configure as configure_watcher_logs
 from watcher.status import inbox
@@ -30,7 +31,7 @@ from watcher.status import inbox
 def prepare(settings: Settings, *, no_auth: bool = False) -> tuple[Settings, list[str]]:
     """Create the root if needed and settle auth; returns the settings to serve with and the
     notices to print (auth off, or where the admin token is)."""
-    if not settings.tables_dir.exists():
+    if not TableStore(settings.tables_dir).exists():
         Catalog.init(settings)
     if no_auth:
         settings = dataclasses.replace(settings, auth=False)
@@ -76,7 +77,7 @@ def serve(
         if watch:
             configure_watcher_logs()
             watcher = Watcher(catalog, settings).start()
-        announce(f"songlake serving {settings.root} on http://{host}:{port}")
+        announce(f"songlake serving {settings.location} on http://{host}:{port}")
         dispatcher = start_background(catalog)  # Song's analysis messages, beside the API
         run_server(server)
     finally:

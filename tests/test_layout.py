@@ -93,7 +93,14 @@ ALLOWED = {
 }
 # the core's own modules that its wings may use; the facade (catalog.catalog) and the package face
 # are for the wings above (events reads the catalog through the facade, as the API does)
-CORE_BASE = {"catalog.errors", "catalog.settings", "catalog.model", "catalog.tables", "catalog.sql"}
+CORE_BASE = {
+    "catalog.errors",
+    "catalog.settings",
+    "catalog.model",
+    "catalog.tables",
+    "catalog.sql",
+    "catalog.root",
+}
 FACADE_USERS = {"catalog.events"}
 
 

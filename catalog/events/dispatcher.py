@@ -1,6 +1,6 @@
 """Song's analysis messages, delivered from the outbox to every configured sink.
 
-    Dispatcher          one per catalog root at a time (a lock file in <root>/state/events/);
+    Dispatcher          one per catalog root at a time (its lock, runlock.py, in state/events/);
     │                   runs inside `serve` and alone as `songlake events run`
     └── SinkWorker      a thread per sink, with its own cursor in <root>/state/events/<sink>.json
         └── Sink        jsonl | webhook | kafka (sink.py and one module each)
@@ -19,7 +19,6 @@ moved back and the chosen sinks run until they have caught up).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,34 +32,35 @@ from typing import Any
 from ..catalog import Catalog
 from ..errors import BadRequest, DispatcherBusy, Internal, SinkError, SonglakeError
 from ..model import now_iso
+from ..root import Location
 from ..settings import Settings
-from ..store.newfiles import write_file
 from .config import EventsConfig, events_config, open_sink
 from .messages import Messages
 from .outbox import BEGINNING, Cut, Outbox, Position
+from .runlock import run_lock
 from .sink import Record, Sink, SinkSpec
 
 log = logging.getLogger("songlake.events")
 
 
-def state_dir(settings: Settings) -> Path:
-    return settings.state_dir / "events"
+def state_dir(settings: Settings) -> Location:
+    """Cursors and replay requests: on the root, shared by the dispatchers of every machine."""
+    return settings.shared_state.child("events")
 
 
 # -- saved state ----------------------------------------------------------------------------------
 
 
-def load_state(folder: Path, name: str) -> dict[str, Any] | None:
+def load_state(folder: Location, name: str) -> dict[str, Any] | None:
     """A sink's saved cursor and counters; None if it has none yet."""
-    path = folder / f"{name}.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(folder.read_bytes(f"{name}.json"))
     except FileNotFoundError:
         return None
     except ValueError as exc:
         raise Internal(
-            f"The cursor of events sink '{name}' ({path}) is unreadable ({exc}): move it away "
-            "to start the sink afresh, or restore it"
+            f"The cursor of events sink '{name}' ({folder.uri(name + '.json')}) is unreadable "
+            f"({exc}): move it away to start the sink afresh, or restore it"
         ) from None
 
 
@@ -163,7 +163,7 @@ class SinkWorker:
             "error": self.error,
             "updated_at": now_iso(),
         }
-        write_file(self.d.state_dir / f"{self.name}.json", json.dumps(data, indent=1).encode())
+        self.d.state_dir.write_bytes(f"{self.name}.json", data=json.dumps(data, indent=1).encode())
         self._saved_at = time.monotonic()
 
     def save(self) -> None:
@@ -186,7 +186,6 @@ class SinkWorker:
     # -- the loop -------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self.d.state_dir.mkdir(parents=True, exist_ok=True)
         saved = load_state(self.d.state_dir, self.name) or {}
         if saved.get("position"):
             self.position = Position.from_json(saved["position"])
@@ -305,7 +304,8 @@ class Dispatcher:
         self.problems: list[tuple[str, str]] = list(self.config.problems)
         self.workers: list[SinkWorker] = []
         self._cond = threading.Condition()
-        self._lock_fd: int | None = None
+        self.lock = run_lock(self.settings)
+        self._locked = False
         self._thread: threading.Thread | None = None
         self.started = threading.Event()
         specs = list(self.config.sinks)
@@ -327,34 +327,28 @@ class Dispatcher:
     # -- the lock -------------------------------------------------------------------------------
 
     def try_lock(self) -> bool:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "dispatcher.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "since": now_iso()}).encode())
-        self._lock_fd = fd
-        return True
+        self._locked = self._locked or self.lock.try_take()
+        return self._locked
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+        self.lock.release()
+        self._locked = False
 
     # -- running --------------------------------------------------------------------------------
 
     def start(self, *, standby: bool = True) -> None:
         """Start delivering; if another process holds the lock, wait for it (standby) or raise."""
-        if self._lock_fd is not None or self.try_lock():
+        if self.try_lock():
             self._start_workers()
         elif not standby:
-            raise DispatcherBusy(f"Another events dispatcher runs on {self.root} ({holder(self)})")
+            raise DispatcherBusy(
+                f"Another events dispatcher runs on {self.settings.location} ({holder(self)})"
+            )
         else:
             log.info(
-                "events: another dispatcher runs on %s (%s); standing by", self.root, holder(self)
+                "events: another dispatcher runs on %s (%s); standing by",
+                self.settings.location,
+                holder(self),
             )
         self._thread = threading.Thread(target=self._supervise, name="songlake-events", daemon=True)
         self._thread.start()
@@ -376,12 +370,10 @@ class Dispatcher:
             self.stop_event.wait(0.5)
 
     def _take_replay_requests(self) -> None:
-        folder = self.state_dir / "replay"
-        if not folder.is_dir():
-            return
-        for path in sorted(folder.glob("*.json")):
+        folder = replay_folder(self.settings)
+        for path in folder.list():
             try:
-                request = json.loads(path.read_text())
+                request = json.loads(folder.read_bytes(path))
                 cut = Cut.from_json(request["from"])
                 names = request.get("sinks") or [w.name for w in self.workers]
             except (OSError, ValueError, KeyError) as exc:
@@ -390,7 +382,7 @@ class Dispatcher:
                 for w in self.workers:
                     if w.name in names:
                         w.rewind(cut)
-            path.unlink(missing_ok=True)
+            folder.delete(path)
 
     def notify(self) -> None:
         with self._cond:
@@ -425,26 +417,11 @@ class Dispatcher:
 
 def holder(d: Dispatcher | None = None, settings: Settings | None = None) -> str:
     """Who holds the dispatcher lock, as text."""
-    folder = d.state_dir if d is not None else state_dir(settings)  # type: ignore[arg-type]
-    try:
-        info = json.loads((folder / "dispatcher.lock").read_text() or "{}")
-    except (OSError, ValueError):
-        return "unknown process"
-    return f"pid {info.get('pid')} since {info.get('since')}"
+    return d.lock.holder() if d is not None else run_lock(settings).holder()  # type: ignore[arg-type]
 
 
 def dispatcher_running(settings: Settings) -> bool:
-    path = state_dir(settings) / "dispatcher.lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return run_lock(settings).running()
 
 
 def start_background(catalog: Catalog) -> Dispatcher | None:
@@ -462,24 +439,27 @@ def start_background(catalog: Catalog) -> Dispatcher | None:
 # -- replay ---------------------------------------------------------------------------------------
 
 
-def request_replay(settings: Settings, cut: Cut, sinks: Sequence[str] | None) -> Path:
-    """Ask the running dispatcher to re-send from `cut` (it picks the request up within ~1 s)."""
-    folder = state_dir(settings) / "replay"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
-    write_file(path, json.dumps({"from": cut.to_json(), "sinks": list(sinks or [])}).encode())
-    return path
+def request_replay(settings: Settings, cut: Cut, sinks: Sequence[str] | None) -> str:
+    """Ask the running dispatcher to re-send from `cut` (it picks the request up within ~1 s);
+    returns the request's name in ``replay_folder``, which the dispatcher deletes once taken."""
+    name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+    request = {"from": cut.to_json(), "sinks": list(sinks or [])}
+    replay_folder(settings).write_bytes(name, data=json.dumps(request).encode())
+    return name
+
+
+def replay_folder(settings: Settings) -> Location:
+    return state_dir(settings).child("replay")
 
 
 def rewind_saved(settings: Settings, cut: Cut, names: Sequence[str]) -> None:
     """Move saved cursors back to `cut` (only while no dispatcher runs)."""
     folder = state_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         data = load_state(folder, name) or {"sink": name}
         current = Position.from_json(data["position"]).start if data.get("position") else cut
         data["position"] = Position(current.meet(cut)).to_json()
-        write_file(folder / f"{name}.json", json.dumps(data, indent=1).encode())
+        folder.write_bytes(f"{name}.json", data=json.dumps(data, indent=1).encode())
 
 
 # -- status ---------------------------------------------------------------------------------------

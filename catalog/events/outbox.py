@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -33,9 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadRequest, Internal, MalformedParameter, OutboxGap
+from ..root import Location
 from ..settings import Settings
 from ..tables import TableStore
 
@@ -151,7 +152,7 @@ class Commit:
     table: str
     version: int
     committed_ms: int
-    files: tuple[Path, ...]
+    files: tuple[str, ...]  # paths in the tables' filesystem
     rows: int
 
     @property
@@ -162,8 +163,9 @@ class Commit:
 class Outbox:
     """Reads the outbox tables of one catalog root; safe to share between threads."""
 
-    def __init__(self, tables_dir: Path, *, cache_changes: int = 200_000) -> None:
-        self.dir = Path(tables_dir)
+    def __init__(self, tables_dir: Location | Path | str, *, cache_changes: int = 200_000) -> None:
+        self.dir = tables_dir if isinstance(tables_dir, Location) else Location.parse(tables_dir)
+        self._fs, self._base = self.dir.filesystem()
         self._lock = threading.Lock()
         self._known: dict[str, int] = {}
         self._commits: dict[tuple[str, int], Commit] = {}
@@ -174,23 +176,16 @@ class Outbox:
 
     # -- versions -------------------------------------------------------------------------------
 
-    def _log(self, table: str) -> Path:
-        return self.dir / table / "_delta_log"
-
     def latest(self, table: str) -> int:
         """The newest committed version: a listing once, then probing for the next file."""
         version = self._known.get(table)
-        log = self._log(table)
         if version is None:
-            try:
-                names = os.listdir(log)
-            except FileNotFoundError:
-                raise Internal(f"No Delta table at {self.dir / table}") from None
+            names = self.dir.list(table, "_delta_log")
             numbers = [int(n[:20]) for n in names if n.endswith(".json") and n[:20].isdigit()]
             if not numbers:
-                raise Internal(f"No Delta table at {self.dir / table}")
+                raise Internal(f"No Delta table at {self.dir.uri(table)}")
             version = max(numbers)
-        while os.path.exists(log / f"{version + 1:020d}.json"):
+        while self.dir.exists(table, "_delta_log", f"{version + 1:020d}.json"):
             version += 1
         self._known[table] = version
         return version
@@ -216,16 +211,16 @@ class Outbox:
         found = self._commits.get(key)
         if found is not None:
             return found
-        entry = self._log(table) / f"{version:020d}.json"
+        entry = (table, "_delta_log", f"{version:020d}.json")
         try:
-            lines = entry.read_text("utf-8").split("\n")  # never splitlines(): U+2028
+            lines = self.dir.read_bytes(*entry).split(b"\n")  # not str.splitlines(): U+2028
         except FileNotFoundError:
             raise OutboxGap(
-                f"The Delta log entry {entry} is gone (log retention?): events of {table} "
-                f"version {version} cannot be read; replay from a later time"
+                f"The Delta log entry {self.dir.uri(*entry)} is gone (log retention?): events "
+                f"of {table} version {version} cannot be read; replay from a later time"
             ) from None
         committed_ms = 0
-        files: list[Path] = []
+        files: list[str] = []
         rows = 0
         rewrite = False
         for line in lines:
@@ -236,7 +231,7 @@ class Outbox:
                 committed_ms = int(action["commitInfo"].get("timestamp") or 0)
             elif "add" in action and action["add"].get("dataChange", True):
                 add = action["add"]
-                files.append(self.dir / table / unquote(add["path"]))
+                files.append(f"{self._base}/{table}/{unquote(add['path'])}")
                 stats = json.loads(add.get("stats") or "{}")
                 rows += int(stats.get("numRecords") or 0)
             elif "remove" in action and action["remove"].get("dataChange", True):
@@ -245,7 +240,7 @@ class Outbox:
             # a delete or rewrite of an append-only table re-adds old rows: they are not new
             files, rows = [], 0
         if not committed_ms:
-            committed_ms = int(entry.stat().st_mtime * 1000)
+            committed_ms = int(self.dir.mtime(*entry) * 1000)
         found = Commit(table, version, committed_ms, tuple(files), rows)
         with self._lock:
             if len(self._commits) > 100_000:
@@ -280,6 +275,10 @@ class Outbox:
             out.extend(self.commit_changes(commit))
         return out
 
+    def read_file(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file a commit added (a path of ``Commit.files``), local or on S3."""
+        return pq.ParquetFile(path, filesystem=self._fs).read(columns=columns)
+
     def commit_changes(self, commit: Commit) -> list[Change]:
         """The changes one commit of an outbox table added, in row order (cached)."""
         key = (commit.table, commit.version)
@@ -293,8 +292,8 @@ class Outbox:
         for path in commit.files:
             try:
                 # state-history rows are read whole: the read model may want them (history_rows)
-                table = pq.ParquetFile(path).read(
-                    columns=None if commit.table == HISTORY else _COLUMNS[commit.table]
+                table = self.read_file(
+                    path, None if commit.table == HISTORY else _COLUMNS[commit.table]
                 )
             except FileNotFoundError:
                 raise OutboxGap(

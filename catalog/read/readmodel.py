@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -86,26 +85,26 @@ class ReadModel(Indexes):
                 if paths is None:
                     self.apply_table(name, self.tables.dataset(name, current).to_table())
                 else:
+                    fs, base = self.tables.dir.filesystem()
                     for path in paths:
-                        self.apply_table(name, pq.read_table(path))
+                        self.apply_table(name, pq.read_table(f"{base}/{path}", filesystem=fs))
                 self._seen[name] = current
         return changed
 
-    def _added_files(self, name: str, after: int, upto: int) -> list[Path] | None:
-        """Data files added (dataChange) by commits after..upto; None when the log was cleaned."""
-        log = self.tables.dir / name / "_delta_log"
+    def _added_files(self, name: str, after: int, upto: int) -> list[str] | None:
+        """Data files added (dataChange) by commits after..upto, as paths under the tables'
+        location; None when the log was cleaned."""
         out = []
         for version in range(after + 1, upto + 1):
-            entry = log / f"{version:020d}.json"
             try:
-                lines = entry.read_text("utf-8").split("\n")  # never splitlines(): U+2028
+                log = self.tables.dir.read_bytes(name, "_delta_log", f"{version:020d}.json")
             except FileNotFoundError:
                 return None
-            for line in filter(None, lines):
+            for line in filter(None, log.split(b"\n")):  # not str.splitlines(): U+2028
                 action = json.loads(line)
                 add = action.get("add")
                 if add and add.get("dataChange", True):
-                    out.append(self.tables.dir / name / add["path"])
+                    out.append(f"{name}/{add['path']}")
         return out
 
     def mark_seen(self, name: str, version: int | None) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "open_uploads",
     "Uploads",
     "LocalUploads",
+    "s3_lease",
     "part_plan",
 ]
 
@@ -65,9 +66,22 @@ def open_store(settings: Any) -> ObjectStore:
 
 
 def open_lease(settings: Any) -> Lease:
-    """The catalog-wide writer lease of the root: ``flock`` on ``<state>/writer.lock``."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return LocalLease(settings.state_dir / "writer.lock")
+    """The catalog-wide writer lease of the root: ``flock`` on ``<root>/state/writer.lock``, or
+    for a root on S3 the object ``<prefix>/state/writer.lease`` taken with conditional put."""
+    shared = settings.shared_state
+    if shared.path is None:
+        return s3_lease(shared, "writer.lease")
+    shared.path.mkdir(parents=True, exist_ok=True)
+    return LocalLease(shared.path / "writer.lock")
+
+
+def s3_lease(folder: Any, name: str, **options: Any) -> Lease:
+    """A lease object in an S3 folder (a Location) of the root."""
+    # boto3 loads only for a root on S3
+    from .s3lease import S3Lease
+    from .s3root import s3_client
+
+    return S3Lease(s3_client(folder), folder.bucket, folder.key(name), **options)
 
 
 def open_uploads(store: ObjectStore) -> Uploads:

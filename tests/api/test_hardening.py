@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -170,7 +171,7 @@ def test_health_says_down_while_the_catalog_cannot_refresh(catalog, client) -> N
     """A refresh that fails (here a Delta log entry that is not JSON) left /health UP while
     every write failed."""
     assert client.get("/health").status_code == 200
-    log = catalog.tables.dir / "studies" / "_delta_log"
+    log = Path(catalog.tables.uri("studies")) / "_delta_log"
     latest = max(int(p.name.split(".")[0]) for p in log.glob("*.json"))
     broken = log / f"{latest + 1:020d}.json"
     broken.write_text("not json\n")

@@ -1,4 +1,5 @@
-"""S3 for tests: moto's server on 127.0.0.1, and a TCP proxy in front of it that a test can cut.
+"""S3 for tests: moto's server on 127.0.0.1 (in this process or its own), and a TCP proxy in
+front of it that a test can cut.
 
 Both are real servers reached over loopback by real boto3 calls; nothing of songlake is mocked.
 """
@@ -8,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +61,36 @@ class MotoS3:
         self._server.stop()
 
 
+class MotoProcess(MotoS3):
+    """moto's server in a process of its own. deltalake calls that hold the GIL while they wait
+    for S3 (``history``, ``is_deltatable``) starve a server running in the same interpreter until
+    their requests time out; a server in another process answers them."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(30)
+
+
 @contextmanager
 def moto_server() -> Iterator[MotoS3]:
     """moto's server for the duration of a fixture, its request log quiet."""
@@ -71,13 +105,17 @@ def moto_server() -> Iterator[MotoS3]:
 class TcpProxy:
     """A loopback TCP proxy to ``upstream_port`` that a test can cut.
 
+    ``rewrite`` changes the bytes going upstream (an endpoint that ignores a header, say).
     ``cut()`` drops every open connection and refuses (accepts then closes) new ones until
     ``restore()``; ``cut_after(n)`` does so once ``n`` bytes have gone upstream, ``stay_down``
     deciding whether it then stays down or lets the next connections through.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_port: int, *, rewrite: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self._upstream = upstream_port
+        self._rewrite = rewrite  # applied to every chunk going upstream
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -151,6 +189,8 @@ class TcpProxy:
                         if not stay_down:
                             self.restore()
                         return
+                if upward and self._rewrite is not None:
+                    data = self._rewrite(data)
                 dst.sendall(data)
         except OSError:
             pass
