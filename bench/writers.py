@@ -7,6 +7,7 @@ lease handover: from one writer releasing the lease to the next (waiting) writer
 
     .venv/bin/python bench/writers.py [--n 20000] [--batch 1000] [--writers 1 2 4]
                                       [--s3]   (the lease in an S3 object on moto's server)
+                                      [--s3-root]  (the whole root on moto: s3://bench/w<N>)
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def writer_main(root: str, go: str, first: int, count: int, batch: int, salt: st
     print(json.dumps(out), flush=True)
 
 
-def run(root: Path, writers: int, n: int, batch: int, env: dict[str, str]) -> dict[str, Any]:
-    go = root.parent / f"go-{uuid.uuid4().hex}"
+def run(root: Any, writers: int, n: int, batch: int, env: dict[str, str]) -> dict[str, Any]:
+    go = Path(tempfile.gettempdir()) / f"songlake-bench-go-{uuid.uuid4().hex}"
     per = n // writers
     salt = uuid.uuid4().hex[:8] + ":"
     procs = [
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--s3", action="store_true", help="the lease in an S3 object (moto)")
+    ap.add_argument("--s3-root", action="store_true", help="the whole root on S3 (moto)")
     args = ap.parse_args(argv)
 
     from catalog import Catalog, load_settings
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     moto = None
     try:
-        if args.s3:
+        if args.s3 or args.s3_root:
             moto = subprocess.Popen(
                 [sys.executable, str(REPO / "bench" / "motos3.py"), "0"],
                 stdout=subprocess.PIPE,
@@ -174,15 +176,24 @@ def main(argv: list[str] | None = None) -> int:
             port = int(moto.stdout.readline().split()[1])
             import boto3
 
-            env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
             url = f"http://127.0.0.1:{port}"
-            boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(
-                Bucket="lease"
-            )
+            aws = {
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+            if args.s3_root:
+                aws["AWS_ENDPOINT_URL"] = url
+                aws["XDG_STATE_HOME"] = str(tmp / "state")
+            env.update(aws)
+            os.environ.update(aws)
+            client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+            client.create_bucket(Bucket="lease")
+            client.create_bucket(Bucket="bench")
         rows = []
         for w in args.writers:
-            root = tmp / f"w{w}"
+            root: Any = f"s3://bench/w{w}" if args.s3_root else tmp / f"w{w}"
             cat = Catalog.init(load_settings(root))
             cat.create_study({"studyId": STUDY})
             del cat
@@ -194,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         res = {
             "benchmark": "writers",
             "machine": machine(),
-            "lease": "s3 (moto)" if args.s3 else "flock",
+            "lease": "s3 root (moto)" if args.s3_root else "s3 (moto)" if args.s3 else "flock",
             "params": {"n": args.n, "batch": args.batch},
             "rows": rows,
             "loadavg_after": os.getloadavg(),
         }
-        path = write_result("writers-s3" if args.s3 else "writers", res)
+        name = "writers-s3root" if args.s3_root else "writers-s3" if args.s3 else "writers"
+        path = write_result(name, res)
         print()
         print(
             fmt_table(
