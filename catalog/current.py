@@ -106,7 +106,8 @@ def refresh(tables: TableStore, *, retention_hours: float | None = None) -> int:
     try:
         for name, view in CURRENT.items():
             data = con.sql(f"SELECT * FROM {view}").to_arrow_table()
-            data = data.append_column("catalog_version", pa.array([version] * len(data), pa.int64()))
+            stamp = pa.array([version] * len(data), pa.int64())
+            data = data.append_column("catalog_version", stamp)
             _overwrite(tables, name, data, version)
             if retention_hours is not None:
                 tables.vacuum(name, retention_hours)
@@ -203,9 +204,7 @@ class Refresher:
                 return
             self._writes = 0
             self._last = time.monotonic()
-            self._worker = threading.Thread(
-                target=self._run, name="songlake-current", daemon=False
-            )
+            self._worker = threading.Thread(target=self._run, name="songlake-current", daemon=False)
             self._worker.start()
 
     def _run(self) -> None:
