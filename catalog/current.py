@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import CommitProperties
@@ -139,8 +140,13 @@ def _overwrite(tables: TableStore, name: str, data: pa.Table, version: int) -> N
 
 
 def read(tables: TableStore, name: str) -> pa.Table:
-    """A current-state table as Arrow (tests and the CLI)."""
-    return DeltaTable(tables.uri(name), storage_options=tables.storage_options).to_pyarrow_table()
+    """A current-state table as Arrow, through its Delta log (its file list, as
+    ``TableStore.dataset`` reads: deltalake's own dataset can abort the interpreter at exit)."""
+    dt = DeltaTable(tables.uri(name), storage_options=tables.storage_options)
+    fs, _ = tables.dir.filesystem()
+    paths = [tables.dir.fs_path(u) for u in dt.file_uris()]
+    schema = pa.schema(dt.schema().to_arrow())
+    return pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table()
 
 
 class Refresher:

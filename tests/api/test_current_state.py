@@ -77,9 +77,8 @@ def engines(catalog: Catalog) -> dict[str, dict[str, list[dict[str, Any]]]]:
     for name, view in current.CURRENT.items():
         uri = catalog.tables.uri(name)
         out["polars"][name] = pl.scan_delta(uri).collect().drop("catalog_version").to_dicts()
-        dataset = DeltaTable(uri).to_pyarrow_dataset()
         duck = duckdb.connect()
-        duck.register("t", dataset)
+        duck.register("t", current.read(catalog.tables, name))  # Arrow, from the Delta log
         cur = duck.execute("SELECT * EXCLUDE (catalog_version) FROM t")
         cols = [d[0] for d in cur.description or []]
         out["duckdb"][name] = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
