@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/watcher.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/events.py --sink kafka
+	$(BIN)/python bench/timeline.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/slowclients.py
 

@@ -1,8 +1,10 @@
 """Song's write authorization: bearer tokens, their scopes, and who may write where.
 
-Reads are public, as in Song. A write needs ``Authorization: Bearer <token>`` whose scopes hold
-the system scope (``song.WRITE``) or the study's scope (``PROGRAMDATA-<studyId>.WRITE``; prefix,
-suffix and system scope configurable); ``POST /schemas`` and ``POST /sql`` need the system scope.
+Reads are public, as in Song, except the live events (``GET /events``: the system scope, or a
+study's READ or WRITE scope for that study's events, unless ``events_public``). A write needs
+``Authorization: Bearer <token>`` whose scopes hold the system scope (``song.WRITE``) or the
+study's scope (``PROGRAMDATA-<studyId>.WRITE``; prefix, suffix and system scope configurable);
+``POST /schemas`` and ``POST /sql`` need the system scope.
 
     no token, or a token no source accepts      401 unauthorized.token
     a valid token without the scope needed      403 forbidden.token
@@ -234,6 +236,21 @@ class Authenticator:
     def study_scope(self, study_id: str) -> str:
         return f"{self.study_prefix}{study_id}{self.study_suffix}"
 
+    def readable_studies(self, scopes: set[str] | frozenset[str]) -> frozenset[str] | None:
+        """The studies whose events scopes let a caller read: None for all (the system scope),
+        else every study named by a study scope, READ (``PROGRAMDATA-<id>.READ``) or WRITE."""
+        if self.system_scope in scopes:
+            return None
+        read_suffix = self.study_suffix[0] + "READ"
+        studies = set()
+        for scope in scopes:
+            if scope.startswith(self.study_prefix):
+                rest = scope[len(self.study_prefix) :]
+                for suffix in (self.study_suffix, read_suffix):
+                    if rest.endswith(suffix) and len(rest) > len(suffix):
+                        studies.add(rest[: -len(suffix)])
+        return frozenset(studies)
+
     def allows(self, scopes: set[str] | frozenset[str], study_id: str | None) -> bool:
         """Whether scopes grant writing to a study (study_id None: the system scope only)."""
         if self.system_scope in scopes:
@@ -395,6 +412,26 @@ def require_write(study_id: str | None) -> Caller | None:
         )
         raise ForbiddenToken(f"The token's scopes do not include {needed}")
     return caller
+
+
+def require_events_reader(public: bool) -> frozenset[str] | None:
+    """The studies whose events this request may stream (None: every study).
+
+    Open when ``public`` or auth is off; else 401 without a valid token, 403 when the token holds
+    neither the system scope nor a study's READ or WRITE scope."""
+    auth = authenticator()
+    if public or not auth.enabled:
+        return None
+    caller = current_caller()
+    if caller is None:
+        raise UnauthorizedToken("GET /events needs 'Authorization: Bearer <token>'")
+    studies = auth.readable_studies(caller.scopes)
+    if studies is not None and not studies:
+        raise ForbiddenToken(
+            f"The token's scopes include neither '{auth.system_scope}' nor a study's scope "
+            f"('{auth.study_scope('<studyId>')}' or its READ twin)"
+        )
+    return studies
 
 
 def require_system() -> Caller | None:

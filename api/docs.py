@@ -91,8 +91,9 @@ def doc(
     """Record the OpenAPI text of a view.
 
     tag          the group in the document (default: the blueprint's name)
-    scope        "study" (the study's write scope or the system scope) or "system": the route
-                 needs a bearer token, and answers 401 and 403
+    scope        "study" (the study's write scope or the system scope), "system", or "events"
+                 (the system scope, or a study's READ or WRITE scope): the route needs a bearer
+                 token, and answers 401 and 403
     params       the query parameters, from the blueprint's parameter table
     body         the request body (``request_body(...)``)
     ok           the schema of the JSON answer of a 200

@@ -7,8 +7,10 @@ events committed from now on) and ``limit`` (end the stream after that many even
 after ``[events] sse_max_seconds`` and the client reconnects; at most ``sse_max_clients`` streams
 run at once, since each holds a server thread: the next one gets 503.
 
-Public, like every read of the API (as in Song: api/auth.py guards writes only). The messages
-carry unpublished analyses too, as Song's own reads of a study do.
+The messages carry unpublished analyses, so a stream needs a token (``api/auth.py``): the system
+scope sees every study; a study's READ or WRITE scope (``PROGRAMDATA-<studyId>.READ``) sees that
+study's events only (the ids of the others still advance, so Last-Event-ID resumes right). The
+``events_public`` setting opens it to anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from catalog.events.config import EventsConfig, events_config
 from catalog.events.messages import Messages, follow, start_position
 from catalog.events.outbox import Outbox
 
+from .auth import require_events_reader
+from .docs import STRING, answer, doc
 from .params import current_catalog, optional_integer
 
 bp = Blueprint("events", __name__)
@@ -51,10 +55,20 @@ def _streams() -> Streams:
 
 
 @bp.get("/events")
+@doc(
+    "Song's analysis messages as they commit (server-sent events)",
+    scope="events",
+    responses={
+        200: answer(
+            STRING, "text/event-stream: id = a position, data = a message", "text/event-stream"
+        )
+    },
+)
 def stream() -> Response:
     """Song's analysis messages as they commit, as text/event-stream."""
-    streams = _streams()
     settings = current_catalog().settings
+    studies = require_events_reader(settings.events_public)
+    streams = _streams()
     position = start_position(
         settings,
         streams.outbox,
@@ -76,7 +90,9 @@ def stream() -> Response:
     def generate() -> Iterator[str]:
         try:
             yield "retry: 3000\n: songlake analysis messages\n\n"
-            for item in follow(streams.messages, position, config=streams.config, limit=limit):
+            for item in follow(
+                streams.messages, position, config=streams.config, limit=limit, studies=studies
+            ):
                 if item is None:
                     yield ": keep-alive\n\n"
                 else:

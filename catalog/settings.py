@@ -178,6 +178,12 @@ class Settings:
     auth_study_suffix: str = field(
         default=".WRITE", metadata={"help": "study scope = prefix + studyId + suffix"}
     )
+    events_public: bool = field(
+        default=False,
+        metadata={
+            "help": "GET /events streams to anyone, no token (it carries unpublished analyses)"
+        },
+    )
     events: dict[str, Any] = field(
         default_factory=dict,
         hash=False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from .root import Location
 TS = pa.timestamp("us", tz="UTC")
 #: every append is made at the version its writer refreshed to: a concurrent commit is a conflict
 #: for the writer to re-validate (write/commit.py), never silently re-based by deltalake
-EXPECTED_VERSION = CommitProperties(max_commit_retries=0)
+EXPECTED_RETRIES = 0
 #: files at least this large are left alone by automatic compaction
 COMPACT_TARGET_BYTES = 16 * 1024 * 1024
 FULL_CHECK_EVERY = 60.0  # seconds: latest() lists a table's log at least this often
@@ -147,12 +148,32 @@ SCHEMAS: dict[str, pa.Schema] = {
 DATA_TABLES = [name for name in SCHEMAS if name != "commits"]
 
 
-def _write_expected(dt: DeltaTable, data: pa.Table, props: CommitProperties) -> None:
-    """Append at the table's next version, or raise WriteConflict if another writer took it."""
+def _write_expected(dt: DeltaTable, data: pa.Table) -> None:
+    """Append at the table's next version, or raise WriteConflict if another writer took it.
+
+    Each append carries its own id in the commit's metadata. When the store's answer to the
+    conditional put of the log entry is lost and the put is retried, the retry finds the version
+    taken *by this very append*: that is a success, found by the id, not a conflict."""
+    txn = uuid.uuid4().hex
+    before = dt.version()
+    props = CommitProperties(
+        custom_metadata={"songlake.txn": txn}, max_commit_retries=EXPECTED_RETRIES
+    )
     try:
         write_deltalake(dt, data, mode="append", commit_properties=props)
     except CommitFailedError as exc:
-        raise WriteConflict(f"{dt.metadata().name} moved past version {dt.version()}") from exc
+        if _committed(dt, before, txn):
+            return
+        raise WriteConflict(f"{dt.metadata().name} moved past version {before}") from exc
+
+
+def _committed(dt: DeltaTable, before: int, txn: str) -> bool:
+    """Whether a commit after version ``before`` carries the append id ``txn``."""
+    dt.update_incremental()
+    newer = dt.version() - before
+    if newer <= 0:
+        return False
+    return any(entry.get("songlake.txn") == txn for entry in dt.history(newer))
 
 
 def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -269,7 +290,7 @@ class TableStore:
             return None
         with self._lock:
             dt = self.table(name)
-            _write_expected(dt, data, EXPECTED_VERSION)
+            _write_expected(dt, data)
             self._file_counts[name] = self._file_counts.get(name, 0) + 1
             version = dt.version()
             self._compact_if_due(name)

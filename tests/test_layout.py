@@ -84,7 +84,8 @@ ALLOWED = {
     },
     "api": {"api", "catalog", "catalog.events", "catalog.write", "catalog.read", "catalog.store"},
     "watcher": {"watcher", "catalog", "catalog.write", "catalog.read", "catalog.store"},
-    "catalog.events": {"catalog.events", "catalog", "catalog.store"},
+    # events read the read model's row types to rewind an analysis to a change (asof.py)
+    "catalog.events": {"catalog.events", "catalog", "catalog.read", "catalog.store"},
     "catalog": {"catalog", "catalog.write", "catalog.read", "catalog.store"},
     "catalog.write": {"catalog.write", "catalog", "catalog.read", "catalog.store"},
     "catalog.read": {"catalog.read", "catalog"},

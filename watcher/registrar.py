@@ -32,6 +32,7 @@ from typing import Any
 
 from catalog import Catalog, SubmitItem
 from catalog.errors import (
+    AnalysisIdCollision,
     Busy,
     IllegalAnalysisUpdate,
     Internal,
@@ -65,6 +66,20 @@ STOP = object()
 Post = Callable[[tuple[Any, ...]], None]
 #: failures a wait may cure (a full disk, a lock held elsewhere, storage away): retried
 TRANSIENT = (OSError, Busy, Unavailable, StorageServiceError)
+
+
+def sidecar_analysis_id(v: Verdict) -> str:
+    """The analysisId a sidecar is registered under: a name-based UUID of its path in its watched
+    folder, its content and its mtime, so every watcher that sees the same file (several machines
+    on one network inbox) proposes the same id, and the catalog registers it once. A file dropped
+    again (a new mtime) is a new submission, as Song would see it. Shaped as Song's analysisIds
+    (a version-4 UUID: the hash's bits where uuid4 has random ones)."""
+    if v.sha256 is None:
+        return new_analysis_id()
+    rel = os.path.relpath(v.path, v.folder.path)
+    mtime_ns = v.fingerprint[1] if v.fingerprint else 0
+    named = uuid.uuid5(uuid.NAMESPACE_URL, f"songlake:sidecar:{rel}:{v.sha256}:{mtime_ns}")
+    return str(uuid.UUID(bytes=named.bytes, version=4))
 
 
 @dataclass
@@ -286,7 +301,7 @@ class Registrar(threading.Thread):
         aid = v.analysis_id
         if aid is None and row and row.status == "registering" and row.sha256 == v.sha256:
             aid = row.analysis_id
-        v.analysis_id = aid or new_analysis_id()
+        v.analysis_id = aid or sidecar_analysis_id(v)
         self._ensure_study(v.study_id)
         sources = {fc.name: fc.path for fc in v.files if fc.path}
         return SubmitItem(
@@ -307,6 +322,8 @@ class Registrar(threading.Thread):
             if res.ok and res.analysis_id:
                 plan.settled.append((v, res.analysis_id))
                 ok += 1
+            elif self._registered_by_another_watcher(v, res.error):
+                plan.settled.append((v, _item.analysis_id or ""))
             else:
                 assert res.error is not None
                 self._drop_staged(v)
@@ -321,6 +338,14 @@ class Registrar(threading.Thread):
                 "ms": round(ms, 1),
             },
         )
+
+    def _registered_by_another_watcher(self, v: Verdict, err: SonglakeError | None) -> bool:
+        """Another watcher (another machine on the same network inbox) registered this very
+        sidecar first: the analysisId is the sidecar's own, so the collision says so."""
+        if not isinstance(err, AnalysisIdCollision) or v.analysis_id != sidecar_analysis_id(v):
+            return False
+        rec = self.catalog.model.analyses.get(v.analysis_id or "")
+        return rec is not None and rec.study_id == v.study_id
 
     def _settle_aliases(self, plan: _Plan) -> None:
         """A sidecar with the same content as an earlier one of the batch gets its analysis (or
@@ -408,7 +433,7 @@ class Registrar(threading.Thread):
         aid = None
         if row and row.status == "registering" and row.sha256 == v.sha256:
             aid = row.analysis_id
-        v.analysis_id = aid or new_analysis_id()
+        v.analysis_id = aid or sidecar_analysis_id(v)
         self._record_intents([v])
         self.stage(v)
 

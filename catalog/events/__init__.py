@@ -2,6 +2,7 @@
 
     outbox      the committed history of ``analyses`` and ``analysis_state_history``, read by
                 Delta version as an ordered stream of changes (nothing extra is written)
+    asof        an analysis as it was at a change: the data, history and files committed up to it
     messages    each change as Song's message ``{analysisId, studyId, state, action,
                 songServerId, analysis}``; the live stream behind ``GET /events``
     dispatcher  one per root: a worker thread per sink, cursors, ``events status`` and ``replay``

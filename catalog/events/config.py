@@ -84,7 +84,7 @@ class EventsConfig:
     """The ``[events]`` table of songlake.toml, parsed."""
 
     enabled: bool = True  # the dispatcher runs inside `serve`
-    update_action: str = "UPDATE"  # or "PUBLISH", Song's own message for metadata updates
+    update_action: str = "PUBLISH"  # Song's message for metadata updates; "UPDATE": songlake's
     poll_interval: float = 0.05  # seconds between looks at the Delta logs
     batch_commits: int = 256  # commits per batch at most
     chunk_events: int = 500  # events delivered between two cursor saves at most
@@ -98,7 +98,7 @@ class EventsConfig:
 
 _TOP: dict[str, tuple[type, Any]] = {
     "enabled": (bool, True),
-    "update_action": (str, "UPDATE"),
+    "update_action": (str, "PUBLISH"),
     "poll_interval": (float, 0.05),
     "batch_commits": (int, 256),
     "chunk_events": (int, 500),
@@ -129,7 +129,7 @@ def parse_events(table: Mapping[str, Any] | None) -> EventsConfig:
         if not _check(kind, value):
             raise BadRequest(f"Setting events.{key} must be a {kind.__name__}, not {value!r}")
         top[key] = float(value) if kind is float else value
-    if top.get("update_action", "UPDATE") not in ("UPDATE", "PUBLISH"):
+    if top.get("update_action", "PUBLISH") not in ("UPDATE", "PUBLISH"):
         raise BadRequest('Setting events.update_action must be "UPDATE" or "PUBLISH"')
     if not isinstance(sink_tables, list):
         raise BadRequest("events.sinks must be an array of tables ([[events.sinks]])")

@@ -24,6 +24,8 @@ def kafka_config(options: Mapping[str, Any]) -> dict[str, Any]:
         "linger.ms": 5,
         # a message that fails for good stops the producer rather than let later ones overtake it
         "enable.gapless.guarantee": True,
+        # a missing topic is an error the sink reports, not one the client creates with defaults
+        "allow.auto.create.topics": False,
     }
     password = options.get("sasl_password") or (
         os.environ.get(options["sasl_password_env"]) if options.get("sasl_password_env") else None
@@ -51,8 +53,9 @@ class KafkaSink(Sink):
     The producer is idempotent with the gapless guarantee: retries inside the client neither
     duplicate nor reorder, and a record that fails for good fails every later one with it. When
     the client reports a failed delivery, every record from the first failed one on is produced
-    again (at-least-once, order per key kept), on a new producer if the error was fatal; after
-    max_attempts the failed record goes to the dead letters.
+    again (at-least-once, order per key kept), on a new producer if the error was fatal or the
+    records were not acknowledged within flush_timeout (its queue purged first, so that a
+    record is not queued twice); after max_attempts the failed record goes to the dead letters.
     """
 
     type = "kafka"
@@ -86,6 +89,40 @@ class KafkaSink(Sink):
 
             self.factory = make
         self.producer = self.factory(kafka_config(self.spec.options))
+        self._check_topic()
+
+    def _check_topic(self) -> None:
+        """SinkError unless the brokers answer and know the topic (what `events status` shows)."""
+        list_topics = getattr(self.producer, "list_topics", None)
+        if list_topics is None:  # a stand-in producer without metadata
+            return
+        servers = self.spec.options["bootstrap_servers"]
+        try:
+            metadata = list_topics(self.topic, timeout=min(self.flush_timeout, 10.0))
+        except Exception as exc:  # confluent_kafka.KafkaException: no broker answered
+            self.producer = None
+            raise SinkError(
+                f"events sink '{self.name}': no Kafka broker answers at {servers}: {exc}"
+            ) from None
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            self.producer = None
+            why = topic.error if topic is not None and topic.error is not None else "no partitions"
+            raise SinkError(
+                f"events sink '{self.name}': the topic '{self.topic}' does not exist at "
+                f"{servers} ({why}); create it (songlake does not create topics)"
+            )
+
+    def _discard(self) -> None:
+        """Drop the producer without waiting for what it still queues (sent again anyway)."""
+        producer, self.producer = self.producer, None
+        purge = getattr(producer, "purge", None)
+        if purge is not None:
+            try:
+                purge()
+                producer.flush(0)  # delivery reports of the purged records, to nobody
+            except Exception:  # noqa: BLE001 - a client that is going away
+                pass
 
     def close(self) -> None:
         if self.producer is not None:
@@ -97,7 +134,8 @@ class KafkaSink(Sink):
         while start < len(records):
             if ctx.stopping():
                 return start
-            if self._fatal:  # the client cannot go on after a fatal error: a new producer
+            if self._fatal:  # the client cannot go on (a fatal error, or stuck): a new producer
+                self._discard()
                 self.producer = self.factory(kafka_config(self.spec.options))  # type: ignore[misc]
                 self._fatal = False
             failed, error = self._produce(records[start:])
@@ -126,23 +164,35 @@ class KafkaSink(Sink):
                 if getattr(err, "fatal", lambda: False)():
                     self._fatal = True
 
-        for i, r in enumerate(records):
-            while True:
-                try:
-                    self.producer.produce(
-                        self.topic,
-                        value=r.body,
-                        key=r.key.encode(),
-                        headers=[("songlake-event-id", r.event_id.encode())],
-                        on_delivery=lambda err, msg, i=i: report(i, err, msg),
-                    )
-                    break
-                except BufferError:  # the client's queue is full: let it drain
-                    self.producer.poll(0.5)
-        left = self.producer.flush(self.flush_timeout)
+        left: int | str = len(records)
+        try:
+            for i, r in enumerate(records):
+                while True:
+                    try:
+                        self.producer.produce(
+                            self.topic,
+                            value=r.body,
+                            key=r.key.encode(),
+                            headers=[("songlake-event-id", r.event_id.encode())],
+                            on_delivery=lambda err, msg, i=i: report(i, err, msg),
+                        )
+                        break
+                    except BufferError:  # the client's queue is full: let it drain
+                        self.producer.poll(0.5)
+            left = self.producer.flush(self.flush_timeout)
+        except Exception as exc:  # KafkaException after a fatal error (or worse): a new producer
+            left = f"kafka: {type(exc).__name__}: {exc}"
         for i in range(len(records)):
             if i not in acked and i not in errors:
-                errors[i] = f"kafka: not acknowledged within {self.flush_timeout}s ({left} queued)"
+                errors[i] = (
+                    left
+                    if isinstance(left, str)
+                    else f"kafka: not acknowledged within {self.flush_timeout}s ({left} queued)"
+                )
+                # the records are still queued in this client, whose idempotent session may be
+                # stuck for good (a broker that restarted without its state does not know it):
+                # the records go again on a new producer, not a second time on this one
+                self._fatal = True
         if not errors:
             return None, ""
         first = min(errors)

@@ -2,11 +2,13 @@
 
     {"analysisId", "studyId", "state", "action", "songServerId", "analysis"}, key = analysisId
 
-``analysis`` is the document as ``GET /studies/{s}/analysis/{id}`` returns it, read from the
-catalog's read model when the message is built (as Song re-reads it before sending). ``state`` is
-the analysis' state right after the change: the history row's new state, UNPUBLISHED for a
-registration, and for a metadata update the state the analysis had at that moment. ``action`` is
-CREATE, PUBLISH, UNPUBLISH, SUPPRESS, or for a metadata update UPDATE (or Song's own PUBLISH).
+``analysis`` is the document as ``GET /studies/{s}/analysis/{id}`` returned it right after the
+change (as Song re-reads it before sending): the dynamic data, history and files committed up to
+that change and nothing later (asof.py). A message is thus a function of the committed history
+alone, and a replay sends the same bytes. ``state`` is the analysis' state right after the
+change: the history row's new state, UNPUBLISHED for a registration, the state then in effect for
+a metadata update. ``action`` is Song's AnalysisActions: CREATE, PUBLISH, UNPUBLISH, SUPPRESS; a
+metadata update sends PUBLISH as Song does, or UPDATE (songlake's extension, ``update_action``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 from ..catalog import Catalog
 from ..errors import MalformedParameter
 from ..settings import Settings
+from .asof import Timeline
 from .config import EventsConfig
-from .outbox import BEGINNING, HISTORY, Change, Cut, Outbox, Position, cut_from
+from .outbox import BEGINNING, FILES, HISTORY, Change, Cut, Outbox, Position, cut_from
 from .sink import Record
 
 try:
@@ -37,15 +40,17 @@ FULL_REFRESH_SECONDS = 5.0
 
 
 class Messages:
-    """Builds Song's message for each change, from the catalog's read model as it is now."""
+    """Builds Song's message for each change: the read model, rewound to the change."""
 
-    def __init__(self, catalog: Catalog, outbox: Outbox, *, update_action: str = "UPDATE") -> None:
+    def __init__(self, catalog: Catalog, outbox: Outbox, *, update_action: str = "PUBLISH") -> None:
         self.catalog = catalog
         self.outbox = outbox
+        self.timeline = Timeline(outbox)
         self.server_id = catalog.settings.song_server_id
         self.update_action = update_action
         self._seen = BEGINNING
         self._refreshed = 0.0
+        self._files_seen = -1  # the files table's version at the last full refresh
         self._lock = threading.Lock()
         # records built since the last refresh: another sink asking for the same change before
         # the next refresh would build exactly the same bytes
@@ -57,12 +62,13 @@ class Messages:
             if self._seen.covers(cut):
                 return
             head = self.outbox.head()  # read before the refresh, which then reads at least this
+            files = self.outbox.latest(FILES)
             fresh = time.monotonic() - self._refreshed < FULL_REFRESH_SECONDS
-            if fresh and head.analyses == self._seen.analyses:
+            if fresh and head.analyses == self._seen.analyses and files == self._files_seen:
                 # only state changes since the last refresh (the common case under load): apply
                 # their rows, much cheaper than a refresh of every table; a document depends on
-                # other tables only through rows committed before an analyses row (which takes
-                # the other branch), so the periodic refresh is a safety net
+                # other tables only through rows committed before an analyses or a files row
+                # (which take the other branch), so the periodic refresh is a safety net
                 model = self.catalog.model
                 for version in range(self._seen.history + 1, head.history + 1):
                     model.apply_rows(HISTORY, self.outbox.history_rows(version - 1, version))
@@ -70,6 +76,8 @@ class Messages:
             else:
                 self.catalog.refresh()
                 self._refreshed = time.monotonic()
+                self._files_seen = files
+            self.timeline.advance()
             self._seen = head
             self._built = {}
 
@@ -80,8 +88,8 @@ class Messages:
         built = self._built
         if len(built) > 50_000:
             built.clear()
-        docs: dict[str, bytes] = {}
         out: list[Record | None] = []
+        docs: dict[str, bytes] = {}  # the current document of an analysis, built once a chunk
         with model.lock:
             for ch in changes:
                 if ch.event_id in built:
@@ -94,28 +102,22 @@ class Messages:
 
     def _build(self, ch: Change, docs: dict[str, bytes]) -> Record | None:
         model = self.catalog.model  # its lock is held by the caller
-        rec = model.analyses.get(ch.analysis_id)
-        if rec is None:
+        current = model.analyses.get(ch.analysis_id)
+        if current is None:
             log.warning(
                 "change %s of analysis %s skipped: the analysis never committed",
                 ch.event_id,
                 ch.analysis_id,
             )
             return None
+        rec, files = self.timeline.record_at(model, current, ch)
         if ch.table == HISTORY:
             state = ch.updated_state or "UNPUBLISHED"
             action = ACTIONS.get(state, state)
         elif ch.data_version == 1:
             state, action = "UNPUBLISHED", "CREATE"
         else:
-            state = "UNPUBLISHED"
-            for h in rec.history:
-                if h.updated_at <= ch.at:
-                    state = h.updated_state
-            action = self.update_action
-        doc = docs.get(ch.analysis_id)
-        if doc is None:
-            doc = docs[ch.analysis_id] = encode(model.analysis_doc(rec))
+            state, action = rec.state, self.update_action
         head = encode(
             {
                 "analysisId": ch.analysis_id,
@@ -125,6 +127,12 @@ class Messages:
                 "songServerId": self.server_id,
             }
         )
+        if rec is current:  # nothing of it committed after this change
+            doc = docs.get(ch.analysis_id)
+            if doc is None:
+                doc = docs[ch.analysis_id] = encode(model.analysis_doc(rec))
+        else:
+            doc = encode(model.analysis_doc(rec, files=files))
         body = head[:-1] + b',"analysis":' + doc + b"}"
         return Record(ch.event_id, ch.analysis_id, action, body)
 
@@ -166,8 +174,11 @@ def follow(
     stop: threading.Event | None = None,
     limit: int | None = None,
     max_seconds: float | None = None,
+    studies: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, Record] | None]:
-    """Yield (event id, record) as changes commit; None as a heartbeat while idle."""
+    """Yield (event id, record) as changes commit; None as a heartbeat while idle.
+
+    With `studies`, only the changes of those studies (the others are passed over)."""
     outbox = messages.outbox
     deadline = time.monotonic() + (config.sse_max_seconds if max_seconds is None else max_seconds)
     beat = time.monotonic() + config.sse_heartbeat
@@ -175,9 +186,14 @@ def follow(
     while time.monotonic() < deadline and not (stop and stop.is_set()):
         head = outbox.head()
         batch: list[tuple[Position, Change]] = []
+        scanned = 0
         for after, change in outbox.iter_from(position, head, config.batch_commits):
-            batch.append((after, change))
-            if len(batch) >= config.chunk_events:
+            scanned += 1
+            if studies is None or change.study_id in studies:
+                batch.append((after, change))
+            else:
+                position = after  # not this caller's: passed over, the stream moves on
+            if len(batch) >= config.chunk_events or scanned >= 50 * config.chunk_events:
                 break
         if batch:
             end = batch[-1][0].end or head
@@ -189,6 +205,8 @@ def follow(
                     sent += 1
                     if limit is not None and sent >= limit:
                         return
+            continue
+        if scanned:
             continue
         if time.monotonic() >= beat:
             yield None

@@ -41,7 +41,9 @@ from ..tables import TableStore
 
 ANALYSES = "analyses"
 HISTORY = "analysis_state_history"
-_RANK = {ANALYSES: 0, HISTORY: 1}
+FILES = "files"  # not an outbox table, but the documents of its changes read it (asof.py)
+# the order of commits made in the same millisecond: a logical write appends files first
+_RANK = {FILES: -1, ANALYSES: 0, HISTORY: 1}
 _COLUMNS = {
     ANALYSES: ["analysis_id", "study_id", "version", "created_at"],
     HISTORY: [
@@ -269,10 +271,11 @@ class Outbox:
         """Every change after `start` up to `end`, in order."""
         out: list[Change] = []
         for commit in self.merged(start, end):
-            out.extend(self._commit_changes(commit))
+            out.extend(self.commit_changes(commit))
         return out
 
-    def _commit_changes(self, commit: Commit) -> list[Change]:
+    def commit_changes(self, commit: Commit) -> list[Change]:
+        """The changes one commit of an outbox table added, in row order (cached)."""
         key = (commit.table, commit.version)
         with self._lock:
             cached = self._changes.get(key)
@@ -312,7 +315,7 @@ class Outbox:
         for version in range(after + 1, upto + 1):
             key = (HISTORY, version)
             if key not in self._rows:
-                self._commit_changes(self.commit(HISTORY, version))
+                self.commit_changes(self.commit(HISTORY, version))
             out.extend(self._rows.get(key, ()))
         return out
 

@@ -366,13 +366,17 @@ class ReadModel(Indexes):
         return found
 
     def analysis_doc(
-        self, rec: AnalysisRecord, samples: dict[str, dict[str, Any]] | None = None
+        self,
+        rec: AnalysisRecord,
+        samples: dict[str, dict[str, Any]] | None = None,
+        files: list[FileRow] | None = None,
     ) -> dict[str, Any]:
         """The analysis exactly as Song's GET /studies/{s}/analysis/{id} returns it.
 
         `samples` memoizes composite samples across the documents of one answer (search hits
         share donors); the documents then share those dicts, so only pass it for output that is
-        serialized as is."""
+        serialized as is. `files` replaces the current file rows (an earlier version of the
+        analysis, as the events send it)."""
         first, last = rec.published_times()
         doc: dict[str, Any] = {
             "analysisId": rec.analysis_id,
@@ -396,7 +400,7 @@ class ReadModel(Indexes):
                 self._composite(s, samples)
                 for s in sorted(rec.sample_ids, key=lambda s: self.samples[s].submitter_sample_id)
             ],
-            "files": [self.file_json(f) for f in self.files_of(rec)],
+            "files": [self.file_json(f) for f in (self.files_of(rec) if files is None else files)],
         }
         for key, value in _loads(rec.data).items():
             doc.setdefault(key, value)

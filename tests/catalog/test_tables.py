@@ -123,3 +123,29 @@ def test_a_table_left_behind_past_a_cleaned_log_still_catches_up(tmp_path, monke
     monkeypatch.setattr(tables_module, "FULL_CHECK_EVERY", 0.0)
     assert ours.latest("studies").version() == 5
     assert ours.read("studies").num_rows == 5
+
+
+def test_an_append_whose_answer_was_lost_is_found_by_its_id(tmp_path):
+    """A retried conditional put that finds the version taken by its own first attempt (the
+    answer lost on the way) is a success, not a conflict: the commit carries the append's id."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.transaction import CommitProperties
+
+    from catalog.tables import _committed, to_arrow
+
+    tables = TableStore(tmp_path / "tables")
+    tables.create_all()
+    stale = tables.table("studies")
+    before = stale.version()
+    # the first attempt landed (through another handle), its answer never came back
+    landed = DeltaTable(str(tmp_path / "tables" / "studies"))
+    write_deltalake(
+        landed,
+        to_arrow("studies", [study_row(1)]),
+        mode="append",
+        commit_properties=CommitProperties(custom_metadata={"songlake.txn": "ours"}),
+    )
+    assert _committed(stale, before, "ours")
+    assert not _committed(
+        DeltaTable(str(tmp_path / "tables" / "studies"), version=before), before, "someone else's"
+    )

