@@ -100,16 +100,18 @@ def refresh(tables: TableStore, *, retention_hours: float | None = None) -> int:
     """Rewrite every current-state table as of the newest catalog version; returns it.
 
     A table that already reflects that version (or a newer one) is left alone, and so is one that
-    another process rewrote meanwhile (its commit wins; ours is dropped). With
-    ``retention_hours``, files older refreshes replaced that long ago are vacuumed."""
+    another process rewrote meanwhile (its commit wins; ours is dropped). Rows stream from DuckDB
+    into the Delta writer in batches. With ``retention_hours``, files older refreshes replaced
+    that long ago are vacuumed."""
     version, versions = catalog_version(tables)
+    behind = [name for name in CURRENT if (reflected(tables, name) or -1) < version]
+    if not behind:
+        return version
     con = sql.connect(tables, versions, query="SELECT 1")
     try:
-        for name, view in CURRENT.items():
-            data = con.sql(f"SELECT * FROM {view}").to_arrow_table()
-            stamp = pa.array([version] * len(data), pa.int64())
-            data = data.append_column("catalog_version", stamp)
-            _overwrite(tables, name, data, version)
+        for name in behind:
+            rows = con.sql(f"SELECT *, {version}::BIGINT AS catalog_version FROM {CURRENT[name]}")
+            _overwrite(tables, name, pa.RecordBatchReader.from_stream(rows), version)
             if retention_hours is not None:
                 tables.vacuum(name, retention_hours)
     finally:
@@ -117,7 +119,7 @@ def refresh(tables: TableStore, *, retention_hours: float | None = None) -> int:
     return version
 
 
-def _overwrite(tables: TableStore, name: str, data: pa.Table, version: int) -> None:
+def _overwrite(tables: TableStore, name: str, data: pa.RecordBatchReader, version: int) -> None:
     props = CommitProperties(custom_metadata={VERSION_KEY: str(version)}, max_commit_retries=0)
     uri = tables.uri(name)
     try:
