@@ -24,8 +24,6 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from ..errors import OutboxGap
 from ..read.readmodel import ReadModel
 from ..read.records import ENTITY_COLUMNS, AnalysisRecord, FileRow
@@ -90,7 +88,7 @@ class Timeline:
     def _file_ids(self, paths: tuple[Any, ...]) -> Iterator[tuple[str, str, int]]:
         for path in paths:
             try:
-                cols = pq.read_table(path, columns=["object_id", "analysis_id", "version"])
+                cols = self.outbox.read_file(path, ["object_id", "analysis_id", "version"])
             except FileNotFoundError:
                 raise OutboxGap(
                     f"{path} is gone (vacuumed?): file versions cannot be read"
@@ -173,7 +171,7 @@ class Timeline:
             columns = _DATA_COLUMNS if table == ANALYSES else _FILE_COLUMNS
             for path in self.outbox.commit(table, version).files:
                 try:
-                    for row in pq.read_table(path, columns=columns).to_pylist():
+                    for row in self.outbox.read_file(path, columns).to_pylist():
                         ident_of = row["analysis_id"] if table == ANALYSES else row["object_id"]
                         rows[(ident_of, row["version"])] = row
                 except FileNotFoundError:

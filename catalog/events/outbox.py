@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadRequest, Internal, MalformedParameter, OutboxGap
@@ -274,6 +275,10 @@ class Outbox:
             out.extend(self.commit_changes(commit))
         return out
 
+    def read_file(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file a commit added (a path of ``Commit.files``), local or on S3."""
+        return pq.ParquetFile(path, filesystem=self._fs).read(columns=columns)
+
     def commit_changes(self, commit: Commit) -> list[Change]:
         """The changes one commit of an outbox table added, in row order (cached)."""
         key = (commit.table, commit.version)
@@ -287,8 +292,8 @@ class Outbox:
         for path in commit.files:
             try:
                 # state-history rows are read whole: the read model may want them (history_rows)
-                table = pq.ParquetFile(path, filesystem=self._fs).read(
-                    columns=None if commit.table == HISTORY else _COLUMNS[commit.table]
+                table = self.read_file(
+                    path, None if commit.table == HISTORY else _COLUMNS[commit.table]
                 )
             except FileNotFoundError:
                 raise OutboxGap(
