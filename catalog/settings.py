@@ -53,7 +53,7 @@ class Settings:
         default=64, metadata={"help": "compact a table once it holds this many Parquet files"}
     )
     current_refresh_commits: int = field(
-        default=100,
+        default=1000,
         metadata={"help": "refresh the current_* tables after this many writes of a process"},
     )
     current_refresh_seconds: float = field(
