@@ -51,7 +51,11 @@ def run_query(query: str, limit: Any, as_of: Any = None) -> dict[str, Any]:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise MalformedParameter("'limit' must be an integer >= 0", name="limit", value=limit)
     limit = min(limit, settings.sql_row_limit)
-    versions = catalog.tables.versions_as_of(str(as_of)) if as_of not in (None, "") else None
+    versions = None
+    if as_of not in (None, ""):
+        versions = catalog.tables.versions_as_of(
+            str(as_of), retention_hours=settings.vacuum_retention
+        )
     columns, rows = sql.run(
         catalog.tables,
         query,

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from .current import Refresher
 from .errors import (
     AnalysisMissingFiles,
     FileNotFound,
@@ -58,7 +59,9 @@ class Catalog:
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None) -> None:
         self.settings = settings
         self.tables = TableStore(
-            settings.tables_dir, compact_after_files=settings.compact_after_files
+            settings.tables_dir,
+            compact_after_files=settings.compact_after_files,
+            vacuum_retention_hours=settings.vacuum_retention,
         )
         if not self.tables.exists():
             raise NotFound(
@@ -70,6 +73,8 @@ class Catalog:
         self.model.load()
         self.store = store or open_store(settings)  # local or S3, as the settings say
         self.committer = Committer(self.tables, self.model, self.registry, open_lease(settings))
+        self.current = Refresher.of(self.tables, settings)  # current_* tables, in the background
+        self.committer.after_write = self.current.after_write
         self._registration = Registration(settings, self.committer)
         self._lifecycle = Lifecycle(settings, self.committer, self.store)
         self._updates = Updates(settings, self.committer)

@@ -17,6 +17,9 @@ from .errors import MalformedParameter, UnusableRoot
 from .root import Location
 
 DEFAULT_ROOT = "./catalog-data"
+#: hours ``sql --as-of`` is promised to reach back (README): vacuum never removes files younger
+TIME_TRAVEL_HOURS = 24.0
+VACUUM_RETENTION_DEFAULT = 7 * 24.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,21 @@ class Settings:
     )
     compact_after_files: int = field(
         default=64, metadata={"help": "compact a table once it holds this many Parquet files"}
+    )
+    current_refresh_commits: int = field(
+        default=1000,
+        metadata={"help": "refresh the current_* tables after this many writes of a process"},
+    )
+    current_refresh_seconds: float = field(
+        default=60.0,
+        metadata={"help": "... or this many seconds after a write that left them behind"},
+    )
+    vacuum_retention: float = field(
+        default=VACUUM_RETENTION_DEFAULT,
+        metadata={
+            "help": "hours a file replaced by compaction or a current_* refresh is kept (the "
+            f"reach of sql --as-of; at least {TIME_TRAVEL_HOURS:g})"
+        },
     )
     batch_size: int = field(default=1000, metadata={"help": "payloads per group commit"})
     refresh_interval: float = field(
@@ -336,6 +354,12 @@ def load_settings(root: str | os.PathLike[str] | None = None, **overrides: Any) 
         )
     values = {k: _coerce(k, known[k].type, v) for k, v in values.items()}
     values.pop("root_url", None)
+    if values.get("vacuum_retention", TIME_TRAVEL_HOURS) < TIME_TRAVEL_HOURS:
+        raise MalformedParameter(
+            f"vacuum_retention is {values['vacuum_retention']:g} hours: it may not be shorter "
+            f"than the {TIME_TRAVEL_HOURS:g} hours sql --as-of is promised to reach back",
+            name="vacuum_retention",
+        )
     if location.path is not None:
         values["root"] = location.path
     else:

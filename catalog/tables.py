@@ -192,11 +192,14 @@ class TableStore:
         *,
         compact_after_files: int = 64,
         compact_target_bytes: int = COMPACT_TARGET_BYTES,
+        vacuum_retention_hours: float | None = None,
     ) -> None:
         self.dir = tables_dir if isinstance(tables_dir, Location) else Location.parse(tables_dir)
         self.storage_options = self.dir.storage_options
         self.compact_after_files = compact_after_files
         self.compact_target_bytes = compact_target_bytes
+        #: after a compaction, files it replaced this long ago are deleted (None: never)
+        self.vacuum_retention_hours = vacuum_retention_hours
         self._tables: dict[str, DeltaTable] = {}
         self._file_counts: dict[str, int] = {}
         self._compacted_at: dict[str, int] = {}
@@ -354,6 +357,29 @@ class TableStore:
         dt.update_incremental()
         self._file_counts[name] = len(dt.file_uris())
         self._compacted_at[name] = self._file_counts[name]
+        self._vacuum_if_set(name)
+
+    def _vacuum_if_set(self, name: str) -> None:
+        if self.vacuum_retention_hours is not None:
+            self.vacuum(name, self.vacuum_retention_hours)
+
+    def vacuum(self, name: str, retention_hours: float) -> list[str]:
+        """Delete the files of table ``name`` (a history or current-state table) that a
+        compaction or rewrite removed from it over ``retention_hours`` ago; returns them.
+        A reader of an older version then finds them gone: ``versions_as_of`` refuses those."""
+        dt = self.open(name)
+        hours = int(retention_hours)
+        candidates = dt.vacuum(retention_hours=hours, enforce_retention_duration=False)
+        # deltalake lists tombstones whose files are gone already: skip the VACUUM commits then
+        if not any(self.dir.exists(name, *path.split("/")) for path in candidates):
+            return []
+        removed: list[str] = dt.vacuum(
+            retention_hours=hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            commit_properties=CommitProperties(max_commit_retries=5),
+        )
+        return removed
 
     def _needs_compaction(self, name: str) -> bool:
         added = self._file_counts.get(name, 0) - self._compacted_at.get(name, 0)
@@ -384,6 +410,7 @@ class TableStore:
             with self._lock:
                 self._file_counts[name] = len(dt.file_uris())
                 self._compacted_at[name] = self._file_counts[name]
+            self._vacuum_if_set(name)
         return names
 
     def compact(self, name: str | None = None) -> dict[str, int]:
@@ -431,10 +458,15 @@ class TableStore:
     def read(self, name: str, version: int | None = None) -> pa.Table:
         return self.dataset(name, version).to_table()
 
-    def versions_as_of(self, as_of: str) -> dict[str, int]:
-        """Map a catalog version (integer) or a time (ISO-8601) to a version of every table."""
+    def versions_as_of(self, as_of: str, *, retention_hours: float | None = None) -> dict[str, int]:
+        """Map a catalog version (integer) or a time (ISO-8601) to a version of every table.
+
+        With ``retention_hours`` (the ``vacuum_retention`` setting), a state that was replaced
+        longer ago than that is refused: vacuum may have deleted its files."""
         commits = self.table("commits")
         commits.update_incremental()
+        if retention_hours is not None:
+            self._check_retention(commits, as_of, retention_hours)
         text = as_of.strip()
         if text.isdigit():
             wanted = int(text)
@@ -473,3 +505,35 @@ class TableStore:
                 ) from exc
             out[name] = dt.version()
         return out
+
+    def _check_retention(self, commits: DeltaTable, as_of: str, retention_hours: float) -> None:
+        """Refuse a catalog version (or time) older than the retention, unless it is the latest
+        state: a later commit replaced it over ``retention_hours`` ago."""
+        text = as_of.strip()
+        horizon = time.time() - retention_hours * 3600
+        if text.isdigit():
+            wanted = int(text)
+            if wanted >= commits.version():
+                return
+            stamp = next(
+                (e.get("timestamp") for e in commits.history() if e.get("version") == wanted),
+                None,
+            )
+            old = stamp is not None and stamp / 1000 < horizon
+        else:
+            try:
+                when = datetime.fromisoformat(text)
+            except ValueError:
+                return  # said precisely by versions_as_of
+            if when.tzinfo is None:
+                when = when.astimezone()
+            newest = commits.history(1)[0].get("timestamp") or 0
+            old = when.timestamp() < horizon and when.timestamp() < newest / 1000
+        if old:
+            raise MalformedParameter(
+                f"--as-of {as_of} is older than the vacuum_retention of {retention_hours:g} "
+                "hours: the files of that state may have been vacuumed (a later version, or a "
+                "longer vacuum_retention, reaches it)",
+                name="as_of",
+                value=as_of,
+            )

@@ -201,6 +201,7 @@ def serve(
     settings, notices = serving.prepare(c.settings, no_auth=no_auth)
     for notice in notices:
         click.echo(notice, err=True)
+    c.catalog.current.timed = True  # a long-running process: the current_* lag is bounded
     try:
         serving.serve(
             c.catalog,
@@ -239,6 +240,7 @@ def watch(c: Context, polling: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    c.catalog.current.timed = True
     watcher = Watcher(c.catalog, c.settings, polling=polling).start()
     folders = ", ".join(f.path for f in watcher.folders)
     click.echo(f"songlake watching {folders} (Ctrl-C to stop)", err=True)
@@ -717,7 +719,7 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | No
 
     s = c.settings
     tables = TableStore(s.tables_dir)
-    versions = tables.versions_as_of(as_of) if as_of else None
+    versions = tables.versions_as_of(as_of, retention_hours=s.vacuum_retention) if as_of else None
     columns, rows = sqlmod.run(
         tables,
         query,
@@ -744,12 +746,17 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | No
 @json_option("the file counts")
 @pass_ctx
 def compact(c: Context, as_json: bool) -> None:
-    """Compact every table's small Parquet files (also done automatically)."""
+    """Compact every table's small Parquet files and vacuum the files replaced longer than
+    vacuum_retention ago (both also done automatically), then refresh the current_* tables."""
+    from catalog import current
     from catalog.store import open_lease
     from catalog.tables import TableStore
 
-    with open_lease(c.settings).hold():  # a rewrite commit: one writer at a time
-        counts = TableStore(c.settings.tables_dir).compact()
+    s = c.settings
+    tables = TableStore(s.tables_dir, vacuum_retention_hours=s.vacuum_retention)
+    with open_lease(s).hold():  # a rewrite commit: one writer at a time
+        counts = tables.compact()  # then vacuum: files replaced over vacuum_retention ago
+    current.refresh(tables, retention_hours=s.vacuum_retention)  # derived: outside the lease
     echo_list([{"table": k, "files": v} for k, v in sorted(counts.items())], as_json)
 
 

@@ -56,6 +56,8 @@ class Committer:
         self.conflicts = 0  # writes that found another writer's commit, then re-validated
         self.commits = 0
         self._compactor: threading.Thread | None = None
+        #: called after each write, outside the lease (the current-state tables' refresh)
+        self.after_write: Callable[[], None] | None = None
         tables.deferred_compaction = True
 
     def refresh(self) -> bool:
@@ -82,6 +84,8 @@ class Committer:
             return self._attempts(write)
         finally:
             self._compact_later()
+            if self.after_write is not None:
+                self.after_write()
 
     def _compact_later(self) -> None:
         """Compact what came due, outside the lease, in the background (one compaction at a

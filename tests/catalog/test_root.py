@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from catalog import Catalog
+from catalog import Catalog, current
 from catalog.errors import MalformedParameter
 from catalog.root import Location
 from catalog.settings import load_settings
+from catalog.tables import TableStore
 from songlake.cli import main
 from tests.catalog.store.conftest import CREDENTIALS, MotoProcess, MotoS3, TcpProxy
 from tests.catalog.write.conftest import race
@@ -161,7 +162,11 @@ def test_every_command_works_on_an_s3_root(
     cli(root, "export", "--study", "DEMO", "-o", str(tmp_path / "export"))
     assert (tmp_path / "export" / "DEMO" / f"{analysis_id}.json").is_file()
     assert "watcher: not running" in cli(root, "status")
-    cli(root, "compact")
+    cli(root, "compact")  # and the current_* tables, in the bucket too
+    states = current.read(TableStore(load_settings(root).tables_dir), "current_analyses")
+    assert states.select(["analysis_id", "analysis_state"]).to_pylist() == [
+        {"analysis_id": analysis_id, "analysis_state": "PUBLISHED"}
+    ]
     cli(root, "storage", "verify")  # exits 1 when a file is missing or wrong
     # the events dispatcher: its lease and the cursors in the bucket, messages in the local log
     assert "song-analysis" in cli(root, "events", "replay", "--from", "1")

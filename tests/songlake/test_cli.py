@@ -12,8 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from catalog import current
 from catalog.catalog import Catalog
 from catalog.settings import load_settings
+from catalog.tables import TableStore
 from songlake.cli import main
 from tests.conftest import REPO
 
@@ -293,3 +295,16 @@ def test_times_song_fields_in_songs_format_songlakes_own_in_utc(root: Path, tmp_
     csv_lines = run(root, "sql", query, "--format", "csv").stdout.split("\n")
     assert csv_lines == ["committed_at", row["committed_at"], ""]  # no \r for $(...)
     assert row["committed_at"] in run(root, "sql", query).stdout
+
+
+def test_compact_refreshes_the_current_state_tables(root: Path) -> None:
+    run(root, "init")
+    run(root, "study", "create", "DEMO")
+    aid = json.loads(run(root, "submit", str(EXAMPLE / "variant-call.song.json")).stdout)[
+        "analysisId"
+    ]
+    run(root, "compact")
+    tables = TableStore(load_settings(root).tables_dir)
+    rows = current.read(tables, "current_analyses").to_pylist()
+    assert [(r["analysis_id"], r["analysis_state"]) for r in rows] == [(aid, "UNPUBLISHED")]
+    assert current.reflected(tables, "current_files") == rows[0]["catalog_version"]
