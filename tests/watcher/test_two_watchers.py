@@ -15,7 +15,6 @@ from catalog.settings import load_settings
 from tests.conftest import REPO, STUDY, Payloads
 from tests.watcher.conftest import drop, errors_of, read_json, receipt_of, wait_for
 
-
 N = 150
 
 
