@@ -146,7 +146,10 @@ def test_a_broker_killed_mid_burst_loses_nothing_it_acknowledged(
 
     reader = threading.Thread(target=consume, name="test-kafka-reader")
     reader.start()
-    d = run_dispatcher(catalog, kafka_sink(broker, topic, flush_timeout=5.0))
+    # small batches, each lingering: ~500 records/s, so the burst is still going when the
+    # broker dies (unthrottled, 5,001 events can all be acknowledged before the kill)
+    throttled = {"batch.num.messages": "10", "linger.ms": "20"}
+    d = run_dispatcher(catalog, kafka_sink(broker, topic, flush_timeout=5.0, config=throttled))
     try:
         broker.wait(lambda: len(seen_before) >= 1500, timeout=60)
         worker = d.workers[0]

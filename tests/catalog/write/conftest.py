@@ -124,3 +124,14 @@ def kill_9(proc: subprocess.Popen) -> None:
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def start_first(
+    root: Path, folder: Path, body: Any, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Writer ``a`` submitting ``body``, released at once: the one to take the lease first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    a = writer(root, folder, "a", "submit", body, env=env)
+    wait_ready(folder, ["a"], [a])
+    (folder / "go").touch()
+    return a

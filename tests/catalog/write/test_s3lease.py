@@ -18,7 +18,7 @@ from catalog import Catalog, load_settings, sql
 from catalog.errors import WriteConflict
 from catalog.store.s3lease import S3Lease
 from tests.catalog.store.conftest import CREDENTIALS, MotoS3
-from tests.catalog.write.conftest import kill_9, result, wait_ready, writer
+from tests.catalog.write.conftest import kill_9, result, start_first, writer
 from tests.catalog.write.test_writers import big_batch, donor_payload
 from tests.conftest import STUDY
 
@@ -95,17 +95,9 @@ def test_check_refuses_a_holder_whose_lease_was_taken_over(moto, lease_env) -> N
 def test_kill_9_holder_is_taken_over_after_the_ttl(catalog, payloads, tmp_path, moto, lease_env):
     root = catalog.settings.root
     folder = tmp_path / "kill"
-    folder.mkdir()
-    a = writer(
-        root,
-        folder,
-        "a",
-        "submit",
-        {"study": STUDY, "payloads": big_batch(payloads, 3000, "k3")},
-        env=lease_env,
+    a = start_first(
+        root, folder, {"study": STUDY, "payloads": big_batch(payloads, 3000, "k3")}, env=lease_env
     )
-    wait_ready(folder, ["a"], [a])
-    (folder / "go").touch()
     held_by(moto, lease_env, a.pid)
     time.sleep(0.2)
     kill_9(a)  # dies holding the lease: nobody releases it
@@ -131,17 +123,12 @@ def test_kill_9_holder_is_taken_over_after_the_ttl(catalog, payloads, tmp_path, 
 def test_stopped_past_its_ttl_the_writer_re_validates(catalog, payloads, tmp_path, moto, lease_env):
     root = catalog.settings.root
     folder = tmp_path / "stop"
-    folder.mkdir()
-    a = writer(
+    a = start_first(
         root,
         folder,
-        "a",
-        "submit",
         {"study": STUDY, "payloads": big_batch(payloads, 3000, "p", clash="paused-donor")},
         env=lease_env,
     )
-    wait_ready(folder, ["a"], [a])
-    (folder / "go").touch()
     held_by(moto, lease_env, a.pid)
     a.send_signal(signal.SIGSTOP)
     try:

@@ -30,6 +30,7 @@ from tests.catalog.write.conftest import (
     race,
     result,
     songlake,
+    start_first,
     wait_ready,
     writer,
 )
@@ -276,6 +277,63 @@ def test_two_serve_processes_on_one_root(catalog, payloads, tmp_path) -> None:
         assert code == 200
         _, other = a.call("GET", f"/studies/{STUDY}/analysis/{accepted}", None)
         assert doc["samples"][0]["donor"] == other["samples"][0]["donor"]
+        # the same md5 twice, and the same type name twice, one to each server at one instant
+        content = b"http bytes, twice\n"
+        twins = [
+            payloads.variant_call(
+                samples=[payloads.sample(f"hm-sa{i}", f"hm-sp{i}", f"hm-do{i}")],
+                files=[payloads.file(f"hm{i}.vcf.gz", content)],
+            )
+            for i in range(2)
+        ]
+        md5s = at_once(
+            [
+                lambda s=s, body=body: s.call("POST", f"/submit/{STUDY}", body)
+                for s, body in zip(servers, twins, strict=True)
+            ]
+        )
+        assert sorted(code for code, _ in md5s) == [200, 409], md5s
+        assert next(b for c, b in md5s if c == 409)["errorId"] == "info.already.exists"
+
+        def schema(i: int) -> dict[str, Any]:
+            fields = {"experiment": {"type": "object"}, f"field{i}": {"type": "string"}}
+            return {"type": "object", "required": ["experiment"], "properties": fields}
+
+        types = at_once(
+            [
+                lambda s=s, i=i: s.call(
+                    "POST",
+                    "/schemas",
+                    {"name": "httpRace", "schema": schema(i)},
+                )
+                for i, s in enumerate(servers)
+            ]
+        )
+        assert sorted(body["version"] for _, body in types) == [1, 2], types
+        assert types[0][1]["schema"] != types[1][1]["schema"]  # two schemas, each its own version
+        for _, body in types:
+            _, got = a.call("GET", f"/schemas/httpRace?version={body['version']}", None)
+            assert got["version"] == body["version"] and got["schema"] == body["schema"]
+        # lifecycle changes made on both replicas: one history, in one order, on both
+        winner = bodies[[code for code, _ in answers].index(200)]
+        catalog.refresh()
+        catalog.upload(accepted, payloads.write_files(winner))
+        steps = [(a, "publish"), (b, "unpublish"), (a, "publish"), (b, "suppress")]
+        for server, action in steps:
+            code, body = server.call("PUT", f"/studies/{STUDY}/analysis/{action}/{accepted}", None)
+            assert code == 200, body
+        histories = []
+        for server in servers:
+            deadline = time.monotonic() + 10
+            while True:
+                _, doc = server.call("GET", f"/studies/{STUDY}/analysis/{accepted}", None)
+                if doc["analysisState"] == "SUPPRESSED" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            histories.append([h["updatedState"] for h in doc["analysisStateHistory"]])
+        assert (
+            histories[0] == histories[1] == ["PUBLISHED", "UNPUBLISHED", "PUBLISHED", "SUPPRESSED"]
+        )
     finally:
         for s in servers:
             s.stop()
@@ -342,16 +400,11 @@ def test_a_stopped_local_writer_keeps_the_lease_and_others_wait(
     re-validates against the holder's commit once it is continued."""
     root = catalog.settings.root
     folder = tmp_path / "stop"
-    folder.mkdir()
-    a = writer(
+    a = start_first(
         root,
         folder,
-        "a",
-        "submit",
         {"study": STUDY, "payloads": big_batch(payloads, 3000, "s", clash="stop-donor")},
     )
-    wait_ready(folder, ["a"], [a])
-    (folder / "go").touch()
     held_by(LocalLease(root / "state" / "writer.lock"), a.pid)
     a.send_signal(signal.SIGSTOP)
     try:
