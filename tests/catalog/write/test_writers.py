@@ -226,6 +226,18 @@ class Serve:
         self.proc.stderr.close()
 
 
+def eventually(call: Any, seconds: float = 10.0) -> Any:
+    """The body of the first 200 answer of ``call()``, asked again until ``seconds`` pass (a
+    replica sees another replica's write once it refreshes, within ``refresh_interval``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        code, body = call()
+        if code == 200 or time.monotonic() > deadline:
+            assert code == 200, body
+            return body
+        time.sleep(0.05)
+
+
 def at_once(calls: list[Any]) -> list[Any]:
     barrier = threading.Barrier(len(calls))
     out: list[Any] = [None] * len(calls)
@@ -268,13 +280,7 @@ def test_two_serve_processes_on_one_root(catalog, payloads, tmp_path) -> None:
         assert sorted(code for code, _ in studies) == [200, 409], studies
         assert next(b for c, b in studies if c == 409)["errorId"] == "study.already.exists"
         # the write accepted by one replica is read by the other, with one truth for the donor
-        deadline = time.monotonic() + 10
-        while True:
-            code, doc = b.call("GET", f"/studies/{STUDY}/analysis/{accepted}", None)
-            if code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert code == 200
+        doc = eventually(lambda: b.call("GET", f"/studies/{STUDY}/analysis/{accepted}", None))
         _, other = a.call("GET", f"/studies/{STUDY}/analysis/{accepted}", None)
         assert doc["samples"][0]["donor"] == other["samples"][0]["donor"]
         # the same md5 twice, and the same type name twice, one to each server at one instant
@@ -309,11 +315,14 @@ def test_two_serve_processes_on_one_root(catalog, payloads, tmp_path) -> None:
                 for i, s in enumerate(servers)
             ]
         )
+        assert [code for code, _ in types] == [200, 200], types
         assert sorted(body["version"] for _, body in types) == [1, 2], types
         assert types[0][1]["schema"] != types[1][1]["schema"]  # two schemas, each its own version
-        for _, body in types:
-            _, got = a.call("GET", f"/schemas/httpRace?version={body['version']}", None)
-            assert got["version"] == body["version"] and got["schema"] == body["schema"]
+        for _, body in types:  # each replica answers each version (once it has refreshed)
+            for server in servers:
+                path = f"/schemas/httpRace?version={body['version']}"
+                got = eventually(lambda server=server, path=path: server.call("GET", path, None))
+                assert got["version"] == body["version"] and got["schema"] == body["schema"]
         # lifecycle changes made on both replicas: one history, in one order, on both
         winner = bodies[[code for code, _ in answers].index(200)]
         catalog.refresh()
