@@ -24,7 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff check songlake catalog watcher api tests bench
 	$(BIN)/ruff format --check songlake catalog watcher api tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	@# the Tansu broker tests run in a process of their own: beside the whole suite's imports the
+	@# broker-kill test's dispatcher did not report the dead broker (passes alone; not understood)
+	$(BIN)/python -m pytest --ignore=tests/catalog/events/test_kafka_broker.py
+	$(BIN)/python -m pytest tests/catalog/events/test_kafka_broker.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/register.py
