@@ -302,16 +302,19 @@ class TableStore:
         *,
         operation: str,
         actor: str | None,
+        metadata: Mapping[str, str] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> int:
-        """Append to several tables in the given order, then record one catalog version."""
-        versions: dict[str, int] = {}
+        """Append to several tables in the given order, then record one catalog version;
+        ``versions``, when given, receives the new version of each table appended to."""
+        versions = {} if versions is None else versions
         total = 0
         for name, rows in batches:
             version = self.append(name, rows)
             if version is not None:
                 versions[name] = version
                 total += len(rows)
-        return self.log_commit(operation, actor, total)
+        return self.log_commit(operation, actor, total, metadata=metadata)
 
     def log_commit(
         self,

@@ -65,7 +65,6 @@ class S3Lease:
         self._etag: str | None = None
         self._record: dict[str, Any] = {}
         self._lost = threading.Event()
-        self._renewed_at = 0.0
         self._renewing = threading.Lock()  # the renewer thread and check() take turns
 
     # -- the object -----------------------------------------------------------------------------
@@ -133,7 +132,7 @@ class S3Lease:
                     if waited:
                         self.stats.waits += 1
                         self.stats.wait_seconds += clock - started
-                    self._etag, self._record, self._renewed_at = new, mine, time.monotonic()
+                    self._etag, self._record = new, mine
                     return epoch
             waited = True
             if while_waiting is not None:
@@ -148,7 +147,7 @@ class S3Lease:
             if new is None:
                 self._lost.set()
                 return False
-            self._etag, self._renewed_at = new, time.monotonic()
+            self._etag = new
             return True
 
     @contextmanager

@@ -127,18 +127,16 @@ class Committer:
             "songlake.writer": holder_name(),
             "songlake.operation": operation,
         }
-        versions = {}
-        for name, rows in batches:
-            versions[name] = self.tables.append(name, rows)
-        catalog_version = self.tables.log_commit(
-            operation, actor, sum(len(rows) for _, rows in batches), metadata=fence
+        versions: dict[str, int] = {}
+        catalog_version = self.tables.group_commit(
+            batches, operation=operation, actor=actor, metadata=fence, versions=versions
         )
         self.commits += 1
         applied = dict(batches)
         for name in MODEL_TABLES:
             if name in applied:
                 self.model.apply_rows(name, applied[name])
-                self.model.mark_seen(name, versions[name])
+                self.model.mark_seen(name, versions.get(name))
         return catalog_version
 
     def status(self) -> dict[str, Any]:
