@@ -69,7 +69,7 @@ class Catalog:
                 f"{settings.location} init' first"
             )
         self.registry = Registry(self.tables)
-        self.model = ReadModel(self.tables)
+        self.model = ReadModel(self.tables, settings.state_dir / "readmodel")
         self.model.load()
         self.store = store or open_store(settings)  # local or S3, as the settings say
         self.committer = Committer(self.tables, self.model, self.registry, open_lease(settings))
@@ -531,27 +531,19 @@ class Catalog:
             model.check_study(study_id)
         out = []
         with model.lock:
-            records: Iterable[Any] = (
-                (model.analyses[a] for a in model.by_study.get(study_id, ()))
-                if study_id is not None
-                else model.analyses.values()
-            )
-            for rec in records:
-                state = rec.state
-                for oid in rec.object_ids:
-                    f = model.files[oid]
-                    out.append(
-                        RegisteredFile(
-                            oid,
-                            rec.analysis_id,
-                            rec.study_id,
-                            state,
-                            f.file_name,
-                            f.file_size,
-                            f.file_md5sum,
-                            f.source_path,
-                        )
+            for f, state in model.files_with_state(study_id):
+                out.append(
+                    RegisteredFile(
+                        f.object_id,
+                        f.analysis_id,
+                        f.study_id,
+                        state,
+                        f.file_name,
+                        f.file_size,
+                        f.file_md5sum,
+                        f.source_path,
                     )
+                )
         out.sort(key=lambda r: r.object_id)
         return out
 

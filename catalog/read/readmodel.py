@@ -1,466 +1,491 @@
-"""The in-process read model: Song's documents served from indexes, kept in step with Delta.
+"""The read model: Song's documents served from the catalog's current state, in step with Delta.
 
-Point reads (an analysis, a file, a donor by id) are dictionary lookups, never table scans
-(reference/limits.md B7: a Parquet query per request is ~300x slower than PostgreSQL). Pages sorted
-by analysisId come from sorted lists per study and state; counts by state are counters; regex id
-search runs RE2 over Arrow columns. The model is fed two ways: rows this process commits are applied
-directly after their commit; rows other processes commit are read from the Delta log since the last
-version seen (only the files a commit added with ``dataChange``, so compaction is not re-read).
-Applying is idempotent, so reading a commit twice is harmless.
+The state lives in one SQLite file per machine (``index.py``), shared by every process: opening a
+catalog opens that file, whatever its size, and reads what a request needs through a memory map.
+Point reads (an analysis, a file, a donor by id) are primary-key lookups; pages sorted by
+analysisId are index ranges per study and state; counts by state are kept as counters; id search
+by submitter id goes through a trigram index (reference/limits.md B7: a Parquet scan per request
+is ~300x slower than PostgreSQL).
 
-Visibility (DESIGN invariant 1): donors, specimens, samples, files and sample links become visible
-only once the analysis that wrote them is committed; until then they wait in ``_pending``.
+Keeping up. ``refresh`` reads the newest catalog version recorded in the ``commits`` table (the
+version of every data table after the last complete write) and applies, in one SQLite
+transaction, the rows the Delta log added since the version the file reflects: only the files a
+commit added with ``dataChange``, so compaction is not re-read. Whoever gets there first (any
+process on the machine) applies them; the others find the file up to date. A process's own
+commits are applied directly after they commit. Applying is idempotent and independent of order,
+so reading a commit twice is harmless.
+
+Visibility (DESIGN invariant 1): donors, specimens, samples, files and sample links are applied
+only with an analysis that committed. Rows a crashed write left behind are never applied; the
+write's retry commits its rows again, under the same analysis ids.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sortedcontainers import SortedList
 
-from ..errors import AnalysisNotFound, NotRelatedToStudy, StudyNotFound
-from ..model import STATES, song_time
 from ..tables import TableStore
-from .bulkload import bulk_load
-from .indexes import Indexes
+from . import index
+from .documents import Documents
+from .index import STAGE_COLUMNS
 from .records import (
-    ENTITY_COLUMNS,
-    INTERNED,
     MODEL_TABLES,
-    ROW_TYPES,
-    AnalysisRecord,
-    DonorRow,
-    FileRow,
-    SampleRow,
-    SpecimenRow,
-    StateChange,
-    intern,
 )
+from .views import Analyses, Entities, Links, Md5s, Studies, StudyIds
+
+log = logging.getLogger("songlake.readmodel")
+
+#: the commit-log metadata in which TableStore.log_commit records every table's version
+TABLE_VERSIONS_KEY = "songlake.table_versions"
+_LITERAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-: ")
+BATCH_ROWS = 50_000  # rows per staging batch when a whole table is applied
 
 
-class ReadModel(Indexes):
-    """Indexes over the committed catalog, for one process."""
+class ReadLock:
+    """``with model.lock:`` — this process' threads take turns, and the thread reads one
+    consistent version of the file for the whole block (an SQLite read transaction), even while
+    another process applies a commit."""
 
-    def __init__(self, tables: TableStore) -> None:
-        super().__init__()
+    def __init__(self, model: ReadModel) -> None:
+        self.model = model
+        self.rlock = threading.RLock()
+        self._depth = threading.local()
+
+    def __enter__(self) -> ReadLock:
+        self.rlock.acquire()
+        depth = getattr(self._depth, "n", 0)
+        self._depth.n = depth + 1
+        if depth == 0:
+            con = self.model.con()
+            if not con.in_transaction:
+                con.execute("BEGIN")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth.n -= 1
+        try:
+            if self._depth.n == 0:
+                con = self.model.con()
+                if con.in_transaction:
+                    con.execute("COMMIT")
+        finally:
+            self.rlock.release()
+
+    def acquire(self) -> None:
+        self.__enter__()
+
+    def release(self) -> None:
+        self.__exit__()
+
+
+class ReadModel(Documents):
+    """The catalog's current state for one process, read from this machine's shared file."""
+
+    def __init__(self, tables: TableStore, folder: Path) -> None:
         self.tables = tables
-        self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        self._seen: dict[str, int] = {}
+        self.generations = index.Generations(folder)
+        self.lock = ReadLock(self)
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._generation: int | None = None
+        self._seen: dict[str, int] = {}  # the version of each table this process has seen
+        self._commits_seen = -1
+        self._recorded_versions: dict[str, int] = {}
+        self._codes: dict[int, str] = {}  # study code -> study id
         self.loaded_at_versions: dict[str, int] = {}
+        self.rebuilds = 0  # generations this process built (first open, or an unusable file)
         # called with (table, row) for every row applied after load (search.py's index)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.analyses = Analyses(self)
+        self.studies = Studies(self)
+        self.donors = Entities(self, "donors")
+        self.specimens = Entities(self, "specimens")
+        self.samples = Entities(self, "samples")
+        self.files = Entities(self, "files")
+        self.md5s = Md5s(self)
+        self.sample_analyses = Links(self, "SELECT analysis_id FROM links WHERE sample_id = ?")
+        self.donor_specimens = Links(self, "SELECT specimen_id FROM specimens WHERE donor_id = ?")
+        self.specimen_samples = Links(self, "SELECT sample_id FROM samples WHERE specimen_id = ?")
+        self.by_study = StudyIds(self)
 
-    # -- loading and refreshing -----------------------------------------------------------------
+    # -- the file ------------------------------------------------------------------------------
+
+    def con(self) -> Any:
+        """This thread's connection to the generation in use."""
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            old = getattr(local, "con", None)
+            if old is not None and not old.in_transaction:
+                old.close()
+            local.con = index.connect(self.generations.path(self._require_generation()))
+            index.create_stage(local.con)
+            local.generation = self._generation
+            self._connections.append(local.con)
+        return local.con
+
+    def _require_generation(self) -> int:
+        if self._generation is None:
+            raise RuntimeError("the read model is not open: call load() first")
+        return self._generation
+
+    @property
+    def path(self) -> Path | None:
+        return None if self._generation is None else self.generations.path(self._generation)
+
+    def identity(self) -> str:
+        """The catalog's identity: the id Delta gave its ``commits`` table when it was made."""
+        return str(self.tables.table("commits").metadata().id)
 
     def load(self) -> None:
-        """Read every table once (the analyses table first, so its children are complete)."""
-        with self.lock:
-            tables = {}
+        """Open this machine's file (building it when missing or unusable), then catch up."""
+        identity = self.identity()
+        generation = self.generations.current()
+        problem = None if generation is None else self._check(generation, identity)
+        if generation is None or problem is not None:
+            if problem is not None:
+                log.warning(
+                    "read model %s is unusable (%s): rebuilding it from the history tables",
+                    self.generations.path(generation or 0),
+                    problem,
+                )
+            generation = self._build(identity, bad=generation)
+        self._use(generation)
+        self._seen = index.cut_of(index.read_meta(self.con()))
+        self.refresh()
+        self.loaded_at_versions = dict(self._seen)
+
+    def _use(self, generation: int) -> None:
+        self.generations.hold(generation)
+        self._generation = generation
+        self.generations.release_others(generation)
+        self._codes = {}
+
+    def _check(self, generation: int, identity: str) -> str | None:
+        """Why a generation cannot be used, or None (constant time: header and meta only)."""
+        path = self.generations.path(generation)
+        problem = index.header_problem(path)
+        if problem is not None:
+            return problem
+        try:
+            con = index.connect(path)
+            try:
+                meta = index.read_meta(con)
+            finally:
+                con.close()
+        except index.sqlite3.DatabaseError as exc:
+            return f"{path}: {exc}"
+        if meta.get("schema") != index.SCHEMA_VERSION:
+            return f"schema {meta.get('schema')}, this songlake reads {index.SCHEMA_VERSION}"
+        if meta.get("identity") != identity:
+            return f"it belongs to another catalog ({meta.get('identity')}, this is {identity})"
+        if meta.get("complete") != "1":
+            return "its build never finished"
+        return None
+
+    def _build(self, identity: str, *, bad: int | None) -> int:
+        """Build the next generation from the history tables, then switch to it."""
+        fd = self.generations.build_lock()
+        try:
+            current = self.generations.current()
+            if current is not None and current != bad and self._check(current, identity) is None:
+                return current  # another process built it while this one waited
+            generation = self.generations.next_generation()
+            path = self.generations.path(generation)
+            started = time.monotonic()
+            con = index.new_database(path, identity)
+            self._commits_seen = -1
+            recorded = self._recorded()
             for name in MODEL_TABLES:
-                version = self.tables.latest(name).version()
-                tables[name] = self.tables.dataset(name, version).to_table()
-                self._seen[name] = version
-            bulk_load(self, tables, self.apply_table)
-            for name in self._SEARCH_COLUMNS:
-                self.search_table(name)  # concatenate now, not on the first search
-            self.loaded_at_versions = dict(self._seen)
+                self._apply_whole(con, name)
+            index.set_cut(con, recorded)
+            con.execute("INSERT INTO meta VALUES ('complete', '1')")
+            index.finish_database(con)
+            self.generations.publish(generation)
+            self.rebuilds += 1
+            log.info(
+                "read model generation %d built in %.1f s (%s)",
+                generation,
+                time.monotonic() - started,
+                path,
+            )
+            return generation
+        finally:
+            index.os.close(fd)
+
+    def check_integrity(self) -> bool:
+        """SQLite's full structure check of the file in use (seconds per GB: serve runs it in
+        the background); an unusable file is rebuilt. True when the file was fine."""
+        con = index.connect(self.generations.path(self._require_generation()))
+        try:
+            result = con.execute("PRAGMA quick_check").fetchone()[0]
+        except index.sqlite3.DatabaseError as exc:
+            result = str(exc)
+        finally:
+            con.close()
+        if result == "ok":
+            return True
+        log.warning("read model %s failed its check (%s): rebuilding it", self.path, result)
+        self.rebuild()
+        return False
+
+    def rebuild(self) -> None:
+        """Build a new generation from the history tables and switch this process to it."""
+        with self.lock.rlock:
+            generation = self._build(self.identity(), bad=self._generation)
+            self._use(generation)
+            self._seen = index.cut_of(index.read_meta(self.con()))
+            self._commits_seen = -1
+
+    def close(self) -> None:
+        for con in self._connections:
+            try:
+                con.close()
+            except Exception:  # noqa: BLE001, S110 - closing at exit, from another thread
+                pass
+        self._connections.clear()
+        self._local = threading.local()
+
+    # -- keeping up -----------------------------------------------------------------------------
+
+    def _recorded(self) -> dict[str, int]:
+        """Every model table's version at the newest recorded catalog version (the versions the
+        last complete write's ``commits`` row names); read again only when ``commits`` moved."""
+        commits = self.tables.latest("commits")
+        version = commits.version()
+        if version == self._commits_seen:
+            return self._recorded_versions
+        found: dict[str, int] = {}
+        for limit in (1, 32, None):
+            for entry in commits.history(limit):
+                text = entry.get(TABLE_VERSIONS_KEY)
+                if isinstance(text, str):
+                    versions = json.loads(text)
+                    found = {n: int(versions[n]) for n in MODEL_TABLES if n in versions}
+                    break
+            if found:
+                break
+        self._commits_seen, self._recorded_versions = version, found
+        return found
 
     def refresh(self) -> bool:
-        """Apply what other processes committed since the last version seen; True if anything."""
-        changed = False
-        with self.lock:
-            for name in MODEL_TABLES:
-                current = self.tables.latest(name).version()
-                seen = self._seen.get(name, -1)
-                if current == seen:
-                    continue
-                changed = True
-                paths = self._added_files(name, seen, current)
-                if paths is None:
-                    self.apply_table(name, self.tables.dataset(name, current).to_table())
-                else:
-                    fs, base = self.tables.dir.filesystem()
-                    for path in paths:
-                        self.apply_table(name, pq.read_table(f"{base}/{path}", filesystem=fs))
-                self._seen[name] = current
-        return changed
+        """Apply what other processes committed since the last version seen; True if anything.
 
-    def _added_files(self, name: str, after: int, upto: int) -> list[str] | None:
-        """Data files added (dataChange) by commits after..upto, as paths under the tables'
-        location; None when the log was cleaned."""
+        Rows up to each table's newest version are applied (a commit is visible as soon as its
+        analyses or history row is), but the file records as applied only the versions of the
+        last complete write: rows of a write still in progress whose analysis has not committed
+        yet are skipped now and read again next time."""
+        if self.generations.current() not in (None, self._generation):
+            self._switch()
+        latest = {name: self.tables.latest(name).version() for name in MODEL_TABLES}
+        with self.lock.rlock:
+            return self._catch_up(latest, self._recorded())
+
+    def _switch(self) -> None:
+        """Another process built a newer generation (this one was unusable): use it."""
+        with self.lock.rlock:
+            generation = self.generations.current()
+            if generation is not None and self._check(generation, self.identity()) is None:
+                log.info("read model: switching to generation %d", generation)
+                self._use(generation)
+
+    def _catch_up(self, latest: dict[str, int], recorded: dict[str, int]) -> bool:
+        con = self.con()
+        cut = index.cut_of(index.read_meta(con))
+        listen = bool(self.listeners)
+        plan: dict[str, tuple[int, int]] = {}
+        for name, upto in latest.items():
+            have = cut.get(name, -1)
+            low = min(have, self._seen.get(name, have)) if listen else have
+            if upto > low:
+                plan[name] = (low, upto)
+        if not plan:
+            return False
+        # read the new rows first, outside the file's write lock
+        read: dict[str, list[tuple[int, pa.Table]] | None] = {}
+        for name, (low, upto) in plan.items():
+            read[name] = None if low < 0 else self._added(name, low, upto)
+        changed = False
+        self._commit_open_read(con)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            cut = index.cut_of(index.read_meta(con))  # another process may have applied some
+            moved = {}
+            for name, (_, upto) in plan.items():
+                have = cut.get(name, -1)
+                parts = read[name]
+                if parts is None and have < upto:
+                    self._apply_whole(con, name)
+                    changed = True
+                for version, table in parts or ():
+                    if version > have:
+                        index.apply(con, name, _tuples(name, table))
+                        changed = True
+                done = min(upto, recorded.get(name, -1))
+                if done > have:
+                    moved[name] = done
+            index.set_cut(con, moved)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if listen:
+            for name in plan:
+                seen = self._seen.get(name, -1)
+                for version, table in read[name] or ():
+                    if version > seen:
+                        self._notify(name, table.to_pylist())
+        for name, (_, upto) in plan.items():
+            self._seen[name] = max(self._seen.get(name, -1), upto)
+        return changed or listen
+
+    @staticmethod
+    def _commit_open_read(con: Any) -> None:
+        if con.in_transaction:  # a read block of this thread: end it to write
+            con.execute("COMMIT")
+
+    def _added(self, name: str, after: int, upto: int) -> list[tuple[int, pa.Table]] | None:
+        """The rows each commit after..upto added (dataChange), by version; None when the log
+        or a data file is gone (cleaned or vacuumed): the whole table is applied instead."""
         out = []
+        fs, base = self.tables.dir.filesystem()
+        columns = list(STAGE_COLUMNS[name])
         for version in range(after + 1, upto + 1):
             try:
-                log = self.tables.dir.read_bytes(name, "_delta_log", f"{version:020d}.json")
+                log_bytes = self.tables.dir.read_bytes(name, "_delta_log", f"{version:020d}.json")
             except FileNotFoundError:
                 return None
-            for line in filter(None, log.split(b"\n")):  # not str.splitlines(): U+2028
+            for line in filter(None, log_bytes.split(b"\n")):  # not str.splitlines(): U+2028
                 action = json.loads(line)
                 add = action.get("add")
                 if add and add.get("dataChange", True):
-                    out.append(f"{name}/{add['path']}")
+                    try:
+                        table = pq.read_table(
+                            f"{base}/{name}/{add['path']}", filesystem=fs, columns=columns
+                        )
+                    except FileNotFoundError:
+                        return None
+                    out.append((version, table))
         return out
 
-    def mark_seen(self, name: str, version: int | None) -> None:
-        """Our own commit of `version` was applied directly; skip re-reading it if contiguous."""
-        if version is not None and self._seen.get(name) == version - 1:
-            self._seen[name] = version
+    def _apply_whole(self, con: Any, name: str) -> None:
+        """Apply every row of a table's newest version, in batches (a build, or a log cleaned
+        up): rows of a write still in progress are either visible already (its analysis
+        committed) or skipped now and read from the log later."""
+        dataset = self.tables.dataset(name)
+        columns = list(STAGE_COLUMNS[name])
+        filters: list[Any] = [None]
+        if name == "analyses":  # first versions before updates, so every update finds its row
+            filters = [pc.field("version") == 1, pc.field("version") > 1]
+        done = 0
+        for flt in filters:
+            for batch in dataset.to_batches(columns=columns, filter=flt, batch_size=BATCH_ROWS):
+                if batch.num_rows:
+                    index.apply(con, name, _tuples(name, pa.Table.from_batches([batch])))
+                    done += batch.num_rows
+        if done > 200_000:
+            log.info("read model: applied %s rows of %s", f"{done:,}", name)
 
-    # -- applying rows --------------------------------------------------------------------------
+    def _notify(self, name: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            for listener in list(self.listeners):
+                listener(name, row)
 
-    def apply_table(self, name: str, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        columns = table.column_names
-        values = [table.column(c).to_pylist() for c in columns]
-        self.apply_rows(
-            name, (dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True))
-        )
+    # -- applying this process' own rows ----------------------------------------------------------
+
+    def apply_commit(self, batches: dict[str, list[dict[str, Any]]], versions: dict[str, int]):
+        """Apply the rows of a commit this process just made, and record the versions it made
+        when they follow the file's (otherwise a refresh reads them again, harmlessly)."""
+        with self.lock.rlock:
+            con = self.con()
+            self._commit_open_read(con)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                cut = index.cut_of(index.read_meta(con))
+                moved = {}
+                for name in MODEL_TABLES:
+                    rows = batches.get(name)
+                    if not rows:
+                        continue
+                    index.apply(con, name, index.staged(name, rows))
+                    version = versions.get(name)
+                    if version is not None and cut.get(name) == version - 1:
+                        moved[name] = version
+                index.set_cut(con, moved)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            for name in MODEL_TABLES:
+                rows = batches.get(name)
+                if rows:
+                    self._notify(name, rows)
+                version = versions.get(name)
+                if version is not None and self._seen.get(name) == version - 1:
+                    self._seen[name] = version
 
     def apply_rows(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
-        with self.lock:
-            handler = getattr(self, f"_apply_{name}")
-            new_search: list[dict[str, Any]] = []
-            listeners = self.listeners
-            for row in rows:
-                if handler(row) and name in ("donors", "specimens", "samples", "files"):
-                    new_search.append(row)
-                for listener in listeners:
-                    listener(name, row)
-            if new_search:
-                self.add_search_rows(name, new_search)
-            if name == "analyses":
-                self._release_pending()
+        """Apply rows of one table (idempotent; rows of an analysis not committed are skipped)."""
+        rows = list(rows)
+        with self.lock.rlock:
+            con = self.con()
+            self._commit_open_read(con)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                index.apply(con, name, index.staged(name, rows))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._notify(name, rows)
 
-    def _apply_studies(self, row: dict[str, Any]) -> bool:
-        self.studies.setdefault(row["study_id"], row)
-        return True
-
-    def _apply_analyses(self, row: dict[str, Any]) -> bool:
-        rec = self.analyses.get(row["analysis_id"])
-        if rec is None:
-            if row["version"] != 1:
-                self._pending[row["analysis_id"]].append(("analyses", row))
-                return False
-            rec = AnalysisRecord(row)
-            self.analyses[rec.analysis_id] = rec
-            self.by_study[rec.study_id].add(rec.analysis_id)
-            self.by_study_state[(rec.study_id, "UNPUBLISHED")].add(rec.analysis_id)
-            return True
-        if row["version"] > rec.version:
-            rec.version = row["version"]
-            rec.data = row["data"]
-            rec.type_name = intern(row["analysis_type_name"])
-            rec.type_version = row["analysis_type_version"]
-            rec.data_updated_at = row["created_at"]
-        return True
-
-    def _entity(self, name: str, row: dict[str, Any]) -> Any:
-        return ROW_TYPES[name]._make(
-            intern(row[c]) if c in INTERNED and row[c] is not None else row[c]
-            for c in ENTITY_COLUMNS[name]
-        )
-
-    def _visible(self, name: str, row: dict[str, Any]) -> bool:
-        if row["analysis_id"] in self.analyses:
-            return True
-        self._pending[row["analysis_id"]].append((name, row))
-        return False
-
-    def _apply_donors(self, row: dict[str, Any]) -> bool:
-        if row["donor_id"] in self.donors or not self._visible("donors", row):
-            return False
-        self.donors[row["donor_id"]] = self._entity("donors", row)
-        return True
-
-    def _apply_specimens(self, row: dict[str, Any]) -> bool:
-        if row["specimen_id"] in self.specimens or not self._visible("specimens", row):
-            return False
-        self.specimens[row["specimen_id"]] = self._entity("specimens", row)
-        self.donor_specimens[row["donor_id"]].append(row["specimen_id"])
-        return True
-
-    def _apply_samples(self, row: dict[str, Any]) -> bool:
-        if row["sample_id"] in self.samples or not self._visible("samples", row):
-            return False
-        self.samples[row["sample_id"]] = self._entity("samples", row)
-        self.specimen_samples[row["specimen_id"]].append(row["sample_id"])
-        return True
-
-    def _apply_files(self, row: dict[str, Any]) -> bool:
-        if not self._visible("files", row):
-            return False
-        old = self.files.get(row["object_id"])
-        if old is not None and old.version >= row["version"]:
-            return False
-        if self.deleted_files.get(row["object_id"], 0) >= row["version"]:
-            return False
-        if row["file_name"] is None:  # a tombstone: DELETE /studies/{s}/files/{id}
-            self.deleted_files[row["object_id"]] = row["version"]
-            if old is not None:
-                del self.files[row["object_id"]]
-                self.md5s[old.file_md5sum] -= 1
-                ids = self.analyses[row["analysis_id"]].object_ids
-                if row["object_id"] in ids:
-                    ids.remove(row["object_id"])
-            return False
-        entry = self._entity("files", row)
-        self.files[row["object_id"]] = entry
-        if old is None:
-            self.analyses[row["analysis_id"]].object_ids.append(row["object_id"])
-        else:
-            self.md5s[old.file_md5sum] -= 1
-        self.md5s[entry.file_md5sum] += 1
-        return old is None
-
-    def _apply_analysis_samples(self, row: dict[str, Any]) -> bool:
-        if not self._visible("analysis_samples", row):
-            return False
-        rec = self.analyses[row["analysis_id"]]
-        if row["sample_id"] not in rec.sample_ids:
-            rec.sample_ids.append(row["sample_id"])
-            self.sample_analyses[row["sample_id"]].append(rec.analysis_id)
-        return True
-
-    def _apply_analysis_state_history(self, row: dict[str, Any]) -> bool:
-        if not self._visible("analysis_state_history", row):
-            return False
-        rec = self.analyses[row["analysis_id"]]
-        if any(h.event_id == row["event_id"] for h in rec.history):
-            return False
-        before = rec.state
-        entry = StateChange(
-            row["event_id"],
-            row["initial_state"],
-            row["updated_state"],
-            row["updated_at"],
-            row["actor"],
-            row["reason"],
-        )
-        rec.history.append(entry)
-        if len(rec.history) > 1 and rec.history[-2].updated_at > entry.updated_at:
-            rec.history.sort(key=lambda h: h.updated_at)
-        after = rec.state
-        if before != after:
-            self.by_study_state[(rec.study_id, before)].discard(rec.analysis_id)
-            self.by_study_state[(rec.study_id, after)].add(rec.analysis_id)
-        return True
-
-    def _release_pending(self) -> None:
-        # applying a pending analyses row re-enters here, so pop defensively
-        ready = [aid for aid in self._pending if aid in self.analyses]
-        for aid in ready:
-            for name, row in self._pending.pop(aid, ()):
-                self.apply_rows(name, [row])
+    def mark_seen(self, name: str, version: int | None) -> None:
+        """The rows of `version` were applied by apply_rows: skip re-reading them if contiguous."""
+        if version is None:
+            return
+        with self.lock.rlock:
+            con = self.con()
+            self._commit_open_read(con)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                cut = index.cut_of(index.read_meta(con))
+                if cut.get(name) == version - 1:
+                    index.set_cut(con, {name: version})
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            if self._seen.get(name) == version - 1:
+                self._seen[name] = version
 
     def forget_pending(self, analysis_ids: set[str]) -> None:
-        with self.lock:
-            for aid in analysis_ids:
-                self._pending.pop(aid, None)
+        """Nothing to forget: rows of analyses that never committed are never applied."""
 
     @property
     def pending_rows(self) -> int:
-        return sum(len(v) for v in self._pending.values())
+        return 0
 
-    # -- lookups that answer with Song's errors ------------------------------------------------
-
-    def check_study(self, study_id: str) -> None:
-        """StudyNotFound unless the study exists."""
-        if study_id not in self.studies:
-            raise StudyNotFound(study_id=study_id)
-
-    def find(self, analysis_id: str) -> AnalysisRecord:
-        """An analysis by id alone, or AnalysisNotFound."""
-        rec = self.analyses.get(analysis_id)
-        if rec is None:
-            raise AnalysisNotFound(analysis_id=analysis_id)
-        return rec
-
-    def record(self, study_id: str, analysis_id: str) -> AnalysisRecord:
-        """An analysis of a study, checked in Song's order: the analysis exists (else the study
-        must, then AnalysisNotFound), then it belongs to the study (NotRelatedToStudy)."""
-        rec = self.analyses.get(analysis_id)
-        if rec is None or rec.study_id != study_id:
-            self.check_study(study_id)
-        if rec is None:
-            raise AnalysisNotFound(analysis_id=analysis_id)
-        if rec.study_id != study_id:
-            raise NotRelatedToStudy(
-                f"The analysis '{analysis_id}' is not related to the study '{study_id}'",
-                study_id=study_id,
-                analysis_id=analysis_id,
-            )
-        return rec
-
-    def files_of(self, rec: AnalysisRecord) -> list[FileRow]:
-        """The current file rows of an analysis, sorted by file name (Song's order)."""
-        return sorted((self.files[o] for o in rec.object_ids), key=lambda f: f.file_name)
-
-    # -- documents ------------------------------------------------------------------------------
-
-    def donor_json(self, d: DonorRow) -> dict[str, Any]:
-        return {
-            "donorId": d.donor_id,
-            "studyId": d.study_id,
-            "submitterDonorId": d.submitter_donor_id,
-            "gender": d.gender,
-            "info": _loads(d.info) if d.info else {},
-        }
-
-    def specimen_json(self, s: SpecimenRow) -> dict[str, Any]:
-        return {
-            "specimenId": s.specimen_id,
-            "donorId": s.donor_id,
-            "submitterSpecimenId": s.submitter_specimen_id,
-            "tumourNormalDesignation": s.tumour_normal_designation,
-            "specimenTissueSource": s.specimen_tissue_source,
-            "specimenType": s.specimen_type,
-            "info": _loads(s.info) if s.info else {},
-        }
-
-    def sample_json(self, s: SampleRow) -> dict[str, Any]:
-        return {
-            "sampleId": s.sample_id,
-            "specimenId": s.specimen_id,
-            "submitterSampleId": s.submitter_sample_id,
-            "sampleType": s.sample_type,
-            "matchedNormalSubmitterSampleId": s.matched_normal_submitter_sample_id,
-            "info": _loads(s.info) if s.info else {},
-        }
-
-    def file_json(self, f: FileRow) -> dict[str, Any]:
-        return {
-            "objectId": f.object_id,
-            "studyId": f.study_id,
-            "analysisId": f.analysis_id,
-            "fileName": f.file_name,
-            "fileSize": f.file_size,
-            "fileType": f.file_type,
-            "fileMd5sum": f.file_md5sum,
-            "fileAccess": f.file_access,
-            "dataType": f.data_type,
-            "info": _loads(f.info) if f.info else {},
-        }
-
-    def composite_sample(self, sample_id: str) -> dict[str, Any]:
-        sample = self.samples[sample_id]
-        specimen = self.specimens[sample.specimen_id]
-        donor = self.donors[specimen.donor_id]
-        out = self.sample_json(sample)
-        out["specimen"] = self.specimen_json(specimen)
-        out["donor"] = self.donor_json(donor)
-        return out
-
-    def _composite(self, sample_id: str, memo: dict[str, dict[str, Any]] | None) -> dict:
-        if memo is None:
-            return self.composite_sample(sample_id)
-        found = memo.get(sample_id)
-        if found is None:
-            found = memo[sample_id] = self.composite_sample(sample_id)
-        return found
-
-    def analysis_doc(
-        self,
-        rec: AnalysisRecord,
-        samples: dict[str, dict[str, Any]] | None = None,
-        files: list[FileRow] | None = None,
-    ) -> dict[str, Any]:
-        """The analysis exactly as Song's GET /studies/{s}/analysis/{id} returns it.
-
-        `samples` memoizes composite samples across the documents of one answer (search hits
-        share donors); the documents then share those dicts, so only pass it for output that is
-        serialized as is. `files` replaces the current file rows (an earlier version of the
-        analysis, as the events send it)."""
-        first, last = rec.published_times()
-        doc: dict[str, Any] = {
-            "analysisId": rec.analysis_id,
-            "studyId": rec.study_id,
-            "analysisState": rec.state,
-            "analysisType": {"name": rec.type_name, "version": rec.type_version},
-            "createdAt": song_time(rec.created_at),
-            "updatedAt": song_time(rec.updated_at),
-            "firstPublishedAt": song_time(first),
-            "publishedAt": song_time(last),
-            "analysisStateHistory": [
-                {
-                    "initialState": h.initial_state,
-                    "updatedState": h.updated_state,
-                    "updatedAt": song_time(h.updated_at),
-                }
-                for h in rec.history
-            ],
-            # a stable order whatever order the rows were read in (live, reopened, compacted)
-            "samples": [
-                self._composite(s, samples)
-                for s in sorted(rec.sample_ids, key=lambda s: self.samples[s].submitter_sample_id)
-            ],
-            "files": [self.file_json(f) for f in (self.files_of(rec) if files is None else files)],
-        }
-        for key, value in _loads(rec.data).items():
-            doc.setdefault(key, value)
-        return doc
-
-    # -- pages and counts -----------------------------------------------------------------------
-
-    def count(self, study_id: str, states: Iterable[str] = STATES) -> int:
-        with self.lock:
-            return sum(len(self.by_study_state.get((study_id, s), ())) for s in set(states))
-
-    def page_ids(self, study_id: str, states: Iterable[str], offset: int, limit: int) -> list[str]:
-        """Analysis ids of a study in the given states, sorted ascending, sliced without a scan."""
-        wanted = set(states)
-        with self.lock:
-            if wanted >= set(STATES):
-                return list(
-                    self.by_study.get(study_id, SortedList()).islice(offset, offset + limit)
-                )
-            if len(wanted) == 1:
-                lst = self.by_study_state.get((study_id, next(iter(wanted))), SortedList())
-                return list(lst.islice(offset, offset + limit))
-            return self._page_subset(study_id, wanted, offset, limit)
-
-    def _page_subset(self, study_id: str, wanted: set[str], offset: int, limit: int) -> list[str]:
-        # rank among wanted states = rank among all - rank among the excluded states; binary search
-        every = self.by_study.get(study_id, SortedList())
-        excluded = [
-            self.by_study_state.get((study_id, s), SortedList()) for s in STATES if s not in wanted
-        ]
-        lo, hi = 0, len(every)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            key = every[mid]
-            rank = mid - sum(lst.bisect_left(key) for lst in excluded)
-            if rank < offset:
-                lo = mid + 1
-            else:
-                hi = mid
-        out = []
-        for aid in every.islice(lo):
-            if self.analyses[aid].state in wanted:
-                out.append(aid)
-                if len(out) >= limit:
-                    break
-        return out
-
-    def iter_study(self, study_id: str, states: Iterable[str] = STATES) -> Iterator[str]:
-        wanted = set(states)
-        with self.lock:
-            ids = list(self.by_study.get(study_id, ()))
-        for aid in ids:
-            if self.analyses[aid].state in wanted:
-                yield aid
+    @property
+    def versions(self) -> dict[str, int]:
+        """The version of each table the file reflects."""
+        return index.cut_of(index.read_meta(self.con()))
 
 
-def _loads(text: str) -> Any:
-    """A stored JSON document: orjson (4x faster), the standard library for what it refuses
-    (integers beyond 64 bits)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+def _tuples(name: str, table: pa.Table) -> list[tuple[Any, ...]]:
+    """An Arrow table as staging tuples (times as microseconds), a column at a time."""
+    columns = []
+    for col_name in STAGE_COLUMNS[name]:
+        col = table.column(col_name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
+        columns.append(col.to_pylist())
+    return list(zip(*columns, strict=True))

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 intern = sys.intern
 #: the tables the model is built from, in the order they are read (analyses before children)
@@ -116,7 +116,12 @@ INTERNED = {
 
 
 class AnalysisRecord:
-    """The current view of one committed analysis."""
+    """The current view of one committed analysis.
+
+    Read from the read model's file (``ReadModel.analyses``) with its state and times; its state
+    history, samples and files are read the first time they are asked for. A record built by
+    hand (``events/asof.py``, an analysis as of an earlier version) sets ``history``,
+    ``sample_ids`` and ``object_ids`` itself, and its state then follows its history."""
 
     __slots__ = (
         "analysis_id",
@@ -127,58 +132,107 @@ class AnalysisRecord:
         "version",
         "created_at",
         "data_updated_at",
-        "history",
-        "sample_ids",
-        "object_ids",
+        "_state",
+        "_state_updated_at",
+        "_source",
+        "_history",
+        "_sample_ids",
+        "_object_ids",
     )
 
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.analysis_id: str = row["analysis_id"]
-        self.study_id: str = intern(row["study_id"])
-        self.type_name: str = intern(row["analysis_type_name"])
-        self.type_version: int = row["analysis_type_version"]
-        self.data: str = row["data"]
-        self.version: int = row["version"]
-        self.created_at: datetime = row["created_at"]
-        self.data_updated_at: datetime = row["created_at"]
-        self.history: list[StateChange] = []
-        self.sample_ids: list[str] = []
-        self.object_ids: list[str] = []
-
-    @classmethod
-    def from_values(
-        cls,
+    def __init__(
+        self,
+        source: RecordSource | None,
         analysis_id: str,
         study_id: str,
+        state: str | None,
         type_name: str,
         type_version: int,
+        version: int,
         data: str,
         created_at: datetime,
-    ) -> AnalysisRecord:
-        rec = cls.__new__(cls)
-        rec.analysis_id = analysis_id
-        rec.study_id = study_id
-        rec.type_name = type_name
-        rec.type_version = type_version
-        rec.data = data
-        rec.version = 1
-        rec.created_at = created_at
-        rec.data_updated_at = created_at
-        rec.history = []
-        rec.sample_ids = []
-        rec.object_ids = []
-        return rec
+        data_updated_at: datetime,
+        state_updated_at: datetime | None,
+    ) -> None:
+        self._source = source
+        self.analysis_id = analysis_id
+        self.study_id = study_id
+        self._state = state
+        self.type_name = type_name
+        self.type_version = type_version
+        self.version = version
+        self.data = data
+        self.created_at = created_at
+        self.data_updated_at = data_updated_at
+        self._state_updated_at = state_updated_at
+        self._history: list[StateChange] | None = None
+        self._sample_ids: list[str] | None = None
+        self._object_ids: list[str] | None = None
+
+    def _loaded(self, slot: str, load: str) -> Any:
+        value = getattr(self, slot, None)
+        if value is None:
+            source = getattr(self, "_source", None)
+            value = [] if source is None else getattr(source, load)(self.analysis_id)
+            setattr(self, slot, value)
+        return value
+
+    @property
+    def history(self) -> list[StateChange]:
+        """State changes, oldest first."""
+        return self._loaded("_history", "history_of")
+
+    @history.setter
+    def history(self, value: list[StateChange]) -> None:
+        self._history = value
+        self._state = None
+        self._state_updated_at = None
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return self._loaded("_sample_ids", "sample_ids_of")
+
+    @sample_ids.setter
+    def sample_ids(self, value: list[str]) -> None:
+        self._sample_ids = value
+
+    @property
+    def object_ids(self) -> list[str]:
+        return self._loaded("_object_ids", "object_ids_of")
+
+    @object_ids.setter
+    def object_ids(self, value: list[str]) -> None:
+        self._object_ids = value
 
     @property
     def state(self) -> str:
-        return self.history[-1].updated_state if self.history else "UNPUBLISHED"
+        stored = getattr(self, "_state", None)
+        if stored is not None:
+            return stored
+        history = self.history
+        return history[-1].updated_state if history else "UNPUBLISHED"
 
     @property
     def updated_at(self) -> datetime:
-        if self.history and self.history[-1].updated_at > self.data_updated_at:
-            return self.history[-1].updated_at
+        if getattr(self, "_state", None) is not None:
+            last = self._state_updated_at
+        else:
+            history = self.history
+            last = history[-1].updated_at if history else None
+        if last is not None and last > self.data_updated_at:
+            return last
         return self.data_updated_at
 
     def published_times(self) -> tuple[datetime | None, datetime | None]:
         times = [h.updated_at for h in self.history if h.updated_state == "PUBLISHED"]
         return (min(times), max(times)) if times else (None, None)
+
+
+class RecordSource(Protocol):
+    """Where a record reads what it holds lazily (the read model)."""
+
+    def history_of(self, analysis_id: str) -> list[StateChange]: ...
+
+    def sample_ids_of(self, analysis_id: str) -> list[str]: ...
+
+    def object_ids_of(self, analysis_id: str) -> list[str]: ...

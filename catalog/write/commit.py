@@ -19,6 +19,7 @@ Two guards make a write's validation still true when it commits (ARCHITECTURE.md
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -29,13 +30,13 @@ from typing import Any, TypeVar
 from ..errors import Unavailable, WriteConflict
 from ..model import utc_iso
 from ..read.readmodel import ReadModel
-from ..read.records import MODEL_TABLES
 from ..store.lease import Lease, holder_name
 from ..tables import TableStore
 from .registry import Registry
 
 Batches = list[tuple[str, list[dict[str, Any]]]]
 T = TypeVar("T")
+log = logging.getLogger("songlake.commit")
 
 #: attempts of one write before giving up with service.unavailable (each after a conflict)
 MAX_ATTEMPTS = 8
@@ -132,11 +133,10 @@ class Committer:
             batches, operation=operation, actor=actor, metadata=fence, versions=versions
         )
         self.commits += 1
-        applied = dict(batches)
-        for name in MODEL_TABLES:
-            if name in applied:
-                self.model.apply_rows(name, applied[name])
-                self.model.mark_seen(name, versions.get(name))
+        try:
+            self.model.apply_commit(dict(batches), versions)
+        except Exception:  # committed all the same: the next refresh reads it from the log
+            log.exception("commit %s applied to the read model on refresh instead", catalog_version)
         return catalog_version
 
     def status(self) -> dict[str, Any]:

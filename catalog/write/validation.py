@@ -329,7 +329,7 @@ class Planner:
         batch = batches[kind]
         if key in batch:
             return batch[key]
-        registered: dict[str, dict[str, Any]] = {
+        registered: dict[str, Any] = {  # the read model's donors, specimens, samples
             "donor": self.model.donors,
             "specimen": self.model.specimens,
             "sample": self.model.samples,

@@ -191,17 +191,27 @@ def test_schemas(client):
     assert [t["version"] for t in latest["resultSet"]] == [2, 1]  # newest first by default
 
 
-def test_other_processes_commits_show_up_per_interval(catalog, settings):
+def test_other_machines_commits_show_up_per_interval(catalog, settings, tmp_path):
     eager = create_app(catalog, settings=dataclasses.replace(settings, refresh_interval=0))
     lazy = create_app(catalog, settings=dataclasses.replace(settings, refresh_interval=3600))
     eager_client, lazy_client = eager.test_client(), lazy.test_client()
     assert lazy_client.get("/studies/all").status_code == 200  # refreshes now, then not for 1 h
 
-    other_process = Catalog(settings)
-    other_process.create_study({"studyId": "OTHER"})
+    # another machine: its own read model file, so only the Delta log carries its commit here
+    other_machine = Catalog(dataclasses.replace(settings, local_state_dir=str(tmp_path / "m2")))
+    other_machine.create_study({"studyId": "OTHER"})
 
     assert lazy_client.get("/studies/OTHER").status_code == 404
     assert eager_client.get("/studies/OTHER").get_json() == {"studyId": "OTHER"}
+    assert lazy_client.get("/studies/OTHER").status_code == 200  # one machine, one file
+
+
+def test_processes_on_one_machine_share_the_read_model_file(catalog, settings):
+    other_process = Catalog(settings)
+    other_process.create_study({"studyId": "SHARED"})
+    # no refresh here: the other process applied its commit to the file both read
+    assert catalog.get_study("SHARED") == {"studyId": "SHARED"}
+    assert other_process.model.path == catalog.model.path
 
 
 def test_every_error_id_has_a_status():

@@ -1,0 +1,263 @@
+"""The read model's queries: records, pages, counts and id search, as SQL over its file.
+
+A mixin of ``ReadModel`` (which supplies ``con()``, the connection of the calling thread, and the
+mapping views): everything here reads; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import AnalysisNotFound, NotRelatedToStudy, SearchTermSyntax, StudyNotFound
+from ..model import STATES
+from .index import STATE_CODE, SUBMITTER_COLUMNS, from_micros
+from .records import AnalysisRecord, DonorRow, FileRow, SampleRow, SpecimenRow, StateChange
+
+_LITERAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-: ")
+A_COLUMNS = (
+    "analysis_id, study, state, type_name, type_version, version, data, created_at, "
+    "data_updated_at, state_updated_at"
+)
+ENTITY_SELECT = {
+    "donors": "donor_id, study_id, submitter_donor_id, gender, info",
+    "specimens": "specimen_id, donor_id, study_id, submitter_specimen_id, "
+    "tumour_normal_designation, specimen_tissue_source, specimen_type, info",
+    "samples": "sample_id, specimen_id, study_id, submitter_sample_id, sample_type, "
+    "matched_normal_submitter_sample_id, info",
+    "files": "object_id, analysis_id, study_id, version, file_name, file_size, file_type, "
+    "file_md5sum, file_access, data_type, info, source_path",
+}
+ROW_TYPES: dict[str, Any] = {
+    "donors": DonorRow,
+    "specimens": SpecimenRow,
+    "samples": SampleRow,
+    "files": FileRow,
+}
+#: (table, column) -> the id column returned by regex_ids
+SEARCH_COLUMNS = {
+    "donors": ("donor_id", "submitter_donor_id", "study_id"),
+    "specimens": ("specimen_id", "submitter_specimen_id", "study_id"),
+    "samples": ("sample_id", "submitter_sample_id", "study_id"),
+    "files": ("object_id", "analysis_id", "study_id"),
+}
+
+
+COMPOSITE_SQL = (
+    "SELECT sa.sample_id, sa.specimen_id, sa.study_id, sa.submitter_sample_id, sa.sample_type, "
+    "sa.matched_normal_submitter_sample_id, sa.info, "
+    "sp.specimen_id, sp.donor_id, sp.study_id, sp.submitter_specimen_id, "
+    "sp.tumour_normal_designation, sp.specimen_tissue_source, sp.specimen_type, sp.info, "
+    "d.donor_id, d.study_id, d.submitter_donor_id, d.gender, d.info "
+    "FROM samples sa JOIN specimens sp ON sp.specimen_id = sa.specimen_id "
+    "JOIN donors d ON d.donor_id = sp.donor_id"
+)
+SAMPLES_OF_SQL = "SELECT sample_id FROM links WHERE analysis_id = ?"
+
+
+class Reads:
+    """Reading the file: records by id, their history, samples and files; pages and counts."""
+
+    analyses: Any  # views.Analyses, views.Studies, views.Entities (set by ReadModel)
+    studies: Any
+    files: Any
+    _codes: dict[int, str]
+
+    def con(self) -> Any:
+        raise NotImplementedError
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return self.con().execute(sql, args).fetchall()
+
+    def study_of_code(self, code: int) -> str:
+        found = self._codes.get(code)
+        if found is None:
+            self._codes = dict(self.query("SELECT code, study_id FROM studies"))
+            found = self._codes[code]
+        return found
+
+    def study_code(self, study_id: str) -> int | None:
+        row = self.query("SELECT code FROM studies WHERE study_id = ?", (study_id,))
+        return row[0][0] if row else None
+
+    def make_record(self, row: tuple[Any, ...]) -> AnalysisRecord:
+        aid, study, state, tname, tversion, version, data, created, data_at, state_at = row
+        return AnalysisRecord(
+            self,
+            aid,
+            self.study_of_code(study),
+            STATES[state],
+            tname,
+            tversion,
+            version,
+            data,
+            from_micros(created),  # type: ignore[arg-type]
+            from_micros(data_at),  # type: ignore[arg-type]
+            from_micros(state_at),
+        )
+
+    def history_of(self, analysis_id: str) -> list[StateChange]:
+        return [
+            StateChange(e, i, u, from_micros(t), a, r)  # type: ignore[arg-type]
+            for e, i, u, t, a, r in self.query(
+                "SELECT event_id, initial_state, updated_state, updated_at, actor, reason "
+                "FROM history WHERE analysis_id = ? ORDER BY updated_at, event_id",
+                (analysis_id,),
+            )
+        ]
+
+    def sample_ids_of(self, analysis_id: str) -> list[str]:
+        return [r[0] for r in self.query(SAMPLES_OF_SQL, (analysis_id,))]
+
+    def object_ids_of(self, analysis_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.query(
+                "SELECT object_id FROM files WHERE analysis_id = ? ORDER BY file_name",
+                (analysis_id,),
+            )
+        ]
+
+    def check_study(self, study_id: str) -> None:
+        """StudyNotFound unless the study exists."""
+        if study_id not in self.studies:
+            raise StudyNotFound(study_id=study_id)
+
+    def find(self, analysis_id: str) -> AnalysisRecord:
+        """An analysis by id alone, or AnalysisNotFound."""
+        rec = self.analyses.get(analysis_id)
+        if rec is None:
+            raise AnalysisNotFound(analysis_id=analysis_id)
+        return rec
+
+    def record(self, study_id: str, analysis_id: str) -> AnalysisRecord:
+        """An analysis of a study, checked in Song's order: the analysis exists (else the study
+        must, then AnalysisNotFound), then it belongs to the study (NotRelatedToStudy)."""
+        rec = self.analyses.get(analysis_id)
+        if rec is None or rec.study_id != study_id:
+            self.check_study(study_id)
+        if rec is None:
+            raise AnalysisNotFound(analysis_id=analysis_id)
+        if rec.study_id != study_id:
+            raise NotRelatedToStudy(
+                f"The analysis '{analysis_id}' is not related to the study '{study_id}'",
+                study_id=study_id,
+                analysis_id=analysis_id,
+            )
+        return rec
+
+    def files_of(self, rec: AnalysisRecord) -> list[FileRow]:
+        """The current file rows of an analysis, sorted by file name (Song's order)."""
+        if rec._object_ids is None and getattr(rec, "_source", None) is self:
+            rows = self.query(
+                f"SELECT {ENTITY_SELECT['files']} FROM files WHERE analysis_id = ? "
+                "ORDER BY file_name",
+                (rec.analysis_id,),
+            )
+            return [FileRow._make(r) for r in rows]
+        files = (self.files.get(o) for o in rec.object_ids)
+        return sorted((f for f in files if f is not None), key=lambda f: f.file_name)
+
+    # -- pages and counts -----------------------------------------------------------------------
+
+    def count(self, study_id: str, states: Iterable[str] = STATES) -> int:
+        code = self.study_code(study_id)
+        if code is None:
+            return 0
+        wanted = sorted({STATE_CODE[s] for s in states})
+        marks = ",".join("?" * len(wanted))
+        row = self.query(
+            f"SELECT coalesce(sum(n), 0) FROM counts WHERE study = ? AND state IN ({marks})",
+            (code, *wanted),
+        )
+        return int(row[0][0])
+
+    def page_ids(self, study_id: str, states: Iterable[str], offset: int, limit: int) -> list[str]:
+        """Analysis ids of a study in the given states, sorted ascending, from an index range."""
+        code = self.study_code(study_id)
+        if code is None:
+            return []
+        wanted = sorted({STATE_CODE[s] for s in states})
+        if len(wanted) == len(STATES):
+            sql = (
+                "SELECT analysis_id FROM by_study WHERE study = ? ORDER BY analysis_id "
+                "LIMIT ? OFFSET ?"
+            )
+            args: tuple[int, ...] = (code, limit, offset)
+        else:
+            marks = ",".join("?" * len(wanted))
+            sql = (
+                f"SELECT analysis_id FROM ord WHERE study = ? AND state IN ({marks}) "
+                "ORDER BY analysis_id LIMIT ? OFFSET ?"
+            )
+            args = (code, *wanted, limit, offset)
+        return [r[0] for r in self.query(sql, args)]
+
+    def iter_study(self, study_id: str, states: Iterable[str] = STATES) -> Iterator[str]:
+        code = self.study_code(study_id)
+        if code is None:
+            return
+        wanted = sorted({STATE_CODE[s] for s in states})
+        marks = ",".join("?" * len(wanted))
+        rows = self.query(
+            f"SELECT analysis_id FROM ord WHERE study = ? AND state IN ({marks}) "
+            "ORDER BY analysis_id",
+            (code, *wanted),
+        )
+        for (aid,) in rows:
+            yield aid
+
+    # -- id search --------------------------------------------------------------------------------
+
+    def regex_ids(self, name: str, column: str, pattern: str, study_id: str) -> set[str]:
+        """Ids in the study whose `column` matches pattern (case-insensitive, unanchored)."""
+        id_col = SEARCH_COLUMNS[name][0]
+        literal = set(pattern) <= _LITERAL_CHARS
+        if literal and len(pattern) >= 3 and SUBMITTER_COLUMNS.get(name) == column:
+            # a trigram index lookup, then the exact test on its (few) candidates
+            rows = self.query(
+                f"SELECT t.{id_col}, t.{column} FROM {name}_fts f JOIN {name} t "
+                f"ON t.rowid = f.rowid WHERE f.{column} LIKE ? AND t.study_id = ?",
+                (f"%{pattern}%", study_id),
+            )
+            wanted = pattern.lower()
+            return {i for i, v in rows if v is not None and wanted in v.lower()}
+        if literal and column == id_col and len(pattern) == 36:
+            rows = self.query(
+                f"SELECT {id_col} FROM {name} WHERE {id_col} = ? AND study_id = ?",
+                (pattern.lower(), study_id),
+            )
+            if rows:
+                return {rows[0][0]}
+        rows = self.query(f"SELECT {id_col}, {column} FROM {name} WHERE study_id = ?", (study_id,))
+        if not rows:
+            return set()
+        ids = pa.array([r[0] for r in rows], pa.string())
+        values = pa.array([r[1] for r in rows], pa.string())
+        try:
+            if literal:
+                mask = pc.match_substring(pc.utf8_lower(values), pattern.lower())
+            else:
+                mask = pc.match_substring_regex(values, pattern, ignore_case=True)
+        except pa.ArrowInvalid as exc:
+            raise SearchTermSyntax(
+                f"The search term '{pattern}' is not a valid regular expression: {exc}"
+            ) from exc
+        return set(ids.filter(mask).to_pylist())
+
+    # -- whole scans (export, storage checks, the portal index's first build) --------------------
+
+    def files_with_state(self, study_id: str | None) -> list[tuple[FileRow, str]]:
+        """Every current file (of one study) with its analysis' state."""
+        sql = (
+            f"SELECT {', '.join('f.' + c.strip() for c in ENTITY_SELECT['files'].split(','))}, "
+            "a.state FROM files f JOIN analyses a USING (analysis_id)"
+        )
+        args: tuple[Any, ...] = ()
+        if study_id is not None:
+            sql += " WHERE f.study_id = ?"
+            args = (study_id,)
+        return [(FileRow._make(r[:12]), STATES[r[12]]) for r in self.query(sql, args)]
