@@ -747,7 +747,8 @@ def sql(c: Context, query: str, fmt: str, as_of: str | None, timeout: float | No
 @pass_ctx
 def compact(c: Context, as_json: bool) -> None:
     """Compact every table's small Parquet files and vacuum the files replaced longer than
-    vacuum_retention ago (both also done automatically), then refresh the current_* tables."""
+    vacuum_retention ago (both also done automatically), then refresh the current_* tables and
+    check this machine's read-model file (rebuilt if damaged)."""
     from catalog import current
     from catalog.store import open_lease
     from catalog.tables import TableStore
@@ -757,6 +758,9 @@ def compact(c: Context, as_json: bool) -> None:
     with open_lease(s).hold():  # a rewrite commit: one writer at a time
         counts = tables.compact()  # then vacuum: files replaced over vacuum_retention ago
     current.refresh(tables, retention_hours=s.vacuum_retention)  # derived: outside the lease
+    model = c.catalog.model  # this machine's read-model file: SQLite's whole-file check
+    checked = "ok" if model.check_integrity() else "damaged: rebuilt from the history tables"
+    click.echo(f"read model {model.path}: {checked}", err=True)
     echo_list([{"table": k, "files": v} for k, v in sorted(counts.items())], as_json)
 
 

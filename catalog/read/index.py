@@ -37,7 +37,7 @@ from ..model import STATES
 log = logging.getLogger("songlake.readmodel")
 
 #: bumped when the tables below change: an older file is rebuilt
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MMAP_BYTES = 1 << 40  # map as much of the file as there is: reads are page-cache hits
@@ -51,11 +51,11 @@ CREATE TABLE analyses(
   analysis_id TEXT PRIMARY KEY, study INTEGER NOT NULL, state INTEGER NOT NULL,
   type_name TEXT, type_version INTEGER, version INTEGER NOT NULL, data TEXT,
   created_at INTEGER, data_updated_at INTEGER, state_updated_at INTEGER);
--- pages sorted by analysisId: per study and state, and per study
+-- pages sorted by analysisId: per study and state, and per study (with the state, for two)
 CREATE TABLE ord(study INTEGER, state INTEGER, analysis_id TEXT,
   PRIMARY KEY (study, state, analysis_id)) WITHOUT ROWID;
-CREATE TABLE by_study(study INTEGER, analysis_id TEXT, PRIMARY KEY (study, analysis_id))
-  WITHOUT ROWID;
+CREATE TABLE by_study(study INTEGER, analysis_id TEXT, state INTEGER,
+  PRIMARY KEY (study, analysis_id)) WITHOUT ROWID;
 CREATE TABLE counts(study INTEGER, state INTEGER, n INTEGER NOT NULL,
   PRIMARY KEY (study, state)) WITHOUT ROWID;
 CREATE TRIGGER ord_in AFTER INSERT ON ord BEGIN
@@ -207,9 +207,10 @@ APPLY_SQL: dict[str, list[str]] = {
     "analyses": [
         # a study unknown here (its row not applied yet) gets its code now
         """INSERT OR IGNORE INTO studies (study_id) SELECT DISTINCT study_id FROM stage_analyses""",
-        """INSERT OR IGNORE INTO by_study (study, analysis_id)
-           SELECT st.code, s.analysis_id FROM stage_analyses s JOIN studies st USING (study_id)
-           WHERE s.version = 1""",
+        """INSERT OR IGNORE INTO by_study (study, analysis_id, state)
+           SELECT st.code, s.analysis_id, 0 FROM stage_analyses s JOIN studies st USING (study_id)
+           WHERE s.version = 1 AND NOT EXISTS
+             (SELECT 1 FROM analyses a WHERE a.analysis_id = s.analysis_id)""",
         """INSERT OR IGNORE INTO ord (study, state, analysis_id)
            SELECT st.code, 0, s.analysis_id FROM stage_analyses s JOIN studies st USING (study_id)
            WHERE s.version = 1 AND NOT EXISTS
@@ -279,6 +280,9 @@ APPLY_SQL: dict[str, list[str]] = {
              (SELECT study, old, analysis_id FROM moved WHERE new IS NOT old)""",
         """INSERT OR IGNORE INTO ord (study, state, analysis_id)
            SELECT study, new, analysis_id FROM moved WHERE new IS NOT old""",
+        """UPDATE by_study SET state = m.new FROM moved m
+           WHERE by_study.study = m.study AND by_study.analysis_id = m.analysis_id
+             AND m.new IS NOT m.old""",
         """UPDATE analyses SET state = m.new, state_updated_at = m.at FROM moved m
            WHERE analyses.analysis_id = m.analysis_id""",
     ],

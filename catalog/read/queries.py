@@ -6,6 +6,7 @@ mapping views): everything here reads; nothing here writes.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from ..model import STATES
 from .index import STATE_CODE, SUBMITTER_COLUMNS, from_micros
 from .records import AnalysisRecord, DonorRow, FileRow, SampleRow, SpecimenRow, StateChange
 
+#: SQLite error codes of a damaged file (as opposed to a busy one, or a bad query)
+_BROKEN = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _LITERAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-: ")
 A_COLUMNS = (
     "analysis_id, study, state, type_name, type_version, version, data, created_at, "
@@ -65,12 +68,22 @@ class Reads:
     studies: Any
     files: Any
     _codes: dict[int, str]
+    _known_studies: set[str]
 
     def con(self) -> Any:
         raise NotImplementedError
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        return self.con().execute(sql, args).fetchall()
+        try:
+            return self.con().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _BROKEN:
+                raise
+            self.corrupt(exc)  # rebuilt from the history tables: ask again
+            return self.con().execute(sql, args).fetchall()
+
+    def corrupt(self, exc: Exception) -> None:
+        raise NotImplementedError
 
     def study_of_code(self, code: int) -> str:
         found = self._codes.get(code)
@@ -122,9 +135,44 @@ class Reads:
         ]
 
     def check_study(self, study_id: str) -> None:
-        """StudyNotFound unless the study exists."""
+        """StudyNotFound unless the study exists (a study, once created, always exists: those
+        found are remembered)."""
+        if study_id in self._known_studies:
+            return
         if study_id not in self.studies:
             raise StudyNotFound(study_id=study_id)
+        self._known_studies.add(study_id)
+
+    def rows_by_ids(self, name: str, ids: Iterable[str]) -> dict[str, Any]:
+        """Donors, specimens, samples or files by id, a query per 500 ids."""
+        key = SEARCH_COLUMNS[name][0]
+        make = ROW_TYPES[name]._make
+        wanted = list(ids)
+        out = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"SELECT {ENTITY_SELECT[name]} FROM {name} WHERE {key} IN ({marks})", tuple(chunk)
+            ):
+                out[row[0]] = make(row)
+        return out
+
+    def registered_md5s(self, md5s: Iterable[str]) -> set[str]:
+        """Which of these md5s a current file has."""
+        wanted = list(md5s)
+        out: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                r[0]
+                for r in self.query(
+                    f"SELECT DISTINCT file_md5sum FROM files WHERE file_md5sum IN ({marks})",
+                    tuple(chunk),
+                )
+            )
+        return out
 
     def find(self, analysis_id: str) -> AnalysisRecord:
         """An analysis by id alone, or AnalysisNotFound."""
@@ -181,16 +229,22 @@ class Reads:
         if code is None:
             return []
         wanted = sorted({STATE_CODE[s] for s in states})
-        if len(wanted) == len(STATES):
+        if len(wanted) == len(STATES):  # the study's index range
             sql = (
                 "SELECT analysis_id FROM by_study WHERE study = ? ORDER BY analysis_id "
                 "LIMIT ? OFFSET ?"
             )
             args: tuple[int, ...] = (code, limit, offset)
-        else:
+        elif len(wanted) == 1:  # the range of one (study, state)
+            sql = (
+                "SELECT analysis_id FROM ord WHERE study = ? AND state = ? "
+                "ORDER BY analysis_id LIMIT ? OFFSET ?"
+            )
+            args = (code, wanted[0], limit, offset)
+        else:  # the study's range, in order, skipping the other state (no sort)
             marks = ",".join("?" * len(wanted))
             sql = (
-                f"SELECT analysis_id FROM ord WHERE study = ? AND state IN ({marks}) "
+                f"SELECT analysis_id FROM by_study WHERE study = ? AND state IN ({marks}) "
                 "ORDER BY analysis_id LIMIT ? OFFSET ?"
             )
             args = (code, *wanted, limit, offset)
@@ -203,7 +257,7 @@ class Reads:
         wanted = sorted({STATE_CODE[s] for s in states})
         marks = ",".join("?" * len(wanted))
         rows = self.query(
-            f"SELECT analysis_id FROM ord WHERE study = ? AND state IN ({marks}) "
+            f"SELECT analysis_id FROM by_study WHERE study = ? AND state IN ({marks}) "
             "ORDER BY analysis_id",
             (code, *wanted),
         )
@@ -219,8 +273,8 @@ class Reads:
         if literal and len(pattern) >= 3 and SUBMITTER_COLUMNS.get(name) == column:
             # a trigram index lookup, then the exact test on its (few) candidates
             rows = self.query(
-                f"SELECT t.{id_col}, t.{column} FROM {name}_fts f JOIN {name} t "
-                f"ON t.rowid = f.rowid WHERE f.{column} LIKE ? AND t.study_id = ?",
+                f"SELECT {id_col}, {column} FROM {name} WHERE rowid IN "
+                f"(SELECT rowid FROM {name}_fts WHERE {column} LIKE ?) AND study_id = ?",
                 (f"%{pattern}%", study_id),
             )
             wanted = pattern.lower()

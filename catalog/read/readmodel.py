@@ -102,6 +102,7 @@ class ReadModel(Documents):
         self._commits_seen = -1
         self._recorded_versions: dict[str, int] = {}
         self._codes: dict[int, str] = {}  # study code -> study id
+        self._known_studies: set[str] = set()
         self.loaded_at_versions: dict[str, int] = {}
         self.rebuilds = 0  # generations this process built (first open, or an unusable file)
         # called with (table, row) for every row applied after load (search.py's index)
@@ -125,8 +126,8 @@ class ReadModel(Documents):
         local = self._local
         if getattr(local, "generation", None) != self._generation:
             old = getattr(local, "con", None)
-            if old is not None and not old.in_transaction:
-                old.close()
+            if old is not None:
+                old.close()  # a generation this process left (a read in progress rolls back)
             local.con = index.connect(self.generations.path(self._require_generation()))
             index.create_stage(local.con)
             local.generation = self._generation
@@ -168,6 +169,7 @@ class ReadModel(Documents):
         self.generations.hold(generation)
         self._generation = generation
         self.generations.release_others(generation)
+        self.generations.cleanup(generation)  # e.g. a build a crash cut short
         self._codes = {}
 
     def _check(self, generation: int, identity: str) -> str | None:
@@ -203,6 +205,7 @@ class ReadModel(Documents):
             path = self.generations.path(generation)
             started = time.monotonic()
             con = index.new_database(path, identity)
+            self.generations.hold(generation)  # cleanup leaves a build in progress alone
             self._commits_seen = -1
             recorded = self._recorded()
             for name in MODEL_TABLES:
@@ -237,6 +240,12 @@ class ReadModel(Documents):
         log.warning("read model %s failed its check (%s): rebuilding it", self.path, result)
         self.rebuild()
         return False
+
+    def corrupt(self, exc: Exception) -> None:
+        """A query met a damaged page: rebuild the file from the history tables."""
+        log.warning("read model %s is corrupt (%s): rebuilding it from the history tables",
+                    self.path, exc)  # fmt: skip
+        self.rebuild()
 
     def rebuild(self) -> None:
         """Build a new generation from the history tables and switch this process to it."""

@@ -94,6 +94,13 @@ class Registration:
         def write() -> None:
             results.clear()
             planner = self._planner()
+            planner.prefetch(
+                [
+                    (payload, item.study_id)
+                    for item, payload in zip(items, parsed, strict=True)
+                    if not isinstance(payload, SonglakeError)
+                ]
+            )
             created = now()
             plans = []
             for item, payload, check in zip(items, parsed, checked, strict=True):

@@ -198,6 +198,35 @@ class Planner:
         self.new_specimens: dict[str, SpecimenRow] = {}
         self.new_samples: dict[str, SampleRow] = {}
         self.batch_md5s: set[str] = set()
+        # registered entities and md5s of the whole batch, read in a few queries (prefetch)
+        self._looked_up: dict[str, set[str]] = {"donor": set(), "specimen": set(), "sample": set()}
+        self._registered: dict[str, dict[str, Any]] = {"donor": {}, "specimen": {}, "sample": {}}
+        self._md5s_looked_up: set[str] = set()
+        self._md5s_registered: set[str] = set()
+
+    def prefetch(self, payloads: list[tuple[dict[str, Any], str]]) -> None:
+        """Read the registered donors, specimens, samples and md5s a batch names in a few
+        queries rather than one per entity (the read model's file is on disk, not in a dict).
+        A payload too malformed to name them is skipped here and refused by ``plan``."""
+        wanted: dict[str, set[str]] = {"donor": set(), "specimen": set(), "sample": set()}
+        md5s: set[str] = set()
+        for payload, study_id in payloads:
+            try:
+                for sample in payload.get("samples") or ():
+                    wanted["sample"].add(entity_id(study_id, sample["submitterSampleId"]))
+                    wanted["specimen"].add(
+                        entity_id(study_id, sample["specimen"]["submitterSpecimenId"])
+                    )
+                    wanted["donor"].add(entity_id(study_id, sample["donor"]["submitterDonorId"]))
+                md5s.update(f["fileMd5sum"] for f in payload.get("files") or ())
+            except (KeyError, TypeError, AttributeError):
+                continue
+        tables = {"donor": "donors", "specimen": "specimens", "sample": "samples"}
+        for kind, ids in wanted.items():
+            self._registered[kind] = self.model.rows_by_ids(tables[kind], ids)
+            self._looked_up[kind] = ids
+        self._md5s_registered = self.model.registered_md5s(md5s)
+        self._md5s_looked_up = md5s
 
     def plan(
         self,
@@ -294,7 +323,7 @@ class Planner:
             {
                 f["fileMd5sum"]
                 for f in files
-                if self.model.md5s.get(f["fileMd5sum"]) or f["fileMd5sum"] in self.batch_md5s
+                if self._md5_registered(f["fileMd5sum"]) or f["fileMd5sum"] in self.batch_md5s
             }
         )
         if dupes:
@@ -314,6 +343,11 @@ class Planner:
                 ],
             )
 
+    def _md5_registered(self, md5: str) -> bool:
+        if md5 in self._md5s_looked_up:
+            return md5 in self._md5s_registered
+        return bool(self.model.md5s.get(md5))
+
     # -- entity matching (song-api.md §3.8) ----------------------------------------------------
 
     def _find(self, kind: str, key: str, local: dict[str, Any]) -> Any:
@@ -329,6 +363,8 @@ class Planner:
         batch = batches[kind]
         if key in batch:
             return batch[key]
+        if key in self._looked_up[kind]:
+            return self._registered[kind].get(key)
         registered: dict[str, Any] = {  # the read model's donors, specimens, samples
             "donor": self.model.donors,
             "specimen": self.model.specimens,

@@ -303,7 +303,8 @@ def test_compact_refreshes_the_current_state_tables(root: Path) -> None:
     aid = json.loads(run(root, "submit", str(EXAMPLE / "variant-call.song.json")).stdout)[
         "analysisId"
     ]
-    run(root, "compact")
+    compacted = run(root, "compact")
+    assert "read model " in compacted.stderr and compacted.stderr.rstrip().endswith(": ok")
     tables = TableStore(load_settings(root).tables_dir)
     rows = current.read(tables, "current_analyses").to_pylist()
     assert [(r["analysis_id"], r["analysis_state"]) for r in rows] == [(aid, "UNPUBLISHED")]
