@@ -247,7 +247,14 @@ SCHEMAS: dict[str, Any] = {
         status={"type": "string", "enum": ["UP"]},
         tables={"type": "object", "additionalProperties": INTEGER},
         catalogVersion=INTEGER,
-        readModel=_object(analyses=INTEGER, studies=INTEGER, pendingRows=INTEGER),
+        readModel=_object(
+            analyses=INTEGER,
+            studies=INTEGER,
+            file=STRING,
+            versions={"type": "object", "additionalProperties": INTEGER},
+            applies=INTEGER,
+            applyMaxMs={"type": "number"},
+        ),
         objectStore=_object(reachable=BOOLEAN, store=STRING),
         groupCommit=_object(
             batches=INTEGER,

@@ -60,7 +60,9 @@ def health() -> Response:
         "readModel": {
             "analyses": len(catalog.model.analyses),
             "studies": len(catalog.model.studies),
-            "pendingRows": catalog.model.pending_rows,
+            "file": str(catalog.model.path),  # this machine's file, and what it reflects
+            "versions": catalog.model.versions,
+            **catalog.model.apply_stats(),
         },
         "objectStore": {"reachable": reachable, "store": catalog.store.describe()},
         "groupCommit": current_app.extensions[COMMITTER].stats(),

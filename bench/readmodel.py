@@ -456,7 +456,7 @@ def measure(root: Path, reps_point: int, reps_other: int, seed: int = 7) -> dict
         "specimens": len(m.specimens),
         "samples": len(m.samples),
         "files": len(m.files),
-        "pending_rows": m.pending_rows,
+        "read_model_file": str(m.path),
         "by_state": {s: cat.count_analyses(BIG, [s]) for s in ALL_STATES},
     }
     print(

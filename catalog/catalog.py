@@ -204,11 +204,8 @@ class Catalog:
         be serialized as they are (they share their sample dicts)."""
         samples: dict[str, dict[str, Any]] = {}  # hits share donors: build each sample once
         with self.model.lock:
-            return [
-                self.model.analysis_doc(rec, samples)
-                for rec in (self.model.analyses.get(a) for a in analysis_ids)
-                if rec is not None and rec.study_id == study_id
-            ]
+            docs = self.model.analysis_docs(analysis_ids, samples)
+        return [d for d in docs if d["studyId"] == study_id]
 
     def find_analysis(self, analysis_id: str) -> dict[str, Any]:
         """An analysis by id alone (the CLI does not make users repeat the study)."""
@@ -226,10 +223,7 @@ class Catalog:
         states = check_states(states)
         self.model.check_study(study_id)
         with self.model.lock:
-            return [
-                self.model.analysis_doc(self.model.analyses[a])
-                for a in self.model.iter_study(study_id, states)
-            ]
+            return self.model.analysis_docs(self.model.iter_study(study_id, states))
 
     def page_analyses(
         self,
@@ -245,7 +239,7 @@ class Catalog:
         self.model.check_study(study_id)
         ids = self.model.page_ids(study_id, states, offset, limit)
         with self.model.lock:
-            docs = [self.model.analysis_doc(self.model.analyses[a]) for a in ids]
+            docs = self.model.analysis_docs(ids)
         return {
             "analyses": docs,
             "totalAnalyses": self.model.count(study_id, states),
@@ -442,11 +436,7 @@ class Catalog:
             filters, sort=sort, descending=descending, limit=limit, offset=offset
         )
         with self.model.lock:
-            docs = [
-                self.model.analysis_doc(self.model.analyses[a])
-                for a in page.ids
-                if a in self.model.analyses
-            ]
+            docs = self.model.analysis_docs(page.ids)
         return _page_answer("Analyses", docs, page.total, limit, offset)
 
     def overview(self, days: int = 30) -> dict[str, Any]:

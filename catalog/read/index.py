@@ -37,7 +37,7 @@ from ..model import STATES
 log = logging.getLogger("songlake.readmodel")
 
 #: bumped when the tables below change: an older file is rebuilt
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MMAP_BYTES = 1 << 40  # map as much of the file as there is: reads are page-cache hits
@@ -58,11 +58,21 @@ CREATE TABLE by_study(study INTEGER, analysis_id TEXT, state INTEGER,
   PRIMARY KEY (study, analysis_id)) WITHOUT ROWID;
 CREATE TABLE counts(study INTEGER, state INTEGER, n INTEGER NOT NULL,
   PRIMARY KEY (study, state)) WITHOUT ROWID;
+-- how many analyses of a study and state have ids starting with each 3-character prefix: a page
+-- at offset N starts in the bucket where the running total passes N, so the index range skipped
+-- row by row is one bucket's, not N rows
+CREATE TABLE buckets(study INTEGER, state INTEGER, bucket TEXT, n INTEGER NOT NULL,
+  PRIMARY KEY (study, state, bucket)) WITHOUT ROWID;
 CREATE TRIGGER ord_in AFTER INSERT ON ord BEGIN
   INSERT INTO counts VALUES (new.study, new.state, 1)
-    ON CONFLICT (study, state) DO UPDATE SET n = n + 1; END;
+    ON CONFLICT (study, state) DO UPDATE SET n = n + 1;
+  INSERT INTO buckets VALUES (new.study, new.state, substr(new.analysis_id, 1, 3), 1)
+    ON CONFLICT (study, state, bucket) DO UPDATE SET n = n + 1; END;
 CREATE TRIGGER ord_out AFTER DELETE ON ord BEGIN
-  UPDATE counts SET n = n - 1 WHERE study = old.study AND state = old.state; END;
+  UPDATE counts SET n = n - 1 WHERE study = old.study AND state = old.state;
+  UPDATE buckets SET n = n - 1
+    WHERE study = old.study AND state = old.state AND bucket = substr(old.analysis_id, 1, 3);
+  END;
 CREATE TABLE history(
   event_id TEXT PRIMARY KEY, analysis_id TEXT NOT NULL, initial_state TEXT, updated_state TEXT,
   updated_at INTEGER, actor TEXT, reason TEXT) WITHOUT ROWID;
@@ -469,7 +479,10 @@ def new_database(path: Path, identity: str) -> sqlite3.Connection:
     con.execute("PRAGMA journal_mode = OFF")
     con.execute("PRAGMA synchronous = OFF")
     con.execute("PRAGMA temp_store = MEMORY")
-    con.execute("PRAGMA cache_size = -262144")  # 256 MB while building
+    # a large cache while building: keys arrive in random order, so at millions of rows every
+    # insert into an index bigger than the cache would read a page from disk
+    ram_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+    con.execute(f"PRAGMA cache_size = -{max(262_144, min(4 << 20, ram_kib // 6))}")
     con.executescript(SCHEMA)
     con.executemany(
         "INSERT INTO meta VALUES (?, ?)",

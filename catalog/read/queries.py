@@ -58,6 +58,15 @@ COMPOSITE_SQL = (
     "FROM samples sa JOIN specimens sp ON sp.specimen_id = sa.specimen_id "
     "JOIN donors d ON d.donor_id = sp.donor_id"
 )
+HISTORY_COLUMNS = "analysis_id, event_id, initial_state, updated_state, updated_at, actor, reason"
+
+
+def history_row(row: tuple[Any, ...]) -> StateChange:
+    """A history row (``HISTORY_COLUMNS``) as a StateChange."""
+    _, event, initial, updated, at, actor, reason = row
+    return StateChange(event, initial, updated, from_micros(at), actor, reason)  # type: ignore[arg-type]
+
+
 SAMPLES_OF_SQL = "SELECT sample_id FROM links WHERE analysis_id = ?"
 
 
@@ -114,10 +123,10 @@ class Reads:
 
     def history_of(self, analysis_id: str) -> list[StateChange]:
         return [
-            StateChange(e, i, u, from_micros(t), a, r)  # type: ignore[arg-type]
-            for e, i, u, t, a, r in self.query(
-                "SELECT event_id, initial_state, updated_state, updated_at, actor, reason "
-                "FROM history WHERE analysis_id = ? ORDER BY updated_at, event_id",
+            history_row(row)
+            for row in self.query(
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE analysis_id = ? "
+                "ORDER BY updated_at, event_id",
                 (analysis_id,),
             )
         ]
@@ -224,30 +233,45 @@ class Reads:
         return int(row[0][0])
 
     def page_ids(self, study_id: str, states: Iterable[str], offset: int, limit: int) -> list[str]:
-        """Analysis ids of a study in the given states, sorted ascending, from an index range."""
+        """Analysis ids of a study in the given states, sorted ascending: the bucket counts say
+        in which id prefix the page starts, an index range gives the rest."""
         code = self.study_code(study_id)
         if code is None:
             return []
         wanted = sorted({STATE_CODE[s] for s in states})
+        marks = ",".join("?" * len(wanted))
+        passed = 0
+        start = ""
+        for bucket, n in self.query(
+            f"SELECT bucket, sum(n) FROM buckets WHERE study = ? AND state IN ({marks}) "
+            "GROUP BY bucket ORDER BY bucket",
+            (code, *wanted),
+        ):
+            if passed + n > offset:
+                start = bucket
+                break
+            passed += n
+        else:
+            return []
+        skip = offset - passed
         if len(wanted) == len(STATES):  # the study's index range
             sql = (
-                "SELECT analysis_id FROM by_study WHERE study = ? ORDER BY analysis_id "
-                "LIMIT ? OFFSET ?"
+                "SELECT analysis_id FROM by_study WHERE study = ? AND analysis_id >= ? "
+                "ORDER BY analysis_id LIMIT ? OFFSET ?"
             )
-            args: tuple[int, ...] = (code, limit, offset)
+            args: tuple[Any, ...] = (code, start, limit, skip)
         elif len(wanted) == 1:  # the range of one (study, state)
             sql = (
-                "SELECT analysis_id FROM ord WHERE study = ? AND state = ? "
+                "SELECT analysis_id FROM ord WHERE study = ? AND state = ? AND analysis_id >= ? "
                 "ORDER BY analysis_id LIMIT ? OFFSET ?"
             )
-            args = (code, wanted[0], limit, offset)
+            args = (code, wanted[0], start, limit, skip)
         else:  # the study's range, in order, skipping the other state (no sort)
-            marks = ",".join("?" * len(wanted))
             sql = (
                 f"SELECT analysis_id FROM by_study WHERE study = ? AND state IN ({marks}) "
-                "ORDER BY analysis_id LIMIT ? OFFSET ?"
+                "AND analysis_id >= ? ORDER BY analysis_id LIMIT ? OFFSET ?"
             )
-            args = (code, *wanted, limit, offset)
+            args = (code, *wanted, start, limit, skip)
         return [r[0] for r in self.query(sql, args)]
 
     def iter_study(self, study_id: str, states: Iterable[str] = STATES) -> Iterator[str]:

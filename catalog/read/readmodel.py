@@ -103,6 +103,8 @@ class ReadModel(Documents):
         self._recorded_versions: dict[str, int] = {}
         self._codes: dict[int, str] = {}  # study code -> study id
         self._known_studies: set[str] = set()
+        self._applies = 0
+        self._apply_max = 0.0
         self.loaded_at_versions: dict[str, int] = {}
         self.rebuilds = 0  # generations this process built (first open, or an unusable file)
         # called with (table, row) for every row applied after load (search.py's index)
@@ -325,6 +327,7 @@ class ReadModel(Documents):
             read[name] = None if low < 0 else self._added(name, low, upto)
         changed = False
         self._commit_open_read(con)
+        started = time.perf_counter()
         con.execute("BEGIN IMMEDIATE")
         try:
             cut = index.cut_of(index.read_meta(con))  # another process may have applied some
@@ -347,6 +350,7 @@ class ReadModel(Documents):
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        self._applied(started)
         if listen:
             for name in plan:
                 seen = self._seen.get(name, -1)
@@ -417,6 +421,7 @@ class ReadModel(Documents):
         with self.lock.rlock:
             con = self.con()
             self._commit_open_read(con)
+            started = time.perf_counter()
             con.execute("BEGIN IMMEDIATE")
             try:
                 cut = index.cut_of(index.read_meta(con))
@@ -434,6 +439,7 @@ class ReadModel(Documents):
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            self._applied(started)
             for name in MODEL_TABLES:
                 rows = batches.get(name)
                 if rows:
@@ -476,12 +482,17 @@ class ReadModel(Documents):
             if self._seen.get(name) == version - 1:
                 self._seen[name] = version
 
+    def apply_stats(self) -> dict[str, Any]:
+        """How many commits this process applied to the file, and the longest (the time the
+        file's write lock was held: readers never wait for it, other writers' applies do)."""
+        return {"applies": self._applies, "applyMaxMs": round(self._apply_max * 1000, 1)}
+
+    def _applied(self, started: float) -> None:
+        self._applies += 1
+        self._apply_max = max(self._apply_max, time.perf_counter() - started)
+
     def forget_pending(self, analysis_ids: set[str]) -> None:
         """Nothing to forget: rows of analyses that never committed are never applied."""
-
-    @property
-    def pending_rows(self) -> int:
-        return 0
 
     @property
     def versions(self) -> dict[str, int]:

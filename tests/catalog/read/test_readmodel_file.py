@@ -200,3 +200,39 @@ def test_the_header_check_refuses_what_is_not_a_database(tmp_path, rows) -> None
     path = tmp_path / "x.sqlite"
     path.write_bytes(b"not a database" * rows)
     assert index.header_problem(path) is not None
+
+
+def test_pages_at_every_offset_match_the_sorted_ids_in_every_state_mix(
+    catalog, payloads, upload
+) -> None:
+    """Pages start from per-prefix counts: ids sharing a prefix (one bucket), ids spread over
+    several, and states mixed, every offset and size gives the slice of the sorted ids."""
+    from catalog import SubmitItem
+
+    prefixes = ["000", "000", "000", "001", "00a", "00a", "0f0", "fff", "fff", "fff", "fff"]
+    ids = [f"{p}{i:05x}-0000-4000-8000-000000000000" for i, p in enumerate(prefixes)]
+    items = []
+    for aid in ids:
+        payload = payloads.variant_call()
+        items.append((aid, payload, SubmitItem(payload, STUDY, analysis_id=aid)))
+    assert all(r.ok for r in catalog.submit_batch([item for _, _, item in items]))
+    states = {aid: "UNPUBLISHED" for aid in ids}
+    for k, (aid, payload, _) in enumerate(items):
+        if k % 3 == 0:
+            upload(aid, payload)
+            catalog.publish(STUDY, aid)
+            states[aid] = "PUBLISHED"
+        elif k % 4 == 1:
+            catalog.suppress(STUDY, aid)
+            states[aid] = "SUPPRESSED"
+    mixes = [["PUBLISHED"], ["UNPUBLISHED"], ["SUPPRESSED"], ["PUBLISHED", "UNPUBLISHED"],
+             ["UNPUBLISHED", "SUPPRESSED"], ["PUBLISHED", "UNPUBLISHED", "SUPPRESSED"]]  # fmt: skip
+    for mix in mixes:
+        expected = sorted(a for a in ids if states[a] in mix)
+        assert catalog.count_analyses(STUDY, mix) == len(expected)
+        for limit in (1, 3, 20):
+            for offset in range(len(ids) + 2):
+                page = catalog.page_analyses(STUDY, mix, limit=limit, offset=offset)
+                got = [d["analysisId"] for d in page["analyses"]]
+                assert got == expected[offset : offset + limit], (mix, limit, offset)
+                assert all(d["analysisState"] in mix for d in page["analyses"])
