@@ -38,16 +38,16 @@ def search_ids(model: ReadModel, study_id: str, params: dict[str, str | None]) -
     with model.lock:
         if donor_sets:
             donors = set.intersection(*donor_sets)
-            specimen_sets.append({p for d in donors for p in model.donor_specimens.get(d, ())})
+            specimen_sets.append(model.donor_specimens.of_all(donors))
         if specimen_sets:
             specimens = set.intersection(*specimen_sets)
-            sample_sets.append({s for p in specimens for s in model.specimen_samples.get(p, ())})
+            sample_sets.append(model.specimen_samples.of_all(specimens))
         if sample_sets:
             samples = set.intersection(*sample_sets)
-            analyses = {a for s in samples for a in model.sample_analyses.get(s, ())}
+            analyses = model.sample_analyses.of_all(samples)
         else:
             analyses = set(model.by_study.get(study_id, ()))
         if params.get("fileId"):
             files = model.regex_ids("files", "object_id", params["fileId"] or "", study_id)
-            analyses &= {model.files[o].analysis_id for o in files if o in model.files}
-        return sorted(a for a in analyses if model.analyses[a].study_id == study_id)
+            analyses &= {f.analysis_id for f in model.rows_by_ids("files", files).values()}
+        return model.of_study(analyses, study_id)

@@ -167,6 +167,24 @@ class Reads:
                 out[row[0]] = make(row)
         return out
 
+    def of_study(self, analysis_ids: Iterable[str], study_id: str) -> list[str]:
+        """Those of the analyses that belong to the study, sorted."""
+        code = self.study_code(study_id)
+        wanted = list(analysis_ids)
+        out: list[str] = []
+        for i in range(0, len(wanted), 500):
+            chunk = tuple(wanted[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                r[0]
+                for r in self.query(
+                    "SELECT analysis_id FROM analyses WHERE study = ? "
+                    f"AND analysis_id IN ({marks})",
+                    (code, *chunk),
+                )
+            )
+        return sorted(out)
+
     def registered_md5s(self, md5s: Iterable[str]) -> set[str]:
         """Which of these md5s a current file has."""
         wanted = list(md5s)

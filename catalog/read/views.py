@@ -6,7 +6,7 @@ dictionaries reads the file unchanged; nothing is held in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .documents import Documents
@@ -156,11 +156,23 @@ class Links:
 
     def __init__(self, model: Documents, sql: str) -> None:
         self.model = model
-        self.sql = sql
+        self.sql = sql  # "SELECT <target> FROM <table> WHERE <key> = ?"
 
     def get(self, key: str, default: Any = ()) -> list[str] | Any:
         rows = self.model.query(self.sql, (key,))
         return [r[0] for r in rows] if rows else default
+
+    def of_all(self, keys: Iterable[str]) -> set[str]:
+        """Every target linked to any of the keys, a query per 500 keys."""
+        wanted = list(keys)
+        base = self.sql.removesuffix(" = ?")
+        out: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = tuple(wanted[i : i + 500])
+            out.update(
+                r[0] for r in self.model.query(f"{base} IN ({','.join('?' * len(chunk))})", chunk)
+            )
+        return out
 
 
 class StudyIds:
