@@ -168,7 +168,12 @@ def serve_start(root: Path, study: str, aid: str, cold: bool) -> dict[str, Any]:
         }
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # reported: serve should stop within 30 s
+            print("serve did not stop within 30 s of SIGTERM: killed", flush=True)
+            proc.kill()
+            proc.wait()
 
 
 def reads_during_writes(root: Path, ids: list[tuple[str, str]], n: int) -> dict[str, Any]:

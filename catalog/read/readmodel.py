@@ -104,6 +104,7 @@ class ReadModel(Documents):
         self._codes: dict[int, str] = {}  # study code -> study id
         self._known_studies: set[str] = set()
         self._applies = 0
+        self._checkpointing = threading.Event()
         self._apply_max = 0.0
         self.loaded_at_versions: dict[str, int] = {}
         self.rebuilds = 0  # generations this process built (first open, or an unusable file)
@@ -490,6 +491,35 @@ class ReadModel(Documents):
     def _applied(self, started: float) -> None:
         self._applies += 1
         self._apply_max = max(self._apply_max, time.perf_counter() - started)
+        self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """Copy the write-ahead log back into the file in a background thread once it is large
+        (a passive checkpoint: readers and writers go on meanwhile)."""
+        path = self.path
+        if path is None or self._checkpointing.is_set():
+            return
+        try:
+            size = Path(f"{path}-wal").stat().st_size
+        except FileNotFoundError:
+            return
+        if size < index.CHECKPOINT_BYTES:
+            return
+        self._checkpointing.set()
+
+        def run() -> None:
+            try:
+                con = index.connect(path)
+                try:
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    con.close()
+            except index.sqlite3.Error:
+                log.exception("read model checkpoint of %s failed", path)
+            finally:
+                self._checkpointing.clear()
+
+        threading.Thread(target=run, name="songlake-readmodel-checkpoint", daemon=True).start()
 
     def forget_pending(self, analysis_ids: set[str]) -> None:
         """Nothing to forget: rows of analyses that never committed are never applied."""
