@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/register.py
 	$(BIN)/python bench/readmodel.py
+	$(BIN)/python bench/opening.py --root bench/data/readmodel-1000000
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/watcher.py
 	$(BIN)/python bench/events.py
