@@ -26,7 +26,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +328,7 @@ class ReadModel(Documents):
         for name, (low, upto) in plan.items():
             read[name] = None if low < 0 else self._added(name, low, upto)
         changed = False
-        self._commit_open_read(con)
-        started = time.perf_counter()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as con:
             cut = index.cut_of(index.read_meta(con))  # another process may have applied some
             moved = {}
             for name, (_, upto) in plan.items():
@@ -347,11 +345,6 @@ class ReadModel(Documents):
                 if done > have:
                     moved[name] = done
             index.set_cut(con, moved)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        self._applied(started)
         if listen:
             for name in plan:
                 seen = self._seen.get(name, -1)
@@ -362,10 +355,22 @@ class ReadModel(Documents):
             self._seen[name] = max(self._seen.get(name, -1), upto)
         return changed or listen
 
-    @staticmethod
-    def _commit_open_read(con: Any) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """One write transaction on the file (its lock taken at once, so applies of several
+        processes queue rather than fail); committed whole, or rolled back; timed."""
+        con = self.con()
         if con.in_transaction:  # a read block of this thread: end it to write
             con.execute("COMMIT")
+        started = time.perf_counter()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._applied(started)
 
     def _added(self, name: str, after: int, upto: int) -> list[tuple[int, pa.Table]] | None:
         """The rows each commit after..upto added (dataChange), by version; None when the log
@@ -420,11 +425,7 @@ class ReadModel(Documents):
         """Apply the rows of a commit this process just made, and record the versions it made
         when they follow the file's (otherwise a refresh reads them again, harmlessly)."""
         with self.lock.rlock:
-            con = self.con()
-            self._commit_open_read(con)
-            started = time.perf_counter()
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing() as con:
                 cut = index.cut_of(index.read_meta(con))
                 moved = {}
                 for name in MODEL_TABLES:
@@ -436,11 +437,6 @@ class ReadModel(Documents):
                     if version is not None and cut.get(name) == version - 1:
                         moved[name] = version
                 index.set_cut(con, moved)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            self._applied(started)
             for name in MODEL_TABLES:
                 rows = batches.get(name)
                 if rows:
@@ -453,15 +449,8 @@ class ReadModel(Documents):
         """Apply rows of one table (idempotent; rows of an analysis not committed are skipped)."""
         rows = list(rows)
         with self.lock.rlock:
-            con = self.con()
-            self._commit_open_read(con)
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing() as con:
                 index.apply(con, name, index.staged(name, rows))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             self._notify(name, rows)
 
     def mark_seen(self, name: str, version: int | None) -> None:
@@ -469,17 +458,9 @@ class ReadModel(Documents):
         if version is None:
             return
         with self.lock.rlock:
-            con = self.con()
-            self._commit_open_read(con)
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                cut = index.cut_of(index.read_meta(con))
-                if cut.get(name) == version - 1:
+            with self._writing() as con:
+                if index.cut_of(index.read_meta(con)).get(name) == version - 1:
                     index.set_cut(con, {name: version})
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             if self._seen.get(name) == version - 1:
                 self._seen[name] = version
 

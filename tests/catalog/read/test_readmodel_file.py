@@ -65,6 +65,18 @@ def checkpoint(path: Path) -> None:
     con.close()
 
 
+def damage(path: Path, name: str) -> None:
+    """The root page of a table or index of the file becomes noise."""
+    checkpoint(path)
+    con = sqlite3.connect(path)
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+    con.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(os.urandom(page_size))
+
+
 def test_a_truncated_file_is_rebuilt_and_a_log_line_says_so(catalog, payloads, caplog) -> None:
     ids = registered(catalog, payloads)
     before = answers(catalog, ids)
@@ -97,15 +109,7 @@ def test_a_file_of_another_catalog_is_rebuilt(catalog, payloads, tmp_path, caplo
 def test_a_damaged_page_met_by_a_query_rebuilds_the_file(catalog, payloads, caplog) -> None:
     ids = registered(catalog, payloads)
     before = answers(catalog, ids)
-    path = current_file(catalog.settings)
-    checkpoint(path)
-    con = sqlite3.connect(path)
-    page_size = con.execute("PRAGMA page_size").fetchone()[0]
-    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'analyses'").fetchone()[0]
-    con.close()
-    with open(path, "r+b") as fh:  # the analyses table's root page becomes noise
-        fh.seek((root - 1) * page_size)
-        fh.write(os.urandom(page_size))
+    damage(current_file(catalog.settings), "analyses")
     reopened = Catalog(catalog.settings)  # header and meta are fine: opens in constant time
     with caplog.at_level(logging.WARNING, logger="songlake.readmodel"):
         assert answers(reopened, ids) == before
@@ -116,15 +120,7 @@ def test_the_integrity_check_finds_damage_and_rebuilds(catalog, payloads) -> Non
     ids = registered(catalog, payloads)
     before = answers(catalog, ids)
     assert catalog.model.check_integrity() is True
-    path = current_file(catalog.settings)
-    checkpoint(path)
-    con = sqlite3.connect(path)
-    page_size = con.execute("PRAGMA page_size").fetchone()[0]
-    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'history_of'").fetchone()[0]
-    con.close()
-    with open(path, "r+b") as fh:
-        fh.seek((root - 1) * page_size)
-        fh.write(os.urandom(page_size))
+    damage(current_file(catalog.settings), "history_of")
     reopened = Catalog(catalog.settings)
     assert reopened.model.check_integrity() is False  # found, and rebuilt
     assert reopened.model.check_integrity() is True
