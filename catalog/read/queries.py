@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from ..errors import AnalysisNotFound, NotRelatedToStudy, SearchTermSyntax, StudyNotFound
 from ..model import STATES
 from .index import STATE_CODE, SUBMITTER_COLUMNS, from_micros
-from .records import AnalysisRecord, DonorRow, FileRow, SampleRow, SpecimenRow, StateChange
+from .records import ENTITY_COLUMNS, ROW_TYPES, AnalysisRecord, FileRow, StateChange
 
 #: SQLite error codes of a damaged file (as opposed to a busy one, or a bad query)
 _BROKEN = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -25,21 +25,8 @@ A_COLUMNS = (
     "analysis_id, study, state, type_name, type_version, version, data, created_at, "
     "data_updated_at, state_updated_at"
 )
-ENTITY_SELECT = {
-    "donors": "donor_id, study_id, submitter_donor_id, gender, info",
-    "specimens": "specimen_id, donor_id, study_id, submitter_specimen_id, "
-    "tumour_normal_designation, specimen_tissue_source, specimen_type, info",
-    "samples": "sample_id, specimen_id, study_id, submitter_sample_id, sample_type, "
-    "matched_normal_submitter_sample_id, info",
-    "files": "object_id, analysis_id, study_id, version, file_name, file_size, file_type, "
-    "file_md5sum, file_access, data_type, info, source_path",
-}
-ROW_TYPES: dict[str, Any] = {
-    "donors": DonorRow,
-    "specimens": SpecimenRow,
-    "samples": SampleRow,
-    "files": FileRow,
-}
+#: entity table -> the columns of its row type, as a SELECT list
+ENTITY_SELECT = {name: ", ".join(cols) for name, cols in ENTITY_COLUMNS.items()}
 #: (table, column) -> the id column returned by regex_ids
 SEARCH_COLUMNS = {
     "donors": ("donor_id", "submitter_donor_id", "study_id"),
@@ -349,7 +336,7 @@ class Reads:
     def files_with_state(self, study_id: str | None) -> list[tuple[FileRow, str]]:
         """Every current file (of one study) with its analysis' state."""
         sql = (
-            f"SELECT {', '.join('f.' + c.strip() for c in ENTITY_SELECT['files'].split(','))}, "
+            f"SELECT {', '.join('f.' + c for c in ENTITY_COLUMNS['files'])}, "
             "a.state FROM files f JOIN analyses a USING (analysis_id)"
         )
         args: tuple[Any, ...] = ()

@@ -107,7 +107,6 @@ class ReadModel(Documents):
         self._applies = 0
         self._checkpointing = threading.Event()
         self._apply_max = 0.0
-        self.loaded_at_versions: dict[str, int] = {}
         self.rebuilds = 0  # generations this process built (first open, or an unusable file)
         # called with (table, row) for every row applied after load (search.py's index)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -167,7 +166,6 @@ class ReadModel(Documents):
         self._use(generation)
         self._seen = index.cut_of(index.read_meta(self.con()))
         self.refresh()
-        self.loaded_at_versions = dict(self._seen)
 
     def _use(self, generation: int) -> None:
         self.generations.hold(generation)
@@ -501,9 +499,6 @@ class ReadModel(Documents):
                 self._checkpointing.clear()
 
         threading.Thread(target=run, name="songlake-readmodel-checkpoint", daemon=True).start()
-
-    def forget_pending(self, analysis_ids: set[str]) -> None:
-        """Nothing to forget: rows of analyses that never committed are never applied."""
 
     @property
     def versions(self) -> dict[str, int]:

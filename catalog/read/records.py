@@ -6,13 +6,9 @@ rows) whose fields are the columns of their Delta table that the model keeps.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable
 from datetime import datetime
-from functools import partial
 from typing import Any, NamedTuple, Protocol
 
-intern = sys.intern
 #: the tables the model is built from, in the order they are read (analyses before children)
 MODEL_TABLES = (
     "studies",
@@ -84,7 +80,7 @@ class StateChange(NamedTuple):
 EntityRow = DonorRow | SpecimenRow | SampleRow | FileRow
 
 #: model table -> the row type it holds
-ROW_TYPES: dict[str, type[DonorRow] | type[SpecimenRow] | type[SampleRow] | type[FileRow]] = {
+ROW_TYPES: dict[str, Any] = {
     "donors": DonorRow,
     "specimens": SpecimenRow,
     "samples": SampleRow,
@@ -92,27 +88,6 @@ ROW_TYPES: dict[str, type[DonorRow] | type[SpecimenRow] | type[SampleRow] | type
 }
 #: model table -> the columns of its row type, in order
 ENTITY_COLUMNS: dict[str, tuple[str, ...]] = {name: t._fields for name, t in ROW_TYPES.items()}
-
-
-def row_maker(name: str) -> Callable[[Iterable[Any]], Any]:
-    """Builds rows of a table's type from iterables of values, at C speed (bulk loads make
-    millions: ``RowType(*values)`` runs Python code for each)."""
-    return partial(tuple.__new__, ROW_TYPES[name])
-
-
-# Columns whose values repeat a lot: interned to save memory at millions of rows.
-INTERNED = {
-    "study_id",
-    "gender",
-    "tumour_normal_designation",
-    "specimen_tissue_source",
-    "specimen_type",
-    "sample_type",
-    "file_type",
-    "file_access",
-    "data_type",
-    "info",
-}
 
 
 class AnalysisRecord:

@@ -11,8 +11,8 @@ from typing import Any
 
 from .documents import Documents
 from .index import from_micros
-from .queries import A_COLUMNS, ENTITY_SELECT, ROW_TYPES, SEARCH_COLUMNS
-from .records import AnalysisRecord
+from .queries import A_COLUMNS, ENTITY_SELECT, SEARCH_COLUMNS
+from .records import ROW_TYPES, AnalysisRecord
 
 CHUNK = 10_000
 

@@ -196,5 +196,4 @@ class Registration:
             }
             if deleted:
                 tables.log_commit("repair", actor, sum(deleted.values()))
-                self.model.forget_pending({a for ids in found.values() for a in ids})
         return deleted
